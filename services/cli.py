@@ -1,0 +1,138 @@
+"""`fusionwatch` — the one command-line entry point.
+
+Each service subpackage owns its commands in `services/<name>/cli.py` (a `typer.Typer` called
+`app` whose commands are added at top level). Command modules import heavy libraries (torch,
+PyAV) inside the command bodies so that `--help` and `config` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from schemas.errors import FusionwatchError
+
+COMMAND_MODULES = ("broker", "simulator", "ingest", "monitor", "training", "summarizer", "scheduler", "api",
+                   "bench", "stack")
+
+app = typer.Typer(
+    name="fusionwatch",
+    help="Multimodal industrial monitoring: camera frames, audio and logs from Kafka, fused by a "
+    "cross-attention model into anomaly events in SQL, with narrated video summaries and Prometheus "
+    "metrics.\n\nStart with `fusionwatch up` (everything on one box), then see each command's --help.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+err = Console(stderr=True)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(name)s: %(message)s", datefmt="[%X]",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)], force=True,
+    )
+    for noisy in ("kafka", "alembic", "httpx", "uvicorn.access", "apscheduler.executors"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def main(
+    config: str = typer.Option(None, "--config", "-c", envvar="FW_CONFIG", help="TOML settings file (FW_* env vars override it)."),
+    log_level: str = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING (default from FW_LOG_LEVEL or INFO)."),
+) -> None:
+    import os
+
+    from services.settings import get_settings
+
+    if config:
+        os.environ["FW_CONFIG"] = config
+        get_settings.cache_clear()
+    setup_logging(log_level or os.environ.get("FW_LOG_LEVEL", "INFO"))
+
+
+@app.command("config")
+def show_config(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Print the effective configuration (defaults < config file < FW_* environment), secrets masked."""
+    from services.settings import get_settings, masked_dump
+
+    data = masked_dump(get_settings())
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("setting", "value", "environment variable", title="fusionwatch configuration")
+
+    def walk(prefix: list[str], node) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(prefix + [key], value)
+            else:
+                path = prefix + [key]
+                table.add_row(".".join(path), str(value), "FW_" + "__".join(p.upper() for p in path))
+
+    walk([], data)
+    Console().print(table)
+
+
+db_app = typer.Typer(help="Database schema: migrate SQLite or PostgreSQL with Alembic.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    url: str = typer.Option(None, "--url", help="Database URL (default: FW_DATABASE_URL or the SQLite file under var/)."),
+    revision: str = typer.Option("head", help="Target revision."),
+) -> None:
+    """Create or migrate the database to the latest schema. Safe to run repeatedly."""
+    from services import db
+    from services.settings import get_settings
+
+    url = url or get_settings().database.url
+    db.upgrade(url, revision)
+    err.print(f"database at {url} is at revision [bold]{db.current_revision(url)}[/]")
+
+
+@db_app.command("current")
+def db_current(url: str = typer.Option(None, "--url")) -> None:
+    """Show the schema revision of the database."""
+    from services import db
+    from services.settings import get_settings
+
+    print(db.current_revision(url or get_settings().database.url) or "empty (run `fusionwatch db upgrade`)")
+
+
+def _register_service_commands() -> None:
+    for name in COMMAND_MODULES:
+        module_name = f"services.{name}.cli"
+        if importlib.util.find_spec(f"services.{name}") is None or importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        for info in module.app.registered_commands:
+            app.registered_commands.append(info)
+        for group in module.app.registered_groups:
+            app.registered_groups.append(group)
+
+
+_register_service_commands()
+
+
+def run() -> None:
+    """Console-script entry: turn our own errors into one clear line and exit code 2."""
+    try:
+        app()
+    except FusionwatchError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,119 @@
+"""Kafka clients built from settings: one place knows the security options, the group timeouts
+that suit the broker, and the topic names. Works against the embedded Tansu broker and a real
+Apache Kafka cluster alike (SASL_SSL/SCRAM, TLS)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.errors import DependencyUnavailable
+from services.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+INPUT_TOPICS = ("frames", "audio", "logs")
+ALL_TOPICS = (*INPUT_TOPICS, "events", "dlq")
+
+
+@dataclass(frozen=True)
+class Topics:
+    frames: str
+    audio: str
+    logs: str
+    events: str
+    dlq: str
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaSettings) -> "Topics":
+        return cls(**{name: kafka.topic(name) for name in ALL_TOPICS})
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.frames, self.audio, self.logs)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.frames, self.audio, self.logs, self.events, self.dlq)
+
+
+def security_config(kafka: KafkaSettings, bootstrap: str) -> dict[str, Any]:
+    """kafka-python connection options (the same names confluent/Java use, underscored)."""
+    cfg: dict[str, Any] = {"bootstrap_servers": bootstrap.split(","), "security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.startswith("SASL"):
+        cfg.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        )
+    if kafka.security_protocol.endswith("SSL"):
+        cfg.update(
+            ssl_cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            ssl_certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            ssl_keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+        )
+    return cfg
+
+
+def make_producer(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> KafkaProducer:
+    cfg = security_config(kafka, bootstrap) | {
+        "linger_ms": 5,
+        "max_request_size": 2 * 1024 * 1024,
+        "acks": "all",
+    }
+    return KafkaProducer(**(cfg | overrides))
+
+
+def make_consumer(kafka: KafkaSettings, bootstrap: str, group_id: str | None, **overrides: Any) -> KafkaConsumer:
+    cfg = security_config(kafka, bootstrap) | {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "max_poll_records": kafka.max_poll_records,
+        # Range keeps partition n of every co-partitioned topic on the same member (DESIGN.md).
+        "partition_assignment_strategy": [RangePartitionAssignor],
+    }
+    return KafkaConsumer(**(cfg | overrides))
+
+
+def make_admin(kafka: KafkaSettings, bootstrap: str, timeout_s: float = 20.0) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(**security_config(kafka, bootstrap))
+        except (KafkaError, OSError) as e:
+            if time.monotonic() > deadline:
+                raise DependencyUnavailable(
+                    f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f} s ({e}); "
+                    "start one (`fusionwatch broker`) or fix FW_KAFKA_BOOTSTRAP"
+                ) from None
+            time.sleep(0.3)
+
+
+def ensure_topics(kafka: KafkaSettings, bootstrap: str, topics: Topics | None = None) -> Topics:
+    """Create the contract's topics with equal partition counts (never rely on auto-create:
+    Tansu loses records on auto-created topics, and co-partitioning needs equal counts)."""
+    topics = topics or Topics.from_settings(kafka)
+    admin = make_admin(kafka, bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, kafka.partitions, kafka.replication_factor) for name in topics.all() if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # a concurrent starter won the race
+        log.info("topics ready: %s (%d partitions)", ", ".join(topics.all()), kafka.partitions)
+        return topics
+    finally:
+        admin.close()

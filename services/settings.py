@@ -1,0 +1,171 @@
+"""One typed settings object for every service.
+
+Read from `FW_*` environment variables (nested groups with `__`, e.g. `FW_KAFKA__BOOTSTRAP`;
+the common ones also have short aliases such as `FW_KAFKA_BOOTSTRAP` and `FW_DATABASE_URL`) and
+from an optional TOML file named by `FW_CONFIG` or `--config`. Environment beats file beats defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+
+class KafkaSettings(BaseModel):
+    # None means: start the embedded Tansu broker (the laptop default).
+    bootstrap: str | None = None
+    topic_prefix: str = "fw."
+    partitions: int = Field(8, ge=1, description="partitions of every input topic (co-partitioned)")
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    # kafka-python 3 defaults to a 45 s session; groups then take ~23 s to form on Tansu.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_records: int = 2000
+
+    @model_validator(mode="after")
+    def _check_security(self) -> "KafkaSettings":
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError("SASL needs kafka.sasl_mechanism and kafka.sasl_username (and FW_KAFKA__SASL_PASSWORD)")
+        return self
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+class BrokerSettings(BaseModel):
+    """The embedded Tansu broker (memory storage; see README 'Embedded broker limits')."""
+
+    host: str = "127.0.0.1"
+    port: int = 19092
+    startup_timeout_s: float = 20.0
+    # Tansu keeps every record in memory and ignores retention; past this resident size the
+    # supervisor restarts it with fresh topics (the embedded default is for demos, not durability).
+    max_rss_mb: int = 2048
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "sqlite:///./var/fusionwatch.db"
+    connect_timeout_s: float = 30.0
+    retention_days: int = 90
+
+
+class MonitorSettings(BaseModel):
+    group_id: str = "fw-monitor"
+    window_s: float = Field(2.0, gt=0)
+    hop_s: float = Field(1.0, gt=0)
+    allowed_lateness_s: float = Field(2.0, ge=0)
+    # a modality silent this long past the window end is masked, not waited for
+    modality_timeout_s: float = Field(1.0, ge=0)
+    max_batch: int = Field(64, ge=1)
+    max_wait_ms: int = Field(50, ge=0)
+    max_pending_windows: int = Field(512, ge=1, description="backpressure: pause partitions above this")
+    open_after: int = Field(2, ge=1, description="windows over threshold before an event opens")
+    close_after: int = Field(3, ge=1, description="windows under threshold before it closes")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    per_asset_max_records_per_s: float = 200.0
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: SecretStr | None = None
+
+
+class MetricsSettings(BaseModel):
+    host: str = "127.0.0.1"
+    # each service adds its own offset so several can run on one box
+    base_port: int = 9400
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FW_", env_nested_delimiter="__", extra="ignore")
+
+    profile: Literal["factory", "callcenter"] = "factory"
+    var_dir: Path = Path("./var")
+    media_root: Path | None = None  # default: <var_dir>/media
+    model_dir: Path | None = None  # default: <var_dir>/model
+    log_level: str = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    broker: BrokerSettings = BrokerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    api: ApiSettings = ApiSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @property
+    def media_dir(self) -> Path:
+        return self.media_root or self.var_dir / "media"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.model_dir or self.var_dir / "model"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, _ShortAliases(settings_cls), env_settings, _TomlFile(settings_cls), file_secret_settings)
+
+
+# Short, memorable names for the settings people change most.
+_ALIASES = {
+    "FW_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "FW_DATABASE_URL": ("database", "url"),
+    "FW_API_TOKEN": ("api", "token"),
+}
+
+
+class _ShortAliases(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for env, (group, key) in _ALIASES.items():
+            if env in os.environ:
+                out.setdefault(group, {})[key] = os.environ[env]
+        return out
+
+
+class _TomlFile(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("FW_CONFIG")
+        if not path:
+            return {}
+        try:
+            return tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"FW_CONFIG={path} does not exist; unset it or point it at a TOML file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ConfigError:
+        raise
+    except Exception as e:  # pydantic ValidationError: re-raise as our own with the full story
+        raise ConfigError(f"invalid configuration:\n{e}") from None
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """Effective settings as plain data, secrets shown as '**********'."""
+    return settings.model_dump(mode="json")  # SecretStr serialises masked in json mode
