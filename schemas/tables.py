@@ -85,6 +85,23 @@ class ConsumerOffset(Base):
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_offset: Mapped[int] = mapped_column(BigInteger)
+    # highest offset already processed when this row was written: on replay, records between
+    # next_offset and here that fall only into finished windows are skipped, not re-counted as late
+    processed_through: Mapped[int] = mapped_column(BigInteger, default=-1)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class MonitorState(Base):
+    """Per-asset stream state committed with the offsets: the last window emitted and the event
+    lifecycle (hysteresis counters, the open event), so a restarted or rebalanced monitor
+    continues exactly where the last commit left off."""
+
+    __tablename__ = "monitor_state"
+    group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    asset_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, index=True)
+    last_window_start: Mapped[float] = mapped_column(Float)  # epoch s of the last emitted window
+    lifecycle: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

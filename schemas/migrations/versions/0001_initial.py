@@ -1,8 +1,8 @@
-"""initial schema: assets, models, offsets, events, outbox, summaries, thresholds, digests, calls
+"""initial schema
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 05:27:25.288211
+Create Date: 2026-11-26 05:29:50.326536
 """
 from alembic import op
 import sqlalchemy as sa
@@ -48,6 +48,7 @@ def upgrade() -> None:
     sa.Column('topic', sa.String(length=255), nullable=False),
     sa.Column('partition', sa.Integer(), nullable=False),
     sa.Column('next_offset', sa.BigInteger(), nullable=False),
+    sa.Column('processed_through', sa.BigInteger(), nullable=False),
     sa.Column('updated_at', schemas.tables.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('group_id', 'topic', 'partition')
     )
@@ -105,6 +106,18 @@ def upgrade() -> None:
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_table('monitor_state',
+    sa.Column('group_id', sa.String(length=128), nullable=False),
+    sa.Column('asset_id', sa.String(length=64), nullable=False),
+    sa.Column('partition', sa.Integer(), nullable=False),
+    sa.Column('last_window_start', sa.Float(), nullable=False),
+    sa.Column('lifecycle', sa.JSON(), nullable=False),
+    sa.Column('updated_at', schemas.tables.UtcDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('group_id', 'asset_id')
+    )
+    with op.batch_alter_table('monitor_state', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_monitor_state_partition'), ['partition'], unique=False)
+
     op.create_table('outbox',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('event_id', sa.String(length=36), nullable=False),
@@ -162,6 +175,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_event_id'))
 
     op.drop_table('outbox')
+    with op.batch_alter_table('monitor_state', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_monitor_state_partition'))
+
+    op.drop_table('monitor_state')
     op.drop_table('model_versions')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index('ix_events_status_severity')
