@@ -172,6 +172,21 @@ class Summary(Base):
     rendered_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EventReview(Base):
+    """Audit trail of review actions (acknowledge, resolve, label) on an event: who, when, what, why.
+    The event row holds the current verdict; this keeps every earlier one too."""
+
+    __tablename__ = "event_reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # acknowledge | resolve | label
+    reviewer: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    verdict_kind: Mapped[str | None] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AssetThreshold(Base):
     """Per-asset threshold in force when it differs from the checkpoint's calibration."""
 
