@@ -223,6 +223,21 @@ class Digest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class JobRun(Base):
+    """One firing of a scheduled job, claimed by the scheduler process that runs it. The primary
+    key (job, scheduled_for) is the lock: when two schedulers fire the same job, the second
+    insert fails and that scheduler skips the run."""
+
+    __tablename__ = "job_runs"
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scheduled_for: Mapped[datetime] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))  # host:pid/scheduler name that claimed it
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
 class CallSummary(Base):
     """Call-centre profile: the sentiment story of one call."""
 

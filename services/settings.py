@@ -86,23 +86,50 @@ class ApiSettings(BaseModel):
     token: SecretStr | None = None
 
 
-class RecalibrationSettings(BaseModel):
-    """Feedback loop (services/api/recalibration.py): false-alarm verdicts raise per-asset thresholds."""
-
-    # the false-alarm budget the model was calibrated for: false events per asset per shift
-    false_alarms_per_shift: float = Field(1.0, ge=0)
-    shift_hours: float = Field(8.0, gt=0)
-    lookback_days: float = Field(7.0, gt=0, description="verdicts older than this are not counted")
-    max_step: float = Field(1.5, gt=1.0, description="at most this factor over the threshold in force, per run")
-    max_total: float = Field(3.0, gt=1.0, description="never above this factor of the calibrated threshold")
-    # relative margin: above a false event's peak, below the score that opens a confirmed real event
-    margin: float = Field(0.01, gt=0, lt=0.5)
-
-
 class MetricsSettings(BaseModel):
     host: str = "127.0.0.1"
     # each service adds its own offset so several can run on one box
     base_port: int = 9400
+
+
+class SummarizerSettings(BaseModel):
+    """Narrated video summaries of closed events (services/summarizer, docs/summaries.md)."""
+
+    group_id: str = "fw-summarizer"
+    width: int = Field(640, ge=320, le=1920, description="video width in px (even)")
+    height: int = Field(360, ge=240, le=1080, description="video height in px (even)")
+    # None: the source camera's rate (median frame spacing), capped at max_fps
+    fps: float | None = Field(None, gt=0, le=60)
+    max_fps: float = Field(15.0, gt=0, le=60)
+    context_before_s: float = Field(3.0, ge=0, le=30, description="seconds shown before the event starts")
+    context_after_s: float = Field(3.0, ge=0, le=30, description="seconds shown after the event ends")
+    max_event_s: float = Field(60.0, gt=0, description="longer events show their first and peak part only")
+    voice: str = "en-us"  # an espeak-ng voice name
+    speech_wpm: int = Field(160, ge=80, le=400)
+    # the sensor's own sound under the narration (1.0 = as recorded, peak-normalised)
+    sensor_audio_gain: float = Field(0.25, ge=0, le=1)
+    crf: int = Field(26, ge=0, le=51, description="x264 quality (lower = better, larger)")
+    x264_preset: str = "veryfast"
+    read_timeout_s: float = Field(5.0, gt=0, description="how long to wait for evidence records from Kafka")
+    # also summarize events still open after this many seconds (None: closed events only)
+    open_after_s: float | None = Field(None, gt=0)
+    # optional local text-generation model directory (transformers) that rephrases the narration;
+    # None keeps the deterministic template
+    rephrase_model: Path | None = None
+
+
+class SchedulerSettings(BaseModel):
+    """`fusionwatch scheduler`: shift digests, retention, recalibration (services/scheduler)."""
+
+    # shift start times, local to `timezone` ("HH:MM" or "HH:MM:SS"); a digest runs as each shift ends
+    shifts: list[str] = Field(default_factory=lambda: ["06:00", "14:00", "22:00"])
+    timezone: str = "UTC"
+    digest_top_events: int = Field(5, ge=1, le=50)
+    retention_cron: str = "30 3 * * *"  # crontab: minute hour day month day-of-week
+    recalibration_cron: str = "45 5 * * *"
+    media_retention_days: float = Field(30.0, gt=0, description="summary/digest files older than this are deleted")
+    # a scheduler that was down runs a missed job late if it comes back within this many seconds
+    misfire_grace_s: int = Field(3600, ge=1)
 
 
 class Settings(BaseSettings):
@@ -119,7 +146,8 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
     api: ApiSettings = ApiSettings()
     metrics: MetricsSettings = MetricsSettings()
-    recalibration: RecalibrationSettings = RecalibrationSettings()
+    summarizer: SummarizerSettings = SummarizerSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     @property
     def media_dir(self) -> Path:

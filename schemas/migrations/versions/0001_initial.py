@@ -146,6 +146,16 @@ def upgrade() -> None:
     with op.batch_alter_table('threshold_changes', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_threshold_changes_asset_id'), ['asset_id'], unique=False)
 
+    op.create_table('job_runs',
+    sa.Column('job', sa.String(length=64), nullable=False),
+    sa.Column('scheduled_for', schemas.tables.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('owner', sa.String(length=128), nullable=False),
+    sa.Column('started_at', schemas.tables.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', schemas.tables.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.String(length=16), nullable=False),
+    sa.Column('detail', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('job', 'scheduled_for')
+    )
     op.create_table('summaries',
     sa.Column('event_id', sa.String(length=36), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
@@ -185,6 +195,7 @@ def downgrade() -> None:
 
     op.drop_table('event_reviews')
     op.drop_table('summaries')
+    op.drop_table('job_runs')
     with op.batch_alter_table('threshold_changes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_threshold_changes_asset_id'))
 
