@@ -86,6 +86,19 @@ class ApiSettings(BaseModel):
     token: SecretStr | None = None
 
 
+class RecalibrationSettings(BaseModel):
+    """Feedback loop (services/api/recalibration.py): false-alarm verdicts raise per-asset thresholds."""
+
+    # the false-alarm budget the model was calibrated for: false events per asset per shift
+    false_alarms_per_shift: float = Field(1.0, ge=0)
+    shift_hours: float = Field(8.0, gt=0)
+    lookback_days: float = Field(7.0, gt=0, description="verdicts older than this are not counted")
+    max_step: float = Field(1.5, gt=1.0, description="at most this factor over the threshold in force, per run")
+    max_total: float = Field(3.0, gt=1.0, description="never above this factor of the calibrated threshold")
+    # relative margin: above a false event's peak, below the score that opens a confirmed real event
+    margin: float = Field(0.01, gt=0, lt=0.5)
+
+
 class MetricsSettings(BaseModel):
     host: str = "127.0.0.1"
     # each service adds its own offset so several can run on one box
@@ -146,6 +159,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
     api: ApiSettings = ApiSettings()
     metrics: MetricsSettings = MetricsSettings()
+    recalibration: RecalibrationSettings = RecalibrationSettings()
     summarizer: SummarizerSettings = SummarizerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
 
