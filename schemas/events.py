@@ -64,6 +64,7 @@ class AnomalyData(BaseModel):
     model_version: str
     windows: int
     attribution: Attribution = Field(default_factory=Attribution)
+    scores: list[tuple[str, float]] = Field(default_factory=list)  # (window end RFC 3339, score) per window
     serials: list[str] = Field(default_factory=list)
     log_lines: list[str] = Field(default_factory=list)
     evidence: dict[str, list[EvidenceRange]] = Field(default_factory=dict)

@@ -1,0 +1,186 @@
+"""Event lifecycle: turn a stream of scored windows per asset into few, trustworthy events.
+
+Hysteresis: an event opens after `open_after` consecutive windows at or over the threshold and
+closes after `close_after` consecutive windows under it, so one fault is one event. The state is
+plain JSON (committed with the Kafka offsets), so a restarted monitor continues mid-event.
+Pure logic: no Kafka, no SQL — the review API replays stored score timelines through it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from schemas.events import AnomalyData, Attribution, EvidenceRange, event_id
+from schemas.envelope import format_time
+
+UPDATE_EVERY = 10  # windows between "updated" publications of a long event
+MAX_TIMELINE = 3600  # score points kept per event (one hour at a 1 s hop)
+
+
+@dataclass
+class ScoredWindow:
+    asset: str
+    start: float
+    end: float
+    score: float
+    threshold: float
+    model_version: str
+    attribution: Attribution = field(default_factory=Attribution)
+    kind: str | None = None  # predicted fault kind, when the model has a kind head
+    log_lines: list[str] = field(default_factory=list)
+    serials: list[str] = field(default_factory=list)
+    evidence: dict[str, list[EvidenceRange]] = field(default_factory=dict)
+
+
+@dataclass
+class EventChange:
+    change: Literal["opened", "updated", "closed"]
+    data: AnomalyData
+
+
+def severity(peak: float, threshold: float) -> str:
+    ratio = peak / threshold if threshold > 0 else float("inf")
+    return "low" if ratio < 1.25 else "medium" if ratio < 2.0 else "high" if ratio < 4.0 else "critical"
+
+
+def event_kind(w: ScoredWindow) -> str:
+    if w.kind:
+        return w.kind
+    a = w.attribution
+    if a.cross_modal_share >= 0.5:
+        return "cross_modal"
+    if not a.modality_shares:
+        return "anomaly"
+    top = max(a.modality_shares, key=a.modality_shares.get)
+    return {"frames": "visual", "audio": "acoustic", "logs": "log"}.get(top, "anomaly")
+
+
+def _dt(t: float) -> datetime:
+    return datetime.fromtimestamp(t, timezone.utc)
+
+
+class EventLifecycle:
+    def __init__(self, open_after: int = 2, close_after: int = 3):
+        self.open_after, self.close_after = open_after, close_after
+        self._state: dict[str, dict[str, Any]] = {}
+
+    # state is JSON-serialisable: {"over": int, "pending": [window dicts], "open": event dict | None}
+    def state(self, asset: str) -> dict[str, Any]:
+        return self._state.setdefault(asset, {"over": 0, "pending": [], "open": None})
+
+    def restore(self, asset: str, state: dict[str, Any]) -> None:
+        self._state[asset] = {"over": 0, "pending": [], "open": None} | (state or {})
+
+    def forget(self, asset: str) -> None:
+        self._state.pop(asset, None)
+
+    def update(self, w: ScoredWindow) -> list[EventChange]:
+        st = self.state(w.asset)
+        over = w.score >= w.threshold
+        ev = st["open"]
+        if ev is None:
+            if not over:
+                st["over"], st["pending"] = 0, []
+                return []
+            st["over"] += 1
+            st["pending"].append(_window_dict(w))
+            if st["over"] < self.open_after:
+                return []
+            ev = st["open"] = _new_event(st["pending"])
+            st["over"], st["pending"] = 0, []
+            return [self._change("opened", ev)]
+        _add_window(ev, _window_dict(w), over)
+        if over:
+            ev["under"] = 0
+            old = ev["severity"]
+            ev["severity"] = severity(ev["peak"], ev["threshold"])
+            if ev["severity"] != old or ev["windows"] % UPDATE_EVERY == 0:
+                return [self._change("updated", ev)]
+            return []
+        ev["under"] += 1
+        if ev["under"] >= self.close_after:
+            st["open"] = None
+            ev["status"] = "closed"
+            return [self._change("closed", ev)]
+        return []
+
+    def _change(self, change: str, ev: dict[str, Any]) -> EventChange:
+        ev["revision"] += 1
+        return EventChange(change, event_data(ev, change))  # type: ignore[arg-type]
+
+
+def _window_dict(w: ScoredWindow) -> dict[str, Any]:
+    return {
+        "start": w.start, "end": w.end, "score": w.score, "threshold": w.threshold,
+        "model_version": w.model_version, "kind": event_kind(w), "attribution": w.attribution.model_dump(),
+        "log_lines": w.log_lines, "serials": w.serials,
+        "evidence": {m: [r.model_dump() for r in rs] for m, rs in w.evidence.items()}, "asset": w.asset,
+    }
+
+
+def _new_event(pending: list[dict[str, Any]]) -> dict[str, Any]:
+    first = pending[0]
+    ev = {
+        "asset": first["asset"], "start": first["start"], "end": first["end"], "peak": -float("inf"),
+        "sum_over": 0.0, "n_over": 0, "windows": 0, "under": 0, "revision": 0, "status": "open",
+        "threshold": first["threshold"], "model_version": first["model_version"], "kind": first["kind"],
+        "severity": "low", "attribution": first["attribution"], "shares": {}, "scores": [], "serials": [],
+        "log_lines": [], "evidence": {},
+    }
+    ev["id"] = event_id(ev["asset"], _dt(ev["start"]))
+    for w in pending:
+        _add_window(ev, w, True)
+    ev["severity"] = severity(ev["peak"], ev["threshold"])
+    return ev
+
+
+def _add_window(ev: dict[str, Any], w: dict[str, Any], over: bool) -> None:
+    ev["windows"] += 1
+    ev["scores"].append([format_time(w["end"]), round(w["score"], 6)])
+    del ev["scores"][:-MAX_TIMELINE]
+    _merge_evidence(ev["evidence"], w["evidence"])
+    if not over:
+        return
+    ev["end"] = w["end"]
+    ev["n_over"] += 1
+    ev["sum_over"] += w["score"]
+    for m, share in w["attribution"].get("modality_shares", {}).items():
+        ev["shares"][m] = ev["shares"].get(m, 0.0) + share
+    if w["score"] > ev["peak"]:
+        ev["peak"], ev["attribution"], ev["kind"] = w["score"], w["attribution"], w["kind"]
+    for s in w["serials"]:
+        if s not in ev["serials"] and len(ev["serials"]) < 50:
+            ev["serials"].append(s)
+    for line in w["attribution"].get("top_log_lines", []) + w["log_lines"]:
+        if line not in ev["log_lines"] and len(ev["log_lines"]) < 30:
+            ev["log_lines"].append(line)
+
+
+def _merge_evidence(into: dict[str, list[dict]], add: dict[str, list[dict]]) -> None:
+    for modality, ranges in add.items():
+        have = {(r["topic"], r["partition"]): r for r in into.setdefault(modality, [])}
+        for r in ranges:
+            cur = have.get((r["topic"], r["partition"]))
+            if cur is None:
+                into[modality].append(dict(r))
+                have[(r["topic"], r["partition"])] = into[modality][-1]
+            else:
+                cur["first"], cur["last"] = min(cur["first"], r["first"]), max(cur["last"], r["last"])
+
+
+def event_data(ev: dict[str, Any], change: str) -> AnomalyData:
+    attribution = dict(ev["attribution"])
+    total = sum(ev["shares"].values())
+    if total > 0:  # shares averaged over the over-threshold windows, not just the peak
+        attribution["modality_shares"] = {m: round(v / total, 4) for m, v in ev["shares"].items()}
+    return AnomalyData(
+        event_id=ev["id"], change=change, revision=ev["revision"], asset=ev["asset"], kind=ev["kind"],
+        severity=ev["severity"], status=ev["status"], start_time=_dt(ev["start"]),
+        end_time=_dt(ev["end"]) if ev["status"] == "closed" else None,
+        peak_score=ev["peak"], mean_score=ev["sum_over"] / max(ev["n_over"], 1), threshold=ev["threshold"],
+        model_version=ev["model_version"], windows=ev["windows"], attribution=Attribution(**attribution),
+        serials=ev["serials"], log_lines=ev["log_lines"], scores=[tuple(p) for p in ev["scores"][-MAX_TIMELINE:]],
+        evidence={m: [EvidenceRange(**r) for r in rs] for m, rs in ev["evidence"].items()},
+    )

@@ -1,0 +1,437 @@
+"""The monitor process: consume/validate → align → batch → score → sink → commit.
+
+Two threads, one job each:
+- the **consume thread** (owns the KafkaConsumer, which is not thread-safe): polls, validates with
+  the contract, dead-letters rejects, rate-limits floods, aligns windows, cuts batches with a
+  snapshot of the offsets they make safe to commit, pauses partitions when the pipeline is full;
+- the **score thread**: scores each batch (torch releases the GIL, so decoding of the next records
+  overlaps inference), runs the event lifecycle and writes events + offsets + state in one SQL
+  transaction, retrying through database outages (backpressure then pauses consumption).
+An outbox relay thread publishes committed event changes to fw.events at least once.
+
+Offsets live in SQL (seek there on assignment); Kafka commits are made afterwards for lag tools only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kafka import TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, IntegrityError, DBAPIError
+
+from models.inputs import WindowInputs
+from schemas.envelope import Accepted, ContractLimits, DecodeOptions, Kind, decode
+from schemas.events import Attribution
+from services.kafka import Topics, make_consumer, make_producer
+from services.monitor.lifecycle import EventLifecycle, ScoredWindow
+from services.monitor.ratelimit import AssetRateLimiter
+from services.monitor.sink import AssetSnapshot, CommitBatch, Fenced, SqlSink
+from services.monitor.windows import AlignedWindow, Position, WindowAligner
+from services.observability import metrics as m
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+TP = tuple[str, int]
+
+
+class Scorer(Protocol):
+    version: str
+    decode_options: DecodeOptions
+
+    def score(self, windows: list[WindowInputs]) -> list[Any]: ...
+
+
+@dataclass
+class _Batch:
+    windows: list[AlignedWindow]
+    offsets: dict[TP, tuple[int, int]]
+    assets: dict[str, tuple[int, float, list[str]]]  # asset -> (partition, next_start, expected modalities)
+
+
+@dataclass
+class _Restore:
+    states: dict[str, dict]  # asset -> lifecycle JSON
+
+
+@dataclass
+class _Forget:
+    assets: list[str]
+
+
+@dataclass
+class MonitorStats:
+    records: int = 0
+    rejected: int = 0
+    late: int = 0
+    windows: int = 0
+    events_opened: int = 0
+    events_closed: int = 0
+    commits: int = 0
+    fenced: int = 0
+    latencies: list[float] = field(default_factory=list)  # window close → committed, seconds
+
+
+class Monitor:
+    def __init__(self, settings: Settings, bootstrap: str, engine: Engine, scorer: Scorer,
+                 topics: Topics | None = None, group_id: str | None = None, limits: ContractLimits = ContractLimits(),
+                 on_change=None):
+        self.settings, self.cfg = settings, settings.monitor
+        self.bootstrap, self.scorer = bootstrap, scorer
+        self.topics = topics or Topics.from_settings(settings.kafka)
+        self.group_id = group_id or self.cfg.group_id
+        self.limits = limits
+        self.kind_of = {self.topics.frames: Kind.FRAME, self.topics.audio: Kind.AUDIO, self.topics.logs: Kind.LOG}
+        self.sink = SqlSink(engine, self.group_id)
+        self.aligner = WindowAligner(self.cfg.window_s, self.cfg.hop_s, self.cfg.allowed_lateness_s,
+                                     self.cfg.modality_timeout_s)
+        self.lifecycle = EventLifecycle(self.cfg.open_after, self.cfg.close_after)
+        self.rate = AssetRateLimiter(self.cfg.per_asset_max_records_per_s)
+        self.stats = MonitorStats()
+        self.on_change = on_change  # callback(EventChange) after commit, e.g. to print events live
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._committed: queue.Queue = queue.Queue()  # offsets the score thread made durable
+        self._fenced: queue.Queue = queue.Queue()
+        self._writer_error: BaseException | None = None
+        self._processed: dict[TP, int] = {}  # processed_through per owned partition
+        self._last_seen: dict[TP, int] = {}
+        self._cut_seen: dict[TP, int] = {}
+        self._pending: list[AlignedWindow] = []
+        self._pending_since = 0.0
+        self._last_cut = time.monotonic()
+        self._thresholds: dict[str, float] = {}
+        self._thresholds_at = 0.0
+        self._assigned: set[TP] = set()
+        self._paused = False
+        self.ready = threading.Event()  # model loaded and partitions assigned
+        self.consumer = None
+        self.dlq = None
+
+    # ── consume thread ─────────────────────────────────────────────────────────────────────
+    def run(self, stop: threading.Event) -> MonitorStats:
+        self.dlq = make_producer(self.settings.kafka, self.bootstrap)
+        self.consumer = make_consumer(self.settings.kafka, self.bootstrap, self.group_id)
+        self.consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
+        writer = threading.Thread(target=self._score_loop, name="fw-score", daemon=True)
+        writer.start()
+        try:
+            while not stop.is_set():
+                if self._writer_error:
+                    raise self._writer_error
+                self._drain_feedback()
+                polled = self.consumer.poll(timeout_ms=50, max_records=self.settings.kafka.max_poll_records)
+                now = time.time()
+                for tp, records in polled.items():
+                    for rec in records:
+                        self._handle(tp, rec, now)
+                self._pending.extend(self.aligner.ready())
+                self._maybe_cut()
+                self._backpressure()
+                self._report_lag()
+            self._shutdown(writer)
+        except BaseException:
+            self._queue.put(None)
+            raise
+        finally:
+            self.consumer.close(autocommit=False)
+            self.dlq.close()
+        return self.stats
+
+    def _handle(self, tp: TopicPartition, rec, now: float) -> None:
+        key: TP = (tp.topic, tp.partition)
+        if key not in self._assigned:
+            return
+        self._last_seen[key] = rec.offset
+        kind = self.kind_of[tp.topic]
+        self.stats.records += 1
+        m.RECORDS_CONSUMED.labels(topic=tp.topic).inc()
+        res = decode(kind, rec.key, rec.value, rec.headers, now, self.limits, self.scorer.decode_options)
+        if not isinstance(res, Accepted):
+            return self._dead_letter(tp, rec, res.reason, res.detail)
+        env = res.envelope
+        if not self.rate.allow(env.asset, now):
+            m.RATE_LIMITED_RECORDS.labels(asset=m.asset_labels(env.asset)).inc()
+            return self._dead_letter(tp, rec, "rate_limited",
+                                     f"asset {env.asset} exceeds {self.cfg.per_asset_max_records_per_s:g} records/s")
+        if self.aligner.add(env, res.payload, Position(tp.topic, tp.partition, rec.offset)):
+            m.observe_record(env.asset, kind.value, now)
+        elif rec.offset <= self._processed.get(key, -1):
+            pass  # replayed after a restart: this record was already accounted for before the crash
+        else:
+            self.stats.late += 1
+            m.LATE_RECORDS.labels(topic=tp.topic).inc()
+            self._dead_letter(tp, rec, "late", f"event time {env.time:.3f} is behind the watermark of asset "
+                                               f"{env.asset} (allowed lateness {self.cfg.allowed_lateness_s:g} s)",
+                              count_rejected=False)
+
+    def _dead_letter(self, tp: TopicPartition, rec, reason: str, detail: str, count_rejected: bool = True) -> None:
+        if count_rejected:
+            self.stats.rejected += 1
+        m.observe_rejected(tp.topic, reason)
+        log.warning("dead-lettered %s[%d]@%d: %s (%s)", tp.topic, tp.partition, rec.offset, reason, detail)
+        headers = [(k, v) for k, v in (rec.headers or []) if not k.startswith("fw_")] + [
+            ("fw_error", f"{reason}: {detail}".encode()[:1000]),
+            ("fw_original_topic", tp.topic.encode()),
+            ("fw_original_partition", str(tp.partition).encode()),
+            ("fw_original_offset", str(rec.offset).encode()),
+        ]
+        self.dlq.send(self.topics.dlq, key=rec.key, value=rec.value, headers=headers)
+
+    def _maybe_cut(self, force: bool = False) -> None:
+        """Cut a batch: enough windows, waited long enough, or offsets to move on."""
+        now = time.monotonic()
+        if self._pending and not self._pending_since:
+            self._pending_since = now
+        due = (len(self._pending) >= self.cfg.max_batch
+               or (self._pending and now - self._pending_since >= self.cfg.max_wait_ms / 1000)
+               or (not self._pending and now - self._last_cut >= 1.0 and self._last_seen != self._cut_seen))
+        if not (due or force) or (self._queue.full() and not force):
+            return
+        low = self.aligner.low_water()
+        offsets = {}
+        for tp in self._assigned:
+            if tp not in self._last_seen:
+                continue
+            nxt = low.get(tp, self._last_seen[tp] + 1)
+            self._processed[tp] = max(self._processed.get(tp, -1), self._last_seen[tp])
+            offsets[tp] = (nxt, self._processed[tp])
+        assets = {}
+        for a in {w.inputs.asset for w in self._pending}:  # only these changed since the last cut
+            nxt, expected = self.aligner.snapshot(a)
+            if nxt is not None:
+                part = self.aligner._assets[a].partition
+                assets[a] = (part if part is not None else -1, nxt, expected)
+        windows, self._pending, self._pending_since = self._pending, [], 0.0
+        self._cut_seen = dict(self._last_seen)
+        self._queue.put(_Batch(windows, offsets, assets))
+        self._last_cut = now
+
+    def _backpressure(self) -> None:
+        """Pause every partition while the score stage is full; resume when it drains."""
+        full = self._queue.full() or len(self._pending) > self.cfg.max_pending_windows \
+            or self.aligner.buffered() > 40 * self.cfg.max_pending_windows
+        if full and not self._paused:
+            self.consumer.pause(*[TopicPartition(*tp) for tp in self._assigned])
+            self._paused = True
+            m.PAUSED_PARTITIONS.set(len(self._assigned))
+        elif not full and self._paused:
+            self.consumer.resume(*[TopicPartition(*tp) for tp in self._assigned])
+            self._paused = False
+            m.PAUSED_PARTITIONS.set(0)
+
+    def _drain_feedback(self) -> None:
+        committed = {}
+        while not self._committed.empty():
+            committed.update(self._committed.get_nowait())
+        if committed:
+            # Kafka's own group offsets are for lag tools only; the truth is in SQL.
+            offsets = {TopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in committed.items()
+                       if tp in self._assigned}
+            if offsets:
+                try:
+                    self.consumer.commit_async(offsets)
+                except Exception as e:  # lag reporting must never stop scoring
+                    log.debug("kafka commit for lag monitoring failed: %s", e)
+        while not self._fenced.empty():
+            tps = self._fenced.get_nowait()
+            self.stats.fenced += 1
+            log.warning("fenced on %s: another member owns it now; reloading from the database", tps)
+            self._reload([TopicPartition(*tp) for tp in tps if tp in self._assigned])
+
+    def _report_lag(self) -> None:
+        for tp in self._assigned:
+            tpo = TopicPartition(*tp)
+            try:
+                m.set_lag(tp[0], tp[1], self.consumer.highwater(tpo), self.consumer.position(tpo, timeout_ms=0))
+            except Exception:
+                pass
+
+    # ── rebalance (called inside poll) ─────────────────────────────────────────────────────
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in revoked]
+        self._wait_writer_idle()
+        parts = {p for _, p in tps}
+        self._forget_partitions(parts)
+        self._assigned -= set(tps)
+        self.sink.release(tps)
+        m.forget_partitions(tps)
+        log.info("partitions revoked: %s", sorted(parts))
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in assigned}
+        self._reload(assigned)
+        self.ready.set()
+        log.info("partitions assigned: %s", sorted({tp.partition for tp in assigned}))
+
+    def _reload(self, tps: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in tps]
+        parts = {p for _, p in keys}
+        self._forget_partitions(parts)
+        stored = self.sink.load_offsets(keys)
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            self._last_seen.pop(key, None)
+            if key in stored:
+                self.consumer.seek(tp, stored[key][0])
+                self._processed[key] = stored[key][1]
+            else:
+                self.consumer.seek_to_beginning(tp)
+                self._processed[key] = -1
+        states = self.sink.load_states(sorted(parts))
+        for st in states:
+            self.aligner.restore(st.asset_id, st.partition, st.last_window_start, st.lifecycle.get("expected", []))
+        self._queue.put(_Restore({st.asset_id: st.lifecycle for st in states}))
+
+    def _forget_partitions(self, parts: set[int]) -> None:
+        assets = [a for p in parts for a in self.aligner.assets(p)]
+        for p in parts:
+            self.aligner.drop_partition(p)
+        self._pending = [w for w in self._pending if w.partition not in parts]
+        if assets:
+            self._queue.put(_Forget(assets))
+
+    def _wait_writer_idle(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (self._queue.unfinished_tasks or not self._queue.empty()) and time.monotonic() < deadline:
+            if self._writer_error:
+                return
+            time.sleep(0.01)
+
+    def _shutdown(self, writer: threading.Thread) -> None:
+        """SIGTERM: commit what is scored, leave the group. Open windows are simply not committed:
+        the next owner rebuilds them from the stored offsets."""
+        self._pending.extend(self.aligner.ready())
+        self._maybe_cut(force=True)
+        self._queue.put(None)
+        writer.join(timeout=60)
+        self._drain_feedback()
+
+    # ── score thread ───────────────────────────────────────────────────────────────────────
+    def _score_loop(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                try:
+                    if item is None:
+                        return
+                    if isinstance(item, _Restore):
+                        for asset, state in item.states.items():
+                            self.lifecycle.restore(asset, {k: v for k, v in state.items() if k != "expected"})
+                    elif isinstance(item, _Forget):
+                        for asset in item.assets:
+                            self.lifecycle.forget(asset)
+                    else:
+                        self._score_and_commit(item)
+                finally:
+                    self._queue.task_done()
+        except BaseException as e:  # surface in the consume thread, which stops the service
+            log.exception("score/sink stage failed")
+            self._writer_error = e
+
+    def _score_and_commit(self, batch: _Batch) -> None:
+        self._refresh_thresholds()
+        changes = []
+        for i in range(0, len(batch.windows), self.cfg.max_batch):
+            chunk = batch.windows[i: i + self.cfg.max_batch]
+            t0 = time.perf_counter()
+            scores = self.scorer.score([w.inputs for w in chunk])
+            present = {k: sum(bool(s.present.get(k)) for s in scores) for k in ("frames", "audio", "logs")}
+            m.observe_batch(present, len(chunk), [s.score for s in scores], time.perf_counter() - t0)
+            for w, s in zip(chunk, scores):
+                changes.extend(self.lifecycle.update(self._scored_window(w, s)))
+        snapshot = CommitBatch(changes=changes, offsets=batch.offsets, assets={
+            a: AssetSnapshot(part, nxt, expected, copy.deepcopy(self.lifecycle.state(a)))
+            for a, (part, nxt, expected) in batch.assets.items()})
+        self.dlq.flush()  # dead letters must be durable before the offsets that skip them
+        self._commit_with_retry(snapshot)
+        now = time.time()
+        for w in batch.windows:
+            lat = now - w.closed_at
+            m.WINDOW_DECISION_LATENCY.observe(lat)
+            self.stats.latencies.append(lat)
+        del self.stats.latencies[:-100_000]
+        self.stats.windows += len(batch.windows)
+        self.stats.commits += 1
+        for c in changes:
+            if c.change == "opened":
+                self.stats.events_opened += 1
+                m.event_opened(c.data.severity, c.data.kind)
+            elif c.change == "closed":
+                self.stats.events_closed += 1
+                m.event_closed(c.data.severity, c.data.kind)
+            if self.on_change:
+                self.on_change(c)
+        self._committed.put({tp: o for tp, (o, _) in batch.offsets.items()})
+
+    def _commit_with_retry(self, batch: CommitBatch) -> None:
+        delay = 0.2
+        while True:
+            try:
+                with_sql = self.sink.commit(batch)
+                m.SQL_WRITE.observe(with_sql)
+                return
+            except Fenced as f:
+                # drop this batch: its windows are re-done by whoever owns the partition now
+                self._fenced.put([tp for tp in batch.offsets])
+                for asset in batch.assets:
+                    self.lifecycle.forget(asset)
+                log.warning("%s", f)
+                return
+            except (OperationalError, IntegrityError, DBAPIError) as e:
+                m.SQL_WRITE_FAILURES.inc()
+                log.warning("database write failed (%s); retrying in %.1f s — consumption pauses meanwhile",
+                            str(getattr(e, "orig", e)).splitlines()[0][:200], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _refresh_thresholds(self) -> None:
+        if time.monotonic() - self._thresholds_at < 30:
+            return
+        try:
+            self._thresholds = self.sink.load_thresholds()
+        except (OperationalError, DBAPIError):
+            pass  # keep the last known overrides during an outage
+        self._thresholds_at = time.monotonic()
+
+    def _scored_window(self, w: AlignedWindow, s) -> ScoredWindow:
+        win = w.inputs
+        threshold = self._thresholds.get(win.asset, s.threshold)
+        m.set_threshold(win.asset, threshold)
+        attribution = Attribution(
+            modality_shares=s.modality_shares, cross_modal_share=s.cross_modal_share,
+            top_frames=[_iso(t) for t in s.top_frame_times],
+            frame_region=list(s.frame_region) if s.frame_region else None,
+            audio_band_hz=list(s.audio_band_hz) if s.audio_band_hz else None,
+            top_log_lines=list(s.top_log_lines), log_codes=list(s.log_codes))
+        serials = sorted({p.serial for _, p in win.logs if p.serial})
+        codes = {p.code for _, p in win.logs if p.code}
+        attribution.log_codes = sorted(set(attribution.log_codes) | codes)
+        lines = [p.msg for _, p in win.logs if p.code or (p.level or "").upper() in ("WARN", "WARNING", "ERROR", "CRITICAL")]
+        return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=float(s.score), threshold=threshold,
+                            model_version=self.scorer.version, attribution=attribution, kind=s.kind,
+                            log_lines=lines[:10], serials=serials, evidence=w.evidence)
+
+
+def _iso(t: float) -> str:
+    from schemas.envelope import format_time
+
+    return format_time(t)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, monitor: Monitor):
+        self.monitor = monitor
+
+    def on_partitions_revoked(self, revoked):
+        self.monitor.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        self.monitor.on_assigned(list(assigned))

@@ -1,0 +1,132 @@
+"""Sink hop: events, outbox rows, per-asset stream state and the next Kafka offsets, written in
+ONE SQL transaction — the exactly-once effect of the monitor.
+
+Offsets are fenced: a row is only advanced from the value this process last read or wrote.
+A zombie (a monitor paused past its session timeout while another member took its partitions)
+finds the row moved on, and its whole transaction is rolled back (`Fenced`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from schemas.errors import FusionwatchError
+from schemas.events import AnomalyCloudEvent
+from schemas.tables import Asset, AssetThreshold, ConsumerOffset, Event, MonitorState, Outbox, utcnow
+from services.db import session_factory
+from services.monitor.lifecycle import EventChange
+
+log = logging.getLogger(__name__)
+TP = tuple[str, int]
+
+
+class Fenced(FusionwatchError):
+    """Another group member advanced these offsets: this process no longer owns the partition."""
+
+    def __init__(self, tp: TP, expected: int | None, found: int | None):
+        super().__init__(f"offsets of {tp[0]}[{tp[1]}] moved to {found} (expected {expected}); partition lost")
+        self.tp = tp
+
+
+@dataclass
+class AssetSnapshot:
+    partition: int
+    next_start: float
+    expected: list[str]
+    lifecycle: dict[str, Any]
+
+
+@dataclass
+class CommitBatch:
+    changes: list[EventChange] = field(default_factory=list)
+    offsets: dict[TP, tuple[int, int]] = field(default_factory=dict)  # tp -> (next_offset, processed_through)
+    assets: dict[str, AssetSnapshot] = field(default_factory=dict)
+
+
+class SqlSink:
+    def __init__(self, engine: Engine, group_id: str):
+        self.engine, self.group_id = engine, group_id
+        self.sessions = session_factory(engine)
+        self.expected: dict[TP, int | None] = {}  # fencing token per owned partition
+
+    # ── reads at assignment ────────────────────────────────────────────────────────────────
+    def load_offsets(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(ConsumerOffset).where(ConsumerOffset.group_id == self.group_id)).all()
+        stored = {(r.topic, r.partition): (r.next_offset, r.processed_through) for r in rows}
+        for tp in tps:
+            self.expected[tp] = stored[tp][0] if tp in stored else None
+        return {tp: stored[tp] for tp in tps if tp in stored}
+
+    def release(self, tps: list[TP]) -> None:
+        for tp in tps:
+            self.expected.pop(tp, None)
+
+    def load_states(self, partitions: list[int]) -> list[MonitorState]:
+        if not partitions:
+            return []
+        with self.sessions() as s:
+            return list(s.scalars(select(MonitorState).where(MonitorState.group_id == self.group_id,
+                                                             MonitorState.partition.in_(partitions))))
+
+    def load_thresholds(self) -> dict[str, float]:
+        with self.sessions() as s:
+            return {r.asset_id: r.threshold for r in s.scalars(select(AssetThreshold))}
+
+    # ── the one write ──────────────────────────────────────────────────────────────────────
+    def commit(self, batch: CommitBatch) -> float:
+        """Write the batch atomically; returns seconds spent. Raises Fenced or a DB error."""
+        t0 = time.perf_counter()
+        with self.sessions() as s, s.begin():
+            self._advance_offsets(s, batch.offsets)
+            for change in batch.changes:
+                self._write_event(s, change)
+            for asset, snap in batch.assets.items():
+                s.merge(MonitorState(group_id=self.group_id, asset_id=asset, partition=snap.partition,
+                                     last_window_start=snap.next_start,
+                                     lifecycle=snap.lifecycle | {"expected": snap.expected}))
+        for tp, (next_offset, _) in batch.offsets.items():
+            self.expected[tp] = next_offset
+        return time.perf_counter() - t0
+
+    def _advance_offsets(self, s: Session, offsets: dict[TP, tuple[int, int]]) -> None:
+        for tp, (next_offset, processed) in sorted(offsets.items()):
+            if tp not in self.expected:
+                raise Fenced(tp, None, None)  # revoked while this batch was in flight
+            row = s.get(ConsumerOffset, (self.group_id, tp[0], tp[1]), with_for_update=True)
+            found = row.next_offset if row else None
+            if found != self.expected[tp]:
+                raise Fenced(tp, self.expected[tp], found)
+            if row is None:
+                s.add(ConsumerOffset(group_id=self.group_id, topic=tp[0], partition=tp[1],
+                                     next_offset=next_offset, processed_through=processed))
+            else:
+                row.next_offset, row.processed_through = next_offset, processed
+        s.flush()  # a concurrent insert of the same row fails here, inside the transaction
+
+    def _write_event(self, s: Session, change: EventChange) -> None:
+        d = change.data
+        row = s.get(Event, d.event_id)
+        if row is None:
+            if s.get(Asset, d.asset) is None:
+                s.add(Asset(id=d.asset, line=d.asset.split("-")[0] if "-" in d.asset else None))
+            row = Event(id=d.event_id, asset_id=d.asset, start_time=d.start_time)
+            s.add(row)
+        row.end_time, row.status, row.kind, row.severity = d.end_time, d.status, d.kind, d.severity
+        row.peak_score, row.mean_score, row.threshold = d.peak_score, d.mean_score, d.threshold
+        row.model_version, row.windows = d.model_version, d.windows
+        row.attribution = d.attribution.model_dump()
+        row.serials, row.log_lines = list(d.serials), list(d.log_lines)
+        row.evidence = {m: [r.model_dump() for r in rs] for m, rs in d.evidence.items()}
+        row.scores = [list(p) for p in d.scores]
+        if s.scalar(select(Outbox.id).where(Outbox.event_id == d.event_id, Outbox.revision == d.revision)) is None:
+            cloud = AnomalyCloudEvent.wrap(d, utcnow())
+            s.add(Outbox(event_id=d.event_id, revision=d.revision, change=change.change,
+                         payload=cloud.model_dump(mode="json")))
+

@@ -1,0 +1,207 @@
+"""Align hop: per-asset event-time windows closed by a watermark.
+
+Windows are tumbling-with-overlap on a fixed grid (start = k·hop, length `window_s`), per asset.
+A window closes when the asset's watermark passes its end. The watermark is the *minimum over the
+asset's active modalities* of the latest event time seen, minus the allowed lateness — as a
+multi-input operator does in Flink — so a topic that is fetched ahead of the others (common when a
+consumer catches up a backlog) cannot make the slower modalities late. A modality that stops
+sending for `idle_timeout_s` of wall time is idle and no longer holds the watermark back; the
+window is then scored with that modality masked. When the whole asset goes quiet, its remaining
+windows are flushed after the same timeout.
+
+A record whose windows have all been emitted is late: the caller dead-letters it.
+
+The aligner keeps only records of windows still open, and reports, per topic-partition, the
+lowest offset it still needs — the offset a consumer may commit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from models.inputs import WindowInputs
+from schemas.envelope import Accepted, DecodeOptions, Envelope, Kind, Payload, WireRecord, decode
+from schemas.events import EvidenceRange
+
+MODALITIES = (Kind.FRAME, Kind.AUDIO, Kind.LOG)
+
+
+@dataclass(frozen=True)
+class Position:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class AlignedWindow:
+    inputs: WindowInputs
+    evidence: dict[str, list[EvidenceRange]]
+    partition: int | None  # the asset's partition number (co-partitioned topics), None offline
+    closed_at: float  # wall clock (time.time()) when the watermark closed it
+
+
+@dataclass
+class _Item:
+    t: float
+    payload: Payload
+    pos: Position | None
+
+
+@dataclass
+class _AssetStream:
+    partition: int | None
+    next_start: float | None = None  # start of the next window to emit; None until the first record
+    items: dict[Kind, list[_Item]] = field(default_factory=lambda: {k: [] for k in MODALITIES})
+    max_time: dict[Kind, float] = field(default_factory=dict)
+    last_arrival: dict[Kind, float] = field(default_factory=dict)  # monotonic clock
+    expected: set[Kind] = field(default_factory=set)  # modalities this asset has sent before
+    created: float = 0.0  # monotonic clock
+
+
+class WindowAligner:
+    def __init__(self, window_s: float = 2.0, hop_s: float = 1.0, lateness_s: float = 2.0,
+                 idle_timeout_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 new_asset_grace_s: float | None = None):
+        if hop_s > window_s:
+            raise ValueError("hop_s must not exceed window_s (windows would leave gaps)")
+        self.window_s, self.hop_s, self.lateness_s, self.idle_timeout_s = window_s, hop_s, lateness_s, idle_timeout_s
+        self.clock = clock
+        # a new asset's first windows wait this long for modalities not yet seen
+        self.new_asset_grace_s = idle_timeout_s if new_asset_grace_s is None else new_asset_grace_s
+        self._assets: dict[str, _AssetStream] = {}
+
+    # ── state ──────────────────────────────────────────────────────────────────────────────
+    def restore(self, asset: str, partition: int | None, next_start: float, expected: Iterable[str] = ()) -> None:
+        """Continue an asset from committed state: windows before `next_start` are done."""
+        now = self.clock()
+        s = _AssetStream(partition, next_start, created=now)
+        s.expected = {Kind(m) for m in expected}
+        s.last_arrival = {m: now for m in s.expected}  # wait up to the idle timeout for each of them
+        self._assets[asset] = s
+
+    def snapshot(self, asset: str) -> tuple[float | None, list[str]]:
+        s = self._assets[asset]
+        return s.next_start, sorted(k.value for k in s.expected)
+
+    def assets(self, partition: int | None = None) -> list[str]:
+        return [a for a, s in self._assets.items() if partition is None or s.partition == partition]
+
+    def drop_partition(self, partition: int) -> None:
+        for a in self.assets(partition):
+            del self._assets[a]
+
+    def buffered(self) -> int:
+        return sum(len(v) for s in self._assets.values() for v in s.items.values())
+
+    def low_water(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition): the lowest offset still held for an open window."""
+        low: dict[tuple[str, int], int] = {}
+        for s in self._assets.values():
+            for items in s.items.values():
+                for it in items:
+                    if it.pos is not None:
+                        key = (it.pos.topic, it.pos.partition)
+                        if it.pos.offset < low.get(key, math.inf):
+                            low[key] = it.pos.offset
+        return low
+
+    # ── data ───────────────────────────────────────────────────────────────────────────────
+    def add(self, env: Envelope, payload: Payload, pos: Position | None = None) -> bool:
+        """Buffer one record; False when it is late (every window containing it is emitted)."""
+        s = self._assets.get(env.asset)
+        if s is None:
+            s = self._assets[env.asset] = _AssetStream(pos.partition if pos else None, created=self.clock())
+        kind, t = env.kind, env.time
+        if s.next_start is None:
+            # first window that contains t
+            s.next_start = (math.floor((t - self.window_s) / self.hop_s) + 1) * self.hop_s
+        if math.floor(t / self.hop_s) * self.hop_s < s.next_start - 1e-9:
+            return False
+        s.items[kind].append(_Item(t, payload, pos))
+        s.expected.add(kind)
+        s.max_time[kind] = max(s.max_time.get(kind, -math.inf), t)
+        s.last_arrival[kind] = self.clock()
+        return True
+
+    def ready(self, flush: bool = False) -> list[AlignedWindow]:
+        """Windows whose watermark has passed (all of them when flush=True)."""
+        out: list[AlignedWindow] = []
+        now = self.clock()
+        for asset, s in self._assets.items():
+            if s.next_start is None:
+                continue
+            wm = math.inf if flush else self._watermark(s, now)
+            seen = [s.max_time[k] for k in s.max_time]
+            if not seen:
+                continue
+            last_data = max(seen)
+            while s.next_start + self.window_s <= wm and s.next_start <= last_data:
+                out.append(self._emit(asset, s))
+        return out
+
+    def _watermark(self, s: _AssetStream, now: float) -> float:
+        active = [k for k in s.expected if now - s.last_arrival.get(k, -math.inf) <= self.idle_timeout_s]
+        if not active:  # the asset went quiet: release everything it has
+            return math.inf
+        if len(s.expected) < len(MODALITIES) and now - s.created < self.new_asset_grace_s:
+            # a new asset: give modalities not yet seen a moment to show up before closing windows
+            return -math.inf
+        if any(k not in s.max_time for k in active):  # restored, still waiting for a modality
+            return -math.inf
+        return min(s.max_time[k] for k in active) - self.lateness_s
+
+    def _emit(self, asset: str, s: _AssetStream) -> AlignedWindow:
+        start, end = s.next_start, s.next_start + self.window_s
+        win = WindowInputs(asset=asset, start=start, end=end)
+        evidence: dict[str, list[EvidenceRange]] = {}
+        for kind in MODALITIES:
+            inside = sorted((it for it in s.items[kind] if start <= it.t < end), key=lambda it: it.t)
+            getattr(win, kind.value).extend((it.t, it.payload) for it in inside)
+            ranges: dict[tuple[str, int], list[int]] = defaultdict(list)
+            for it in inside:
+                if it.pos is not None:
+                    ranges[(it.pos.topic, it.pos.partition)].append(it.pos.offset)
+            if ranges:
+                evidence[kind.value] = [EvidenceRange(topic=tp[0], partition=tp[1], first=min(o), last=max(o))
+                                        for tp, o in ranges.items()]
+        s.next_start = start + self.hop_s
+        for kind in MODALITIES:  # records before the next window can never be used again
+            s.items[kind] = [it for it in s.items[kind] if it.t >= s.next_start]
+        return AlignedWindow(win, evidence, s.partition, time.time())
+
+
+def offline_windows(records: Iterable[tuple[Kind, WireRecord]], window_s: float = 2.0, hop_s: float = 1.0,
+                    options: DecodeOptions = DecodeOptions(), lateness_s: float = 2.0) -> Iterator[WindowInputs]:
+    """Decode and align an event-time ordered record stream without Kafka (training, eval, tests).
+
+    Uses the monitor's aligner with a frozen clock, so idleness never triggers and windows close
+    purely by event time; everything left is flushed at the end.
+    """
+    aligner = WindowAligner(window_s, hop_s, lateness_s, idle_timeout_s=math.inf, clock=lambda: 0.0,
+                            new_asset_grace_s=0.0)
+    for kind, rec in records:
+        res = decode(kind, rec.key, rec.value, rec.headers, now=_record_time(rec), options=options)
+        if isinstance(res, Accepted):
+            res_env = res.envelope
+            aligner.add(res_env, res.payload)
+            for w in aligner.ready():
+                yield w.inputs
+    for w in aligner.ready(flush=True):
+        yield w.inputs
+
+
+def _record_time(rec: WireRecord) -> float:
+    from schemas.envelope import parse_time
+
+    for name, value in rec.headers:
+        if name == "ce_time":
+            try:
+                return parse_time(value.decode())
+            except (ValueError, UnicodeDecodeError):
+                break
+    return time.time()

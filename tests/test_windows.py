@@ -1,0 +1,97 @@
+"""The align hop: event-time windows, watermarks, lateness, idleness, offsets to commit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.envelope import Envelope, Kind, LogPayload
+from services.monitor.windows import Position, WindowAligner
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def env(kind: Kind, t: float, asset: str = "A1") -> Envelope:
+    return Envelope(kind, f"id-{t}", "/src", asset, t, "x")
+
+
+def feed(al: WindowAligner, kind: Kind, t: float, offset: int, asset: str = "A1", topic: str | None = None):
+    payload = LogPayload(f"line {t}") if kind is Kind.LOG else np.zeros(4, np.float32)
+    return al.add(env(kind, t, asset), payload, Position(topic or kind.value, 0, offset))
+
+
+def test_windows_close_by_min_watermark_over_modalities():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=1.0, idle_timeout_s=5.0, clock=clock)
+    for i in range(10):  # frames run 10 s ahead: must not close windows alone
+        feed(al, Kind.FRAME, 100.0 + i, i)
+    feed(al, Kind.AUDIO, 100.2, 0)
+    feed(al, Kind.LOG, 100.5, 0)
+    assert al.ready() == []  # audio/logs still at ~100 s
+    for i in range(1, 6):
+        feed(al, Kind.AUDIO, 100.2 + i, i)
+        feed(al, Kind.LOG, 100.5 + i, i)
+    wins = al.ready()
+    # watermark = min(109, 105.2, 105.5) - 1 = 104.2 -> windows ending <= 104.2
+    assert [(w.inputs.start, w.inputs.end) for w in wins] == [(99.0, 101.0), (100.0, 102.0), (101.0, 103.0), (102.0, 104.0)]
+    w = wins[1]
+    assert [t for t, _ in w.inputs.frames] == [100.0, 101.0]
+    assert [t for t, _ in w.inputs.audio] == [100.2, 101.2]
+    assert w.evidence["frames"][0].first == 0 and w.evidence["frames"][0].last == 1
+
+
+def test_late_records_are_refused_and_partial_ones_kept():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=5.0, clock=clock, new_asset_grace_s=0)
+    for i in range(8):
+        for k in (Kind.FRAME, Kind.AUDIO, Kind.LOG):
+            feed(al, k, 10.0 + i, i)
+    emitted = al.ready()
+    assert emitted[-1].inputs.end == 17.0  # watermark 17
+    assert feed(al, Kind.FRAME, 12.5, 99) is False  # only in windows already emitted
+    assert feed(al, Kind.FRAME, 16.5, 100) is True  # still belongs to [16, 18)
+
+
+def test_idle_modality_is_masked_after_timeout():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=1.0, clock=clock)
+    for i in range(3):
+        for k in (Kind.FRAME, Kind.AUDIO, Kind.LOG):
+            feed(al, k, 50.0 + i, i)
+    clock.t = 0.5
+    for i in range(3, 8):  # audio and logs stop; frames continue
+        feed(al, Kind.FRAME, 50.0 + i, i)
+    assert max(w.inputs.end for w in al.ready()) <= 53.0  # held by audio/logs at 52
+    clock.t = 2.0  # audio/logs idle now
+    for i in range(8, 10):
+        feed(al, Kind.FRAME, 50.0 + i, i)
+    wins = al.ready()
+    assert wins and wins[-1].inputs.end == 59.0
+    assert wins[-1].inputs.audio == [] and wins[-1].inputs.frames
+
+
+def test_low_water_is_the_commit_position():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=5.0, clock=clock, new_asset_grace_s=0)
+    for i in range(6):
+        for k in (Kind.FRAME, Kind.AUDIO, Kind.LOG):
+            feed(al, k, 20.0 + i, 100 + i)
+    al.ready()  # windows up to end 25 emitted; next window starts at 24
+    assert al.low_water()[("frames", 0)] == 104  # record at t=24 still needed
+
+
+def test_restore_continues_without_reemitting():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=5.0, clock=clock)
+    al.restore("A1", 0, next_start=24.0, expected=["frames", "audio", "logs"])
+    assert feed(al, Kind.FRAME, 23.5, 1) is False  # belongs only to emitted windows
+    for i in range(4, 8):
+        for k in (Kind.FRAME, Kind.AUDIO, Kind.LOG):
+            feed(al, k, 20.0 + i, i)
+    starts = [w.inputs.start for w in al.ready()]
+    assert starts[0] == 24.0
