@@ -103,6 +103,12 @@ class MetricsSettings(BaseModel):
     host: str = "127.0.0.1"
     # each service adds its own offset so several can run on one box
     base_port: int = 9400
+    # this process's port, overriding base_port + offset (e.g. a second monitor on the same box)
+    port: int | None = None
+    # distinct asset label values per metric before the rest are labelled "other"
+    max_asset_labels: int = Field(256, ge=1)
+    # how often readiness checks (broker, database) run in the background; probes read the result
+    readiness_interval_s: float = Field(2.0, gt=0)
 
 
 class SummarizerSettings(BaseModel):

@@ -134,6 +134,12 @@ SCHEDULER_JOB_LAST_SUCCESS = Gauge("fusionwatch_scheduler_job_last_success_times
                                    "Unix time of the job's last successful run.", ["job"], registry=REGISTRY)
 
 
+# --- every service ---------------------------------------------------------------------------------
+READINESS_CHECK_OK = Gauge("fusionwatch_readiness_check_ok",
+                           "1 when the named readiness check (broker, database, ...) passed at its last run, else 0.",
+                           ["check"], registry=REGISTRY)
+
+
 class BoundedLabel:
     """Map values to themselves while there is room, then to "other".
 
@@ -148,6 +154,12 @@ class BoundedLabel:
         self._cap = cap
         self._pattern = pattern
         self._lock = threading.Lock()
+
+    def set_cap(self, cap: int) -> None:
+        """Change the cap, keeping the known set and the labels already handed out."""
+        with self._lock:
+            self._cap = cap if self._cap else 0
+            self._total_cap = cap
 
     def __call__(self, value: str | None) -> str:
         if value in self._allowed:
@@ -193,6 +205,12 @@ class AssetLabels(BoundedLabel):
             self._seen = set()
             self._total_cap = cap
             self._cap = cap if admit_unknown else 0
+
+    def set_cap(self, cap: int) -> None:
+        """Change the cap, keeping the known set and the labels already handed out."""
+        with self._lock:
+            self._cap = cap if self._cap else 0
+            self._total_cap = cap
 
     def __call__(self, value: str | None) -> str:
         if value in self._allowed:
