@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from models.inputs import WindowInputs
-from schemas.envelope import Accepted, DecodeOptions, Envelope, Kind, Payload, WireRecord, decode
+from schemas.envelope import (Accepted, AudioPayload, DecodeOptions, Envelope, FramePayload, Kind, Payload,
+                              WireRecord, decode)
 from schemas.events import EvidenceRange
 
 MODALITIES = (Kind.FRAME, Kind.AUDIO, Kind.LOG)
@@ -161,7 +162,7 @@ class WindowAligner:
         evidence: dict[str, list[EvidenceRange]] = {}
         for kind in MODALITIES:
             inside = sorted((it for it in s.items[kind] if start <= it.t < end), key=lambda it: it.t)
-            getattr(win, kind.value).extend((it.t, it.payload) for it in inside)
+            getattr(win, kind.value).extend((it.t, _model_view(it.payload)) for it in inside)
             ranges: dict[tuple[str, int], list[int]] = defaultdict(list)
             for it in inside:
                 if it.pos is not None:
@@ -173,6 +174,15 @@ class WindowAligner:
         for kind in MODALITIES:  # records before the next window can never be used again
             s.items[kind] = [it for it in s.items[kind] if it.t >= s.next_start]
         return AlignedWindow(win, evidence, s.partition, time.time())
+
+
+def _model_view(payload: Payload):
+    """What WindowInputs holds per modality: the image array, the samples, the parsed log line."""
+    if isinstance(payload, FramePayload):
+        return payload.image
+    if isinstance(payload, AudioPayload):
+        return payload.samples
+    return payload
 
 
 def offline_windows(records: Iterable[tuple[Kind, WireRecord]], window_s: float = 2.0, hop_s: float = 1.0,

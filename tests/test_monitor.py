@@ -1,0 +1,88 @@
+"""The monitor against a real broker and real databases: events, DLQ, offsets in SQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from schemas.tables import ConsumerOffset, Event, Outbox
+from services import db
+from services.kafka import make_consumer, make_producer
+from services.monitor.service import Monitor
+from services.settings import Settings
+from tests.support.scorers import BrightnessScorer
+from tests.support.streams import bright_fault_stream, produce
+
+
+def run_until(monitor: Monitor, done, timeout_s: float = 90.0):
+    stop = threading.Event()
+    t = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout_s
+    while t.is_alive() and not done() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    t.join(30)
+    assert not t.is_alive()
+
+
+@pytest.mark.slow
+def test_monitor_records_events_and_dead_letters(broker, make_topics, unique_group, db_url):
+    ks, topics = make_topics(partitions=2)
+    settings = Settings(kafka=ks)
+    start = time.time() - 120
+    stream = bright_fault_stream(["L1-S1", "L1-S2", "L2-S1"], start, 30, {"L1-S2": (10, 18)})
+    producer = make_producer(ks, broker.bootstrap)
+    produce(producer, topics, stream)
+    # poison: wrong content type, corrupt JPEG, far-future time, key/asset mismatch
+    from schemas.envelope import encode_frame, encode_log
+
+    bad = encode_frame("L1-S1", "/x", start + 5, b"\xff\xd8not a jpeg")
+    producer.send(topics.frames, key=bad.key, value=bad.value, headers=bad.headers)
+    far = encode_log("L1-S1", "/x", time.time() + 10 * 86400, "from the future")
+    producer.send(topics.logs, key=far.key, value=far.value, headers=far.headers)
+    mism = encode_log("L1-S1", "/x", start + 6, "wrong key")
+    producer.send(topics.logs, key=b"L9-S9", value=mism.value, headers=mism.headers)
+    producer.flush()
+    total = len(stream) + 3
+
+    engine = db.make_engine(db_url)
+    monitor = Monitor(settings, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=unique_group())
+    factory = db.session_factory(engine)
+
+    def closed_events():
+        with factory() as s:
+            return s.scalars(select(Event).where(Event.status == "closed")).all()
+
+    run_until(monitor, lambda: monitor.stats.records >= total and closed_events())
+    events = closed_events()
+    assert [e.asset_id for e in events] == ["L1-S2"]
+    ev = events[0]
+    # bright frames from 10 s to 18 s: windows [9,11) ... [17,19) are over 0.5 mean brightness only when
+    # most of their frames are bright -> the event spans roughly the fault
+    assert abs(ev.start_time.timestamp() - (start + 10)) <= 2.0
+    assert abs(ev.end_time.timestamp() - (start + 18)) <= 2.0
+    assert ev.evidence["frames"][0]["first"] <= ev.evidence["frames"][0]["last"]
+    assert ev.serials and all(s.startswith("SN-L1-S2-") for s in ev.serials)
+    assert monitor.stats.rejected == 3
+    with factory() as s:
+        offsets = s.scalars(select(ConsumerOffset)).all()
+        outbox = s.scalars(select(Outbox).order_by(Outbox.id)).all()
+    assert offsets and all(o.next_offset >= 0 for o in offsets)
+    assert [o.change for o in outbox] == ["opened", "closed"]
+
+    dlq = make_consumer(ks, broker.bootstrap, unique_group())
+    dlq.subscribe([topics.dlq])
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 3 and time.monotonic() < deadline:
+        for recs in dlq.poll(500).values():
+            got.extend(recs)
+    dlq.close()
+    reasons = sorted(dict(r.headers)["fw_error"].decode().split(":")[0] for r in got)
+    assert reasons == ["corrupt_image", "key_mismatch", "time_out_of_range"]
+    assert all(dict(r.headers)["fw_original_topic"] in (topics.frames.encode(), topics.logs.encode()) for r in got)
+    engine.dispose()
