@@ -29,7 +29,7 @@ app = typer.Typer(
     "metrics.\n\nStart with `fusionwatch up` (everything on one box), then see each command's --help.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 err = Console(stderr=True)
 

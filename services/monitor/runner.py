@@ -1,0 +1,65 @@
+"""Assemble and run a monitor process: database, model, metrics endpoint, monitor, outbox relay."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from schemas.errors import ConfigError, FusionwatchError
+from services import db
+from services.kafka import Topics, make_producer
+from services.lifecycle import install_stop_handlers
+from services.monitor.outbox import OutboxRelay
+from services.monitor.service import Monitor
+from services.observability import metrics as m
+from services.observability.server import CheckResult, database_reachable, kafka_reachable, serve_metrics
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def load_scorer(checkpoint: Path, device: str = "auto"):
+    if not (checkpoint / "config.json").exists():
+        raise FusionwatchError(f"no model checkpoint in {checkpoint}; train one with `fusionwatch train` "
+                               "(or run `fusionwatch up`, which trains a small one on first start)")
+    from models.scorer import AnomalyScorer
+
+    scorer = AnomalyScorer.load(checkpoint, device=device)
+    m.set_model_info(scorer.version, getattr(scorer, "device", device))
+    return scorer
+
+
+def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str | None = None,
+                device: str | None = None, bootstrap: str | None = None, stop: threading.Event | None = None,
+                on_change=None, serve: bool = True) -> None:
+    bootstrap = bootstrap or settings.kafka.bootstrap
+    if not bootstrap:
+        raise ConfigError("no Kafka broker configured: set FW_KAFKA_BOOTSTRAP=host:port, "
+                          "or run `fusionwatch up` to start the embedded broker with everything else")
+    stop = stop or install_stop_handlers()
+    engine = db.make_engine(settings.database.url)
+    db.wait_for_database(engine, settings.database.connect_timeout_s)
+    db.upgrade(settings.database.url)
+    topics = Topics.from_settings(settings.kafka)
+    scorer = load_scorer(checkpoint or settings.checkpoint_dir, device or settings.monitor.device)
+    monitor = Monitor(settings, bootstrap, engine, scorer, topics, group_id=group, on_change=on_change)
+    server = None
+    if serve:
+        server = serve_metrics(settings, "monitor", {
+            "kafka": kafka_reachable(settings.kafka, bootstrap, topics.inputs),
+            "database": database_reachable(engine),
+            "assigned": lambda: CheckResult(monitor.ready.is_set(), "waiting for partitions"),
+        })
+    relay = OutboxRelay(engine, make_producer(settings.kafka, bootstrap), topics.events)
+    relay_thread = threading.Thread(target=relay.run, args=(stop,), name="fw-outbox", daemon=True)
+    relay_thread.start()
+    log.info("monitor %s: model %s, group %s", bootstrap, scorer.version, monitor.group_id)
+    try:
+        monitor.run(stop)
+    finally:
+        stop.set()
+        relay_thread.join(10)
+        if server:
+            server.stop()
+        engine.dispose()
