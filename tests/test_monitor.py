@@ -86,3 +86,51 @@ def test_monitor_records_events_and_dead_letters(broker, make_topics, unique_gro
     assert reasons == ["corrupt_image", "key_mismatch", "time_out_of_range"]
     assert all(dict(r.headers)["fw_original_topic"] in (topics.frames.encode(), topics.logs.encode()) for r in got)
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_database_outage_pauses_then_catches_up(broker, make_topics, unique_group, pg_url):
+    """PostgreSQL behind a proxy we cut mid-run: the monitor retries, then finishes with the same events."""
+    from sqlalchemy.engine import make_url
+
+    from tests.support.tcp_proxy import TcpProxy
+
+    ks, topics = make_topics(partitions=2)
+    start = time.time() - 120
+    stream = bright_fault_stream(["L1-S1", "L1-S2"], start, 40, {"L1-S1": (8, 14), "L1-S2": (24, 30)})
+    produce(make_producer(ks, broker.bootstrap), topics, stream)
+
+    u = make_url(pg_url)
+    proxy = TcpProxy(u.host, u.port or 5432)
+    proxied = u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    engine = db.make_engine(proxied)
+    monitor = Monitor(Settings(kafka=ks), broker.bootstrap, engine, BrightnessScorer(), topics, group_id=unique_group())
+    factory = db.session_factory(db.make_engine(pg_url))
+
+    def closed():
+        with factory() as s:
+            return s.scalars(select(Event).where(Event.status == "closed").order_by(Event.start_time)).all()
+
+    stop = threading.Event()
+    t = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while monitor.stats.commits < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proxy.cut()  # outage while input is still being processed
+    time.sleep(4)
+    outage_commits = monitor.stats.commits
+    proxy.restore()
+    deadline = time.monotonic() + 90
+    while len(closed()) < 2 and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.3)
+    stop.set()
+    t.join(30)
+    proxy.close()
+    from services.observability.metrics import SQL_WRITE_FAILURES
+
+    events = closed()
+    assert [e.asset_id for e in events] == ["L1-S1", "L1-S2"]
+    assert SQL_WRITE_FAILURES._value.get() > 0  # the outage was felt and retried
+    assert monitor.stats.commits > outage_commits
+    assert monitor.stats.records == len(stream)
