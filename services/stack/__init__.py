@@ -1,0 +1,1 @@
+"""`fusionwatch up`: every service of fusionwatch in one process, on the embedded defaults."""

@@ -1,0 +1,31 @@
+"""`fusionwatch up`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command()
+def up(
+    profile: str = typer.Option(None, help="factory (default) or callcenter."),
+    assets: int = typer.Option(4, min=1, help="Simulated assets (stations, or concurrent calls)."),
+    faults: str = typer.Option("demo", help="Fault schedule: a preset (none, demo, all) or a JSON/JSONL file."),
+    speed: float = typer.Option(1.0, min=0, help="Simulation speed: 1 = real time, N = N× faster."),
+    duration: float = typer.Option(None, help="Stop after this many seconds (default: run until Ctrl-C)."),
+    api: bool = typer.Option(True, help="Serve the review page and API."),
+) -> None:
+    """Run everything on one box: broker, database, simulated plant, monitor, summarizer, scheduler, API.
+
+    Uses the embedded Kafka-protocol broker unless FW_KAFKA_BOOTSTRAP is set, SQLite under ./var unless
+    FW_DATABASE_URL is set, and the model in ./var/model (trained on first start if missing). Anomaly
+    events print as they open and close; narrated clips appear on the review page. Ctrl-C stops it cleanly.
+    """
+    from services.settings import get_settings
+    from services.stack.up import up as run_up
+
+    settings = get_settings()
+    if profile:
+        settings = settings.model_copy(update={"profile": profile})
+    run_up(settings, duration_s=duration, assets=assets, faults=faults, speed=speed, with_api=api)

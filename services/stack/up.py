@@ -1,0 +1,173 @@
+"""`fusionwatch up`: the whole system on one box, for a first look and for demos.
+
+Embedded broker (unless FW_KAFKA_BOOTSTRAP points at a cluster), SQLite under ./var (unless
+FW_DATABASE_URL), a model (trained on first start when none exists), then — each in its own
+thread — the simulated plant, the monitor, the outbox relay, the summarizer, the scheduler and
+the review API. Events are printed as they open and close. Ctrl-C / SIGTERM stops everything in
+order: producers first, then consumers (which commit), then the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from rich.console import Console
+
+from services import db
+from services.kafka import Topics, ensure_topics
+from services.lifecycle import install_stop_handlers
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+console = Console()
+
+
+@dataclass
+class _Part:
+    name: str
+    target: Callable[[threading.Event], None]
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def start(self) -> None:
+        def body():
+            try:
+                self.target(self.stop)
+            except BaseException as e:  # noqa: BLE001 - reported by the supervisor loop
+                self.error = e
+                log.exception("%s stopped with an error", self.name)
+
+        self.thread = threading.Thread(target=body, name=f"fw-{self.name}", daemon=True)
+        self.thread.start()
+
+    def halt(self, timeout_s: float = 30.0) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join(timeout_s)
+
+
+def print_change(change) -> None:
+    d = change.data
+    style = {"opened": "bold red", "updated": "yellow", "closed": "green"}[change.change]
+    when = d.start_time.strftime("%H:%M:%S")
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(d.attribution.modality_shares.items(), key=lambda kv: -kv[1]))
+    console.print(f"[{style}]{change.change.upper():7}[/] {d.asset:8} {d.kind:28} {d.severity:8} "
+                  f"peak {d.peak_score:6.2f} / threshold {d.threshold:.2f}  since {when}  ({shares})")
+
+
+def up(settings: Settings, duration_s: float | None = None, assets: int = 4, faults: str = "demo",
+       speed: float = 1.0, with_api: bool = True, stop: threading.Event | None = None) -> None:
+    stop = stop or install_stop_handlers()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    supervisor = None
+    if settings.kafka.bootstrap:
+        bootstrap = settings.kafka.bootstrap
+        topics = ensure_topics(settings.kafka, bootstrap)
+        console.print(f"Kafka: [bold]{bootstrap}[/] (external)")
+    else:
+        from services.broker.supervisor import BrokerSupervisor
+
+        supervisor = BrokerSupervisor(settings)
+        topics = supervisor.start()
+        bootstrap = supervisor.bootstrap
+        console.print(f"Kafka: embedded broker at [bold]{bootstrap}[/] (memory only; topics {', '.join(topics.all())})")
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap": bootstrap})})
+
+    db.upgrade(settings.database.url)
+    console.print(f"Database: [bold]{_safe_url(settings.database.url)}[/] (migrated)")
+    _ensure_model(settings)
+
+    parts = _parts(settings, bootstrap, topics, assets, faults, speed, duration_s, with_api)
+    for p in parts:
+        p.start()
+    console.print(f"Metrics: http://{settings.metrics.host}:{settings.metrics.base_port}/metrics (monitor)")
+    console.print(f"[dim]up in {time.monotonic() - started:.0f} s — simulating {assets} assets with the "
+                  f"'{faults}' fault schedule; events print below. Ctrl-C stops.[/]")
+    try:
+        deadline = time.monotonic() + duration_s if duration_s else None
+        while not stop.wait(2.0):
+            failed = [p for p in parts if p.error is not None]
+            if failed:
+                raise failed[0].error  # type: ignore[misc]
+            if supervisor:
+                supervisor.check()
+            if deadline and time.monotonic() > deadline:
+                break
+    finally:
+        console.print("stopping…")
+        for p in parts:  # producers first, the API last
+            p.halt()
+        if supervisor:
+            supervisor.stop()
+        console.print("stopped cleanly")
+
+
+def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faults: str, speed: float,
+           duration_s: float | None, with_api: bool) -> list[_Part]:
+    from services.monitor.runner import run_monitor
+    from services.simulator.run import run_simulation
+
+    gt = settings.var_dir / "ground_truth.jsonl"
+    parts = [
+        _Part("simulator", lambda stop: run_simulation(settings, bootstrap, settings.profile, assets, duration_s, speed,
+                                                       faults, 0, gt, stop, progress=False)),
+        _Part("monitor", lambda stop: run_monitor(settings, bootstrap=bootstrap, stop=stop, on_change=print_change)),
+    ]
+    try:
+        from services.summarizer.service import SummarizerService
+
+        engine = db.make_engine(settings.database.url)
+        parts.append(_Part("summarizer", lambda stop: SummarizerService(
+            settings, bootstrap, db.session_factory(engine), topics).run(stop)))
+    except ImportError as e:
+        log.warning("summarizer unavailable: %s", e)
+    try:
+        from services.scheduler.service import run_scheduler
+
+        parts.append(_Part("scheduler", lambda stop: run_scheduler(settings, stop)))
+    except ImportError as e:
+        log.warning("scheduler unavailable: %s", e)
+    if with_api:
+        parts.append(_Part("api", lambda stop: _serve_api(settings, stop)))
+    return parts
+
+
+def _serve_api(settings: Settings, stop: threading.Event) -> None:
+    import uvicorn
+
+    from services.api.app import create_app, review_url
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="warning"))
+    server.install_signal_handlers = lambda: None  # the main thread owns signals
+    console.print(f"Review page: [bold]{review_url(app)}[/]")
+    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True)
+    watcher.start()
+    server.run()
+
+
+def _ensure_model(settings: Settings) -> None:
+    ckpt = settings.checkpoint_dir
+    if (ckpt / "config.json").exists():
+        console.print(f"Model: [bold]{ckpt}[/]")
+        return
+    from services.training.quick import train_quick
+
+    console.print(f"Model: none in {ckpt} yet — training a small one on simulated normal operation "
+                  "(first start only; a few minutes on 2 CPU cores)…")
+    t0 = time.monotonic()
+    train_quick(ckpt, profile=settings.profile, progress=True)
+    console.print(f"Model: trained in {time.monotonic() - t0:.0f} s → {ckpt}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
