@@ -50,9 +50,15 @@ async def changes(sessions: sessionmaker[Session], after: datetime | None, poll_
     """Yield one `event` message per created/changed event row after `after` (default: now), for at
     most `max_s` seconds. The message id is the row's updated_at, so a reconnecting EventSource
     (Last-Event-ID) resumes where it stopped."""
-    cursor = after or datetime.now(timezone.utc)
     sent: dict[tuple[str, datetime], datetime] = {}
     deadline = anyio.current_time() + max_s
+    if after is None:
+        # a fresh page has just loaded the queue: what is already visible is not news
+        cursor = datetime.now(timezone.utc)
+        for row in await anyio.to_thread.run_sync(_fetch, sessions, cursor - OVERLAP):
+            sent[(row.id, row.updated_at)] = row.updated_at
+    else:
+        cursor = after
     yield ServerSentEvent(comment="fusionwatch live events", retry=RETRY_MS)
     while anyio.current_time() < deadline:
         rows = await anyio.to_thread.run_sync(_fetch, sessions, cursor - OVERLAP)

@@ -159,7 +159,9 @@ def write_sample(session: Session, media_root: Path, now: datetime | None = None
         session.add(event)
         if s.with_media:
             rel = Path("sample") / eid
-            write_clip(media_root / rel.with_suffix(".mp4"), label=f"{s.asset} {s.kind}")
+            # files already there are kept: the same sample (same ids) is cheap to write again
+            if not (media_root / rel.with_suffix(".mp4")).exists():
+                write_clip(media_root / rel.with_suffix(".mp4"), label=f"{s.asset} {s.kind}")
             write_vtt(media_root / rel.with_suffix(".vtt"), [
                 (0.0, 2.0, f"{s.asset}: {s.kind.replace('_', ' ')} at {start:%H:%M:%S}."),
                 (2.0, 4.0, f"Score {s.peak:.1f} times the threshold; audio carries most of the evidence."),

@@ -62,8 +62,14 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
-const fmtTime = (iso) => iso ? new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "—";
-const fmtClock = (iso) => new Date(iso).toLocaleTimeString([], { hour12: false });
+const pad = (n) => String(n).padStart(2, "0");
+const fmtClock = (t) => { const d = new Date(t); return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()); };
+// local time, unambiguous and sortable: 2024-05-01 14:03:07
+const fmtTime = (iso) => {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + fmtClock(d);
+};
 const label = (s) => String(s || "").replace(/_/g, " ");
 
 function say(text, isError = false) {
@@ -198,9 +204,11 @@ function drawTimeline(ev) {
   const s = $("timeline");
   s.replaceChildren();
   const pts = ev.scores.map((p) => ({ t: Date.parse(p.time), v: p.score }));
-  const W = 640, H = 180, L = 44, R = 8, T = 10, B = 24;
+  // draw in CSS pixels so text is not stretched: the viewBox follows the element's size
+  const W = Math.max(320, Math.round(s.getBoundingClientRect().width) || 640), H = 150, L = 44, R = 8, T = 10, B = 24;
+  s.setAttribute("viewBox", "0 0 " + W + " " + H);
   if (!pts.length) {
-    s.append(svg("text", { x: 20, y: 90 }, "no score timeline stored"));
+    s.append(svg("text", { x: 20, y: 75 }, "no score timeline stored"));
     $("timeline-desc").textContent = "No scores were stored for this event.";
     return;
   }
