@@ -69,9 +69,11 @@ class _Forget:
 
 @dataclass
 class MonitorStats:
-    records: int = 0
-    rejected: int = 0
-    late: int = 0
+    records: int = 0  # fetched from the input topics (each record is then exactly one of:)
+    aligned: int = 0  # ... added to at least one window
+    rejected: int = 0  # ... dead-lettered for a contract violation or rate limit
+    late: int = 0  # ... dead-lettered as late
+    replayed: int = 0  # ... already accounted for before a restart (offset <= processed_through)
     windows: int = 0
     events_opened: int = 0
     events_closed: int = 0
@@ -162,9 +164,10 @@ class Monitor:
             return self._dead_letter(tp, rec, "rate_limited",
                                      f"asset {env.asset} exceeds {self.cfg.per_asset_max_records_per_s:g} records/s")
         if self.aligner.add(env, res.payload, Position(tp.topic, tp.partition, rec.offset)):
+            self.stats.aligned += 1
             m.observe_record(env.asset, kind.value, now)
         elif rec.offset <= self._processed.get(key, -1):
-            pass  # replayed after a restart: this record was already accounted for before the crash
+            self.stats.replayed += 1  # replayed after a restart: already accounted for before the crash
         else:
             self.stats.late += 1
             m.LATE_RECORDS.labels(topic=tp.topic).inc()
