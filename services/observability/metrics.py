@@ -128,10 +128,11 @@ SUMMARIZER_LAG = Gauge("fusionwatch_summarizer_lag_events", "Events waiting for 
                        registry=REGISTRY)
 
 # --- scheduler --------------------------------------------------------------------------------------
-SCHEDULER_JOB_RUNS = Counter("fusionwatch_scheduler_job_runs_total", "Scheduled job runs, by job and outcome (ok, failed, missed).",
-                             ["job", "outcome"], registry=REGISTRY)
+# The job's name is the `task` label: a `job` label would clash with Prometheus' own target label.
+SCHEDULER_JOB_RUNS = Counter("fusionwatch_scheduler_job_runs_total", "Scheduled job runs, by task and outcome (ok, failed, missed).",
+                             ["task", "outcome"], registry=REGISTRY)
 SCHEDULER_JOB_LAST_SUCCESS = Gauge("fusionwatch_scheduler_job_last_success_timestamp_seconds",
-                                   "Unix time of the job's last successful run.", ["job"], registry=REGISTRY)
+                                   "Unix time of the job's last successful run.", ["task"], registry=REGISTRY)
 
 
 # --- every service ---------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ def job_run(job: str, outcome: str, now_s: float | None = None) -> None:
     """A scheduler job finished with `outcome` ("ok", "failed", "missed")."""
     import time
 
-    job = job_label(job)
-    SCHEDULER_JOB_RUNS.labels(job=job, outcome=outcome if outcome in ("ok", "failed", "missed") else OTHER).inc()
+    task = job_label(job)
+    SCHEDULER_JOB_RUNS.labels(task=task, outcome=outcome if outcome in ("ok", "failed", "missed") else OTHER).inc()
     if outcome == "ok":
-        SCHEDULER_JOB_LAST_SUCCESS.labels(job=job).set(time.time() if now_s is None else now_s)
+        SCHEDULER_JOB_LAST_SUCCESS.labels(task=task).set(time.time() if now_s is None else now_s)
