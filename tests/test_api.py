@@ -428,7 +428,7 @@ def test_health_metrics_openapi_and_page(sqlite_api):
                  "/api/thresholds/{asset}", "/api/threshold-changes", "/api/recalibrate", "/api/events/stream"):
         assert path in spec["paths"], path
     page = c.get("/")
-    assert page.status_code == 200 and "<video" in page.text and 'kind="subtitles"' in page.text
+    assert page.status_code == 200 and "<video" in page.text and 'id="timeline"' in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
     assert c.get("/static/review.js").status_code == 200

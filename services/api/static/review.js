@@ -180,13 +180,17 @@ function showEvent(ev) {
 }
 
 function showMedia(ev) {
-  const video = $("video"), track = $("track"), none = $("no-video");
+  const video = $("video"), none = $("no-video");
   video.pause();
+  // a fresh <track> per event: Chromium keeps the old cues when only a track's src changes
+  video.querySelectorAll("track").forEach((t) => t.remove());
   if (ev.media.clip) {
     video.hidden = false; none.hidden = true;
     video.src = ev.media.clip;
     if (ev.media.thumbnail) video.poster = ev.media.thumbnail; else video.removeAttribute("poster");
-    if (ev.media.subtitles) track.src = ev.media.subtitles; else track.removeAttribute("src");
+    if (ev.media.subtitles) {
+      video.append(el("track", { kind: "subtitles", srclang: "en", label: "Narration", default: "", src: ev.media.subtitles }));
+    }
     // subtitles on: the narration is the explanation, and the video starts muted
     if (video.textTracks.length) video.textTracks[0].mode = "showing";
     video.load();
