@@ -49,6 +49,16 @@ class Kind(str, Enum):
 
 EVENT_CE_TYPE = "io.fusionwatch.anomaly.v1"
 
+# Every `Rejected.reason` decode can return (bounded: safe as a metric label; consumers may
+# pre-create their counters from it). docs/contract.md explains each one to producers.
+REJECT_REASONS = (
+    "empty_value", "value_too_large", "duplicate_header", "bad_header", "missing_header", "bad_specversion",
+    "bad_type", "bad_content_type", "bad_key", "key_mismatch", "bad_time", "time_out_of_range",
+    "corrupt_image", "truncated_image", "image_too_large", "image_too_small", "decompression_bomb",
+    "corrupt_audio", "bad_audio_format", "bad_sample_rate", "bad_channels", "audio_too_long",
+    "log_too_large", "not_utf8", "empty_log", "bad_json", "decode_error",
+)
+
 
 @dataclass(frozen=True)
 class ContractLimits:
@@ -60,6 +70,10 @@ class ContractLimits:
     max_sample_rate: int = 192_000
     max_log_bytes: int = 16 * 1024
     max_clock_skew_s: float = 24 * 3600.0
+    # Decoded pixels per encoded byte above which a large image is treated as a decompression
+    # bomb. Camera frames compress 5-30:1 (JPEG) or 1.5-3:1 (PNG); a flat 4000x4000 PNG is ~1000:1.
+    max_pixels_per_byte: float = 200.0
+    bomb_min_pixels: int = 1 << 20  # small images are cheap to decode whatever their ratio
 
 
 @dataclass(frozen=True)
@@ -285,12 +299,19 @@ def _decode_frame(value: bytes, content_type: str, limits: ContractLimits, optio
     fmt = "JPEG" if content_type == "image/jpeg" else "PNG"
     try:
         img = Image.open(io.BytesIO(value), formats=[fmt])  # reads the header only
+    except Image.DecompressionBombError as e:  # Pillow's own pixel-count guard, also header-only
+        raise _Reject("image_too_large", f"{str(e)[:160]} (limit {limits.max_frame_px} px per side)") from None
     except Exception:
         raise _Reject("corrupt_image", f"value is not a readable {fmt} image") from None
     width, height = img.size
     if width > limits.max_frame_px or height > limits.max_frame_px or width < 8 or height < 8:
         raise _Reject("image_too_large" if max(width, height) > limits.max_frame_px else "image_too_small",
                       f"image is {width}x{height}, outside 8..{limits.max_frame_px} px per side")
+    pixels = width * height
+    if pixels >= limits.bomb_min_pixels and pixels / len(value) > limits.max_pixels_per_byte and fmt == "PNG":
+        # JPEG is decoded at 1/8 scale in the DCT domain (cheap whatever its size); PNG must inflate fully.
+        raise _Reject("decompression_bomb", f"{width}x{height} PNG in {len(value)} bytes "
+                                            f"({pixels / len(value):.0f} pixels per byte) looks like a decompression bomb")
     target = options.frame_size
     try:
         if fmt == "JPEG":
@@ -299,8 +320,10 @@ def _decode_frame(value: bytes, content_type: str, limits: ContractLimits, optio
         if img.size != target:
             img = img.resize(target, Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
-    except Exception:
-        raise _Reject("corrupt_image", f"{fmt} image data is truncated or corrupt") from None
+    except Exception as e:
+        if "truncated" in str(e):  # Pillow: "image file is truncated (N bytes not processed)"
+            raise _Reject("truncated_image", f"{fmt} image data ends early (truncated in transit or by the producer)") from None
+        raise _Reject("corrupt_image", f"{fmt} image data is corrupt") from None
     return FramePayload(arr, width, height)
 
 
@@ -343,9 +366,9 @@ def parse_wav(value: bytes, limits: ContractLimits = ContractLimits()) -> tuple[
         raise _Reject("corrupt_audio", "WAV has no fmt or data chunk")
     tag, channels, rate, _, block_align, bits = fmt
     if not 1 <= channels <= limits.max_audio_channels:
-        raise _Reject("bad_audio_format", f"{channels} channels (allowed 1..{limits.max_audio_channels})")
+        raise _Reject("bad_channels", f"{channels} channels (allowed 1..{limits.max_audio_channels})")
     if not limits.min_sample_rate <= rate <= limits.max_sample_rate:
-        raise _Reject("bad_audio_format", f"sample rate {rate} Hz (allowed {limits.min_sample_rate}..{limits.max_sample_rate})")
+        raise _Reject("bad_sample_rate", f"sample rate {rate} Hz (allowed {limits.min_sample_rate}..{limits.max_sample_rate})")
     if (tag, bits) == (1, 16):
         dtype = np.dtype("<i2")
     elif (tag, bits) == (3, 32):

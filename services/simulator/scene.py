@@ -65,6 +65,7 @@ class Scene:
         self.noise = [Image.fromarray(np.clip(NOISE_OFFSET + rng.normal(0, 4.0, size=(H + 16, W + 16, 3)), 0, 255)
                                       .astype(np.uint8)) for _ in range(6)]
         self.smudge_center = (float(rng.uniform(60, 260)), float(rng.uniform(50, 190)))
+        self._smudges: dict[int, Image.Image] = {}
 
     # ── one-off rendering ──────────────────────────────────────────────────────────────────────
     def _background(self, rng: np.random.Generator) -> np.ndarray:
@@ -174,14 +175,15 @@ class Scene:
 
     def _occlude(self, frame: Image.Image, severity: float) -> Image.Image:
         """A dirty or fogged lens: blur everywhere plus a soft grey smudge that grows."""
-        pil = frame.filter(ImageFilter.GaussianBlur(radius=0.6 + 2.4 * severity))
-        img = np.asarray(pil, dtype=np.float32)
-        yy, xx = np.mgrid[0:H, 0:W]
-        cx, cy = self.smudge_center
-        r = 30 + 60 * severity
-        a = np.clip(1.0 - np.hypot(xx - cx, (yy - cy) * 1.3) / r, 0, 1)[..., None] * 0.85 * severity
-        img = img * (1 - a) + 95.0 * a
-        return Image.fromarray(img.astype(np.uint8))
+        level = int(round(severity * 10))  # masks are cached at 11 severity levels
+        if level not in self._smudges:
+            yy, xx = np.mgrid[0:H, 0:W]
+            cx, cy = self.smudge_center
+            r = 30 + 60 * level / 10
+            a = np.clip(1.0 - np.hypot(xx - cx, (yy - cy) * 1.3) / r, 0, 1) * 0.85 * level / 10
+            self._smudges[level] = Image.fromarray((a * 255).astype(np.uint8), "L")
+        blurred = frame.filter(ImageFilter.GaussianBlur(radius=0.6 + 2.4 * level / 10))
+        return Image.composite(Image.new("RGB", (W, H), (95, 95, 95)), blurred, self._smudges[level])
 
     def encode(self, img: Image.Image, quality: int = 82) -> bytes:
         if img.size != self.frame_size:
