@@ -251,6 +251,7 @@ def _allowed_numbers(f: EventFacts, missing: Sequence[MissingEvidence], tz: str)
             add_text(duration_words((f.start - f.call.start).total_seconds()))
     for t in times:
         add_text(clock(t, tz, seconds=True))
+        add_text(clock(t, tz))
         add_text(day(t, tz))
     add_text(duration_words(f.duration_s))
     add_text(ratio_words(f.ratio))
