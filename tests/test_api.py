@@ -387,12 +387,23 @@ def test_recalibrate_endpoint(sqlite_api):
 # --- live updates, health, OpenAPI, page ----------------------------------------------------------------------
 
 
-def test_live_stream_sends_new_and_changed_events(sqlite_api):
+def test_live_stream_sends_new_and_changed_events(sqlite_api, monkeypatch):
+    from services.api import live
+
     c = sqlite_api
     later = T0 + timedelta(days=1)
+    polling = threading.Event()
+    fetch = live._fetch
+
+    def observed_fetch(*args):
+        polling.set()  # the stream is connected: what is written from now on is news
+        return fetch(*args)
+
+    monkeypatch.setattr(live, "_fetch", observed_fetch)
 
     def insert_soon():
-        time.sleep(0.4)
+        assert polling.wait(10)
+        time.sleep(0.1)
         engine = make_engine(c.url)
         with session_scope(session_factory(engine)) as s:
             s.add(make_event("L3-S1", later, status="open", severity="high"))
@@ -400,7 +411,7 @@ def test_live_stream_sends_new_and_changed_events(sqlite_api):
 
     writer = threading.Thread(target=insert_soon)
     writer.start()
-    r = c.get("/api/events/stream", params={"max_s": 1.5})  # the stream ends by itself
+    r = c.get("/api/events/stream", params={"max_s": 2.0})  # the stream ends by itself
     writer.join()
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     messages = [json.loads(line[len("data: "):]) for m in r.text.split("\n\n") if "event: event" in m

@@ -56,7 +56,8 @@ async def changes(sessions: sessionmaker[Session], after: datetime | None, poll_
         # a fresh page has just loaded the queue: what is already visible is not news
         cursor = datetime.now(timezone.utc)
         for row in await anyio.to_thread.run_sync(_fetch, sessions, cursor - OVERLAP):
-            sent[(row.id, row.updated_at)] = row.updated_at
+            if row.updated_at <= cursor:
+                sent[(row.id, row.updated_at)] = row.updated_at
     else:
         cursor = after
     yield ServerSentEvent(comment="fusionwatch live events", retry=RETRY_MS)

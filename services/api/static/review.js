@@ -229,7 +229,7 @@ function drawTimeline(ev) {
   s.append(svg("line", { class: "thr", x1: L, x2: W - R, y1: y(ev.threshold), y2: y(ev.threshold) }));
   s.append(svg("text", { x: W - R - 70, y: y(ev.threshold) - 4 }, "threshold"));
   s.append(svg("polyline", { class: "score", points: pts.map((p) => x(p.t) + "," + y(p.v)).join(" ") }));
-  for (const p of pts) {
+  for (const p of pts.length <= 300 ? pts : []) {  // markers only while they stay readable
     const c = svg("circle", { cx: x(p.t), cy: y(p.v), r: 3, class: p.v >= ev.threshold ? "over" : "under" });
     c.append(svg("title", {}, fmtClock(p.t) + " score " + p.v.toFixed(3)));
     s.append(c);
