@@ -59,6 +59,14 @@ EVENTS = [
 
 def seed(url: str) -> dict[str, str]:
     engine = make_engine(url)
+    if engine.dialect.name == "postgresql":
+        # a server far from UTC (UTC+14): days and times must still come out in UTC
+        from sqlalchemy import text
+
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER DATABASE "{engine.url.database}" SET timezone TO \'Pacific/Kiritimati\''))
+        engine.dispose()
+        engine = make_engine(url)
     ids = {}
     with session_scope(session_factory(engine)) as s:
         s.add(Asset(id="press7", line="L9"))
