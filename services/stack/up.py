@@ -116,8 +116,9 @@ def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faul
 
     gt = settings.var_dir / "ground_truth.jsonl"
     parts = [
-        _Part("simulator", lambda stop: run_simulation(settings, bootstrap, settings.profile, assets, duration_s, speed,
-                                                       faults, 0, gt, stop, progress=False)),
+        _Part("simulator", lambda stop: run_simulation(settings, bootstrap, profile=settings.profile, assets=assets,
+                                                       duration_s=duration_s, speed=speed, faults=faults, seed=0,
+                                                       ground_truth_path=gt, stop_event=stop)),
         _Part("monitor", lambda stop: run_monitor(settings, bootstrap=bootstrap, stop=stop, on_change=print_change)),
     ]
     try:
