@@ -93,7 +93,9 @@ class Acoustics:
         for f in faults:
             if f.overlaps(t0, t0 + n / sr) and f.kind in _FAULT_SOUNDS:
                 sev = np.clip((t - f.start) / 2.0, 0, 1) * np.clip((f.end - t) / 0.5, 0, 1)
-                out = out + _FAULT_SOUNDS[f.kind](self, f, t, speed, osc, sev, rng)
+                # a fault draws from its own stream, so the normal sound around it stays exactly as it was
+                frng = np.random.default_rng([int(f.start * 1000), int(round((t0 - f.start) * 1000)) + 10**9])
+                out = out + _FAULT_SOUNDS[f.kind](self, f, t, speed, osc, sev, frng)
         return np.clip(out, -1.0, 1.0).astype(np.float32)
 
     # ── acoustic faults ───────────────────────────────────────────────────────────────────────

@@ -204,7 +204,9 @@ class CallCenter:
             text = template.format(**slots)
             if stage not in AGENT_STAGES:
                 speaker = "customer"
-                frustration = float(np.clip(frustration + rng.normal(0, 0.04), 0, 1))
+                frustration = float(np.clip(frustration + np.clip(rng.normal(0, 0.04), -0.06, 0.06), 0, 1))
+                if call_type == "escalating":  # escalation never goes back down
+                    frustration = max(frustration, min(1.0, last_frustration + 0.05))
                 tone = Tone.for_anger(frustration, base_pitch=base_pitch)
                 if call_type == "sarcastic":  # exaggerated, drawn-out intonation on the "nice" words
                     tone = Tone(rate_wpm=tone.rate_wpm - 25, pitch=tone.pitch, pitch_range=95, volume=tone.volume,

@@ -36,7 +36,7 @@ from services.simulator.faults import (  # noqa: F401  (re-exported: the simulat
 )
 from services.simulator.plc import PlcLog
 from services.simulator.scene import PartView, Scene
-from services.simulator.timeline import Timeline
+from services.simulator.timeline import Segment, Timeline
 
 __all__ = ["CROSS_MODAL_KINDS", "FAULT_KINDS", "Fault", "Plant", "asset_names", "fault_schedule", "load_schedule"]
 
@@ -152,6 +152,16 @@ class Plant:
     def time(self) -> float:
         """Event time up to which records have been produced."""
         return self._t
+
+    def segments(self, asset: str, start: float, end: float) -> list["Segment"]:
+        """The true operating state of an asset (run/idle, speed, idle reason, shift) over [start, end)."""
+        return self._station(asset).timeline.segments_between(start, end)
+
+    def _station(self, asset: str) -> _Station:
+        for st in self._stations:
+            if st.asset == asset:
+                return st
+        raise KeyError(f"no asset {asset!r} in this plant ({', '.join(self.assets)})")
 
     def faults_between(self, asset: str, start: float, end: float) -> list[Fault]:
         return [f for f in self.ground_truth if f.asset == asset and f.overlaps(start, end)]

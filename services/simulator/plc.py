@@ -35,6 +35,9 @@ KNOWN_WARNINGS = (
     ("W240", "WARN", "guard door {door} opened briefly"),
     ("I410", "INFO", "operator {op} acknowledged alarm"),
 )
+# Every code normal operation can emit (state changes, cycles, telemetry, heartbeats, known warnings).
+NORMAL_CODES = frozenset({"C100", "T200", "H000", "S100", "S101", "S105", "S110", "S120", "S130", "S131", "S140",
+                          "S141", "S150", "S160", "I400", "S900", "S901"} | {c for c, _, _ in KNOWN_WARNINGS})
 # Codes no normal run ever emits (log-only fault "unseen_error_code").
 UNSEEN_ERRORS = (
     ("E771", "servo axis {axis} following error {mm:.2f} mm exceeds limit"),
@@ -133,8 +136,8 @@ class PlcLog:
                                  door=int(rng.integers(1, 5)), op=OPERATORS[int(rng.integers(len(OPERATORS)))])
                 self._line(out, b0 + float(rng.uniform(0, 1)), msg, level, code, serial)
         for f in self.faults:
-            if f.overlaps(b0, b1):
-                self._fault_lines(out, f, b0, b1, speed, rng)
+            if f.overlaps(b0, b1):  # own random stream: the normal lines around a fault stay as they were
+                self._fault_lines(out, f, b0, b1, speed, np.random.default_rng([int(f.start * 1000), int(b0 * 1000)]))
         return sorted((x for x in out if b0 <= x[0] < b1 + 0.5), key=lambda x: x[0])
 
     def _telemetry(self, out: list, t: float, speed: float, rng: np.random.Generator) -> None:
