@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Select, and_, case, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from schemas import api as shapes
 from schemas.events import Attribution
@@ -85,6 +85,12 @@ def _rows(stmt: Select) -> Select:
 
 def _base_select() -> Select:
     return _rows(select(Event, Summary, Asset.line))
+
+
+def _list_select() -> Select:
+    # a queue row needs none of the bulky JSON (a timeline holds up to 3600 points): leave it in SQL
+    return _base_select().options(defer(Event.scores), defer(Event.log_lines), defer(Event.evidence),
+                                  defer(Event.attribution))
 
 
 # --- shaping ------------------------------------------------------------------------------------------
@@ -157,7 +163,7 @@ def _log_line(item: Any) -> str:
 def list_events(session: Session, f: shapes.EventFilter) -> shapes.EventPage:
     clauses = event_clauses(f)
     total = session.scalar(select(func.count()).select_from(Event).where(*clauses)) or 0
-    stmt = _base_select().where(*clauses).order_by(*_ORDER[f.order]).limit(f.limit).offset(f.offset)
+    stmt = _list_select().where(*clauses).order_by(*_ORDER[f.order]).limit(f.limit).offset(f.offset)
     items = [event_out(e, s, line) for e, s, line in session.execute(stmt)]
     next_offset = f.offset + len(items) if f.offset + len(items) < total else None
     return shapes.EventPage(items=items, total=total, limit=f.limit, offset=f.offset, next_offset=next_offset)
@@ -205,7 +211,7 @@ def events_by_serial(session: Session, q: shapes.SerialQuery) -> list[shapes.Eve
     elements = _serial_elements(session)
     value = elements.c.value
     match = value.startswith(q.serial, autoescape=True) if q.prefix else value == q.serial
-    stmt = (_base_select().where(exists(select(1).select_from(elements).where(match)))
+    stmt = (_list_select().where(exists(select(1).select_from(elements).where(match)))
             .order_by(*_ORDER["newest"]).limit(q.limit))
     return [event_out(e, s, line) for e, s, line in session.execute(stmt)]
 
