@@ -2,8 +2,9 @@
 
 Each line becomes one record. JSON lines that carry a "msg" go out as `application/json` (with
 level/code/serial/speaker kept); anything else as `text/plain`. The event time comes from the line
-when it has one (a leading ISO 8601 / RFC 3339 timestamp, or a "time"/"ts"/"timestamp" field in
-JSON, epoch seconds or text), else from the clock when the line was read. Lines over the
+when it has one (a leading ISO 8601 / RFC 3339 timestamp, moved out of the message into ce_time, or
+a "time"/"ts"/"timestamp" field in JSON, epoch seconds or text), else from the clock when the line
+was read. Lines over the
 contract's 16 KiB are cut at a character boundary and marked, bytes that are not UTF-8 are
 replaced — both counted — so the consumer never has to reject what ingest could repair.
 
@@ -91,10 +92,13 @@ def line_record(raw: bytes, asset: str, source: str, ids: RunIds, time_source: s
                     payload[name] = str(v)[:128]
             if time_source != "now":
                 t = next((_json_time(obj[f]) for f in _JSON_TIME_FIELDS if f in obj), None)
-    if isinstance(payload, str) and time_source != "now":
+    if isinstance(payload, str):
         m = _LEADING_TS.match(text)
-        if m:
-            t = parse_line_time(m.group("ts"))
+        if m and m.end() < len(text):
+            if time_source != "now":
+                t = parse_line_time(m.group("ts"))
+            # the timestamp lives in ce_time; the message keeps only what was said, so repeated lines stay equal
+            payload = text[m.end():]
     if t is None:
         if time_source == "line":
             raise ConfigError(f"--time-source line: no timestamp in line {text[:80]!r}; use --time-source auto")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -116,14 +117,27 @@ class AudioChunker:
         self.buf = np.concatenate([self.buf, samples])
         self.received += len(samples)
         n = self.chunk_len
-        lookahead = _RESAMPLE_CONTEXT if self._resampling else 0
+        lookahead = self._context if self._resampling else 0
         while len(self.buf) >= n + lookahead:
             out.append(self._emit(n, origin))
         return out
 
     @property
+    def _step(self) -> int:
+        """Input samples per whole number of output samples (1 without resampling). Chunk and context
+        lengths are multiples of it, so every chunk's output grid continues the previous one exactly."""
+        if not self._resampling:
+            return 1
+        return self.rate // math.gcd(self.rate, self.options.resample)
+
+    @property
     def chunk_len(self) -> int:
-        return max(1, int(round(self.options.chunk_s * self.rate)))
+        step = self._step
+        return max(step, int(round(self.options.chunk_s * self.rate / step)) * step)
+
+    @property
+    def _context(self) -> int:
+        return -(-_RESAMPLE_CONTEXT // self._step) * self._step
 
     @property
     def _resampling(self) -> bool:
@@ -135,7 +149,7 @@ class AudioChunker:
         if self._resampling:
             chunk, out_rate = self._resample(n), self.options.resample
         t = origin + self.seg_start + self.consumed / self.rate
-        self.left = self.buf[max(0, n - _RESAMPLE_CONTEXT):n]
+        self.left = self.buf[max(0, n - self._context):n] if self._resampling else self.left
         self.buf = self.buf[n:]
         self.consumed += n
         rid, seq = self.ids.next(Kind.AUDIO)
@@ -146,11 +160,11 @@ class AudioChunker:
         import torchaudio.functional as AF
 
         src, dst = self.rate, self.options.resample
-        right = self.buf[n:n + _RESAMPLE_CONTEXT]
+        right = self.buf[n:n + self._context]
         x = np.concatenate([self.left, self.buf[:n], right])
         y = AF.resample(torch.from_numpy(np.ascontiguousarray(x.T)), src, dst).numpy().T
-        a = int(round(len(self.left) * dst / src))
-        b = a + int(round(n * dst / src))
+        a = len(self.left) * dst // src  # exact: both lengths are multiples of _step
+        b = a + -(-n * dst // src)  # a final partial chunk rounds up, like resampling the whole file
         return y[a:b]
 
     def flush(self, origin: float) -> list[Record]:
