@@ -20,6 +20,7 @@ from schemas.errors import FusionwatchError
 from schemas.events import AnomalyCloudEvent
 from schemas.tables import Asset, AssetThreshold, ConsumerOffset, Event, MonitorState, Outbox, utcnow
 from services.db import session_factory
+from services.monitor import faultpoints
 from services.monitor.lifecycle import EventChange
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class SqlSink:
                 s.merge(MonitorState(group_id=self.group_id, asset_id=asset, partition=snap.partition,
                                      last_window_start=snap.next_start,
                                      lifecycle=snap.lifecycle | {"expected": snap.expected}))
+            s.flush()
+            faultpoints.hit("before_commit")  # fault tests: everything written, nothing committed
+        faultpoints.hit("after_commit")  # fault tests: committed, nobody told
         for tp, (next_offset, _) in batch.offsets.items():
             self.expected[tp] = next_offset
         return time.perf_counter() - t0
@@ -118,7 +122,9 @@ class SqlSink:
                 s.add(Asset(id=d.asset, line=d.asset.split("-")[0] if "-" in d.asset else None))
             row = Event(id=d.event_id, asset_id=d.asset, start_time=d.start_time)
             s.add(row)
-        row.end_time, row.status, row.kind, row.severity = d.end_time, d.status, d.kind, d.severity
+        if row.status in (None, "open", "closed"):  # never undo a reviewer's acknowledge/resolve
+            row.status = d.status
+        row.end_time, row.kind, row.severity = d.end_time, d.kind, d.severity
         row.peak_score, row.mean_score, row.threshold = d.peak_score, d.mean_score, d.threshold
         row.model_version, row.windows = d.model_version, d.windows
         row.attribution = d.attribution.model_dump()
