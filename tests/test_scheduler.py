@@ -113,7 +113,7 @@ def test_two_schedulers_make_one_digest(broker, make_topics, db_url, tmp_path):
 
     with factory() as s:
         digests = s.scalars(select(Digest)).all()
-        runs = s.scalars(select(JobRun).where(JobRun.job == "digest")).all()
+        runs = s.scalars(select(JobRun).where(JobRun.job == "shift_digest")).all()
         summaries = {e: s.get(Summary, e) for e in ids.values()}
     assert len(digests) == 1, "one digest per shift, whichever scheduler fired"
     digest = digests[0]

@@ -4,6 +4,7 @@ SQLite/PostgreSQL, the CloudEvent on fw.events, the service rendering, the MP4 r
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import threading
 import time
 from datetime import timedelta
@@ -214,3 +215,35 @@ def test_call_centre_summary_speaks_about_sentiment_and_quotes_the_transcript(br
     first, last = mp4["video_frames"][0][1], mp4["video_frames"][-1][1]
     x0, y0, x1, y1 = LAYOUT.camera
     assert np.abs(first[y0:y1, x0:x1].astype(int) - last[y0:y1, x0:x1].astype(int)).mean() > 2.0
+
+
+@pytest.mark.slow
+def test_summarize_command_renders_one_event_on_demand(broker, make_topics, sqlite_url, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.settings import get_settings
+
+    ks, topics = make_topics(4)
+    sc = produce_scenario(broker.bootstrap, ks, topics, asset="L7-S4", partition=3, duration_s=3.0, before_s=2.0,
+                          after_s=2.0, fps=5.0, other_asset=None)
+    factory = session_factory(make_engine(sqlite_url))
+    insert_event(factory, sc.data)
+    monkeypatch.setenv("FW_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("FW_KAFKA_BOOTSTRAP", broker.bootstrap)
+    monkeypatch.setenv("FW_MEDIA_ROOT", str(tmp_path / "media"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["summarize", "--event", sc.event_id])
+        missing = CliRunner().invoke(app, ["summarize", "--event", "no-such-event"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    printed = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert [p.rsplit(".", 1)[1] for p in printed] == ["mp4", "vtt", "jpg"]
+    assert all(Path(p).exists() for p in printed)
+    from schemas.tables import Summary
+
+    with factory() as s:
+        assert s.get(Summary, sc.event_id).status == "ready"
+    assert missing.exit_code != 0 and "not in the events table" in str(missing.exception or missing.output)

@@ -152,3 +152,38 @@ def test_rephraser_refuses_a_directory_without_a_model(tmp_path):
 
     with pytest.raises(ConfigError, match="REPHRASE_MODEL"):
         Rephraser(tmp_path)
+
+
+def test_which_fw_events_records_get_a_summary(sqlite_url, tmp_path):
+    """Closed → yes, unless a summary already post-dates the close (a replay); opened/updated →
+    only with summarizer.open_after_s, once the event is that old and has no summary yet."""
+    from schemas.events import AnomalyData
+    from schemas.tables import Summary
+    from services.db import make_engine, session_factory, session_scope
+    from services.settings import DatabaseSettings, Settings
+    from services.summarizer.service import SummarizerService
+    from tests.test_summarizer_support import insert_event
+
+    factory = session_factory(make_engine(sqlite_url))
+    settings = Settings(var_dir=tmp_path, database=DatabaseSettings(url=sqlite_url))
+    service = SummarizerService(settings, "127.0.0.1:1", factory)
+    start = datetime.now(timezone.utc) - timedelta(minutes=5)
+    data = AnomalyData(event_id="e-1", change="closed", revision=2, asset="L1-S1", severity="high", status="closed",
+                       start_time=start, end_time=start + timedelta(seconds=30), peak_score=1.0, mean_score=0.8,
+                       threshold=0.5, model_version="m", windows=30)
+    insert_event(factory, data)
+    opened = data.model_copy(update={"change": "opened", "end_time": None, "status": "open"})
+    assert service._wanted(data)
+    assert not service._wanted(opened)
+    service.settings = settings.model_copy(update={"summarizer": settings.summarizer.model_copy(
+        update={"open_after_s": 60.0})})
+    assert service._wanted(opened), "open for 5 minutes, over the 60 s setting"
+    with session_scope(factory) as s:
+        s.add(Summary(event_id="e-1", status="partial", narration="…", missing=[],
+                      rendered_at=start + timedelta(seconds=10)))
+    assert not service._wanted(opened), "already has a (long-open) summary"
+    assert service._wanted(data), "the close re-renders the long-open summary"
+    with session_scope(factory) as s:
+        s.get(Summary, "e-1").rendered_at = datetime.now(timezone.utc)
+    assert not service._wanted(data), "a replayed close after its summary is skipped"
+    assert service.handle(b"not a cloud event") is None

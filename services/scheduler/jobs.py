@@ -35,6 +35,7 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 _local = threading.local()
+DIGEST_TASK = "shift_digest"  # the name in job_runs and the metrics' task label
 
 
 @dataclass
@@ -143,7 +144,7 @@ def digest_job() -> dict | None:
     ctx = current()
     cfg = ctx.settings.scheduler
     shift = shift_ending_at(ctx.scheduled_for or datetime.now(timezone.utc), parse_shifts(cfg.shifts), cfg.timezone)
-    with claimed(ctx, "digest") as mine:
+    with claimed(ctx, DIGEST_TASK) as mine:
         if not mine:
             return None
         result = build_digest(ctx.session_factory, ctx.settings, shift, ctx.speaker_or_new())

@@ -19,7 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from schemas.errors import ConfigError
-from services.scheduler.jobs import ContextExecutor, JobContext, default_owner
+from services.scheduler.jobs import DIGEST_TASK, ContextExecutor, JobContext, default_owner
 from services.scheduler.shifts import parse_shifts, zone
 from services.settings import Settings
 
@@ -53,7 +53,7 @@ def build_scheduler(settings: Settings, engine, session_factory, name: str | Non
     def on_missed(event) -> None:
         from services.scheduler.jobs import _metric
 
-        _metric(event.job_id.split("@")[0], "missed")
+        _metric(DIGEST_TASK if event.job_id.startswith(DIGEST_PREFIX) else event.job_id, "missed")
         log.warning("job %s missed its run at %s (scheduler was down longer than misfire_grace_s)",
                     event.job_id, event.scheduled_run_time)
 
