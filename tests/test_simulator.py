@@ -487,4 +487,4 @@ def test_sixteen_assets_generation_rate(capsys):
     assert stats.by_kind["frames"] == 16 * 40 and stats.by_kind["audio"] == 16 * 20
     with capsys.disabled():
         print(f"\n[simulator] 16 assets x 10 s: {stats.asset_seconds_per_wall_s:.1f} asset-s per wall s "
-              f"({stats.realtime_factor:.2f}x real time for 16 assets)")
+              f"({stats.realtime_factor:.2f}x real time for 16 assets), {stats.asset_seconds_per_cpu_s:.1f} per CPU s")

@@ -92,6 +92,7 @@ def simulate(
         f"{'generated' if dry_run else 'produced'} {stats.records:,} records ({stats.bytes / 1e6:,.1f} MB: "
         f"{stats.by_kind['frames']:,} frames, {stats.by_kind['audio']:,} audio chunks, {stats.by_kind['logs']:,} log lines) "
         f"for {stats.sim_seconds:,.0f} s x {stats.assets} assets in {stats.wall_seconds:,.1f} s wall: "
-        f"[bold]{stats.asset_seconds_per_wall_s:,.1f} asset-seconds per second[/] ({stats.realtime_factor:,.1f}x real time)"
+        f"[bold]{stats.asset_seconds_per_wall_s:,.1f} asset-seconds per second[/] ({stats.realtime_factor:,.1f}x real time; "
+        f"{stats.asset_seconds_per_cpu_s:,.1f} asset-seconds per CPU-second)"
         + (f"; {stats.ground_truth_rows} ground-truth rows in {ground_truth}" if ground_truth else "")
         + (" — stopped early" if stats.stopped_early else ""))
