@@ -32,7 +32,7 @@ from services.summarizer import facts as facts_mod
 from services.summarizer import media
 from services.summarizer.mp4 import Cue, Mp4Writer, parse_webvtt, webvtt
 from services.summarizer.narrator import clock, humanize, narrate, ratio_words
-from services.summarizer.render import BG, DIM, PANEL, RED, TEXT, cue_list, font, narration_track
+from services.summarizer.render import BG, DIM, PANEL, RED, TEXT, cue_list, font, narration_track, wrap
 from services.summarizer.tts import Speaker
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,7 @@ def _build(session_factory, settings: Settings, shift: Shift, speaker: Speaker) 
         with Mp4Writer(tmp, width, height, 10.0, sr, crf=cfg.crf, preset=cfg.x264_preset,
                        title=f"fusionwatch shift digest {shift.label}") as writer:
             card = _overview_card(shift, events, total, (width, height), tz)
-            for t in _card_times(overview_s, cues):
-                writer.add_frame(np.asarray(card), t)
+            _write_card(writer, card, 0.0, overview_s, cues)
             offset = overview_s + GAP_S
             for event in events:
                 summary = summaries.get(event.id)
@@ -195,9 +194,33 @@ def _overview_card(shift: Shift, events: list[Event], total: int, size: tuple[in
     return img
 
 
+def _write_card(writer: Mp4Writer, card: Image.Image, offset: float, length: float, cues: list[Cue]) -> None:
+    """A still card for `length` seconds with the spoken sentence as a caption (works muted too)."""
+    w, h = card.size
+    s = h / 360
+    frames: dict[int, np.ndarray] = {}
+    starts = [c.start for c in cues]
+    for t in _card_times(length, cues):
+        k = int(np.searchsorted(starts, t + 1e-6, side="right")) - 1
+        if k >= 0 and t > cues[k].end:
+            k = -1
+        if k not in frames:
+            img = card.copy()
+            if k >= 0:
+                d = ImageDraw.Draw(img)
+                d.rectangle((0, h - int(44 * s), w, h), fill=(0, 0, 0))
+                lines = wrap(cues[k].text, font(int(14 * s)), w - int(16 * s), 2)
+                y = h - int(22 * s) - len(lines) * int(17 * s) // 2
+                for line in lines:
+                    d.text((w // 2, y), line, fill=(255, 255, 255), font=font(int(14 * s)), anchor="ma")
+                    y += int(17 * s)
+            frames[k] = np.asarray(img)
+        writer.add_frame(frames[k], offset + t)
+
+
 def _card_times(length: float, cues: list[Cue]) -> list[float]:
-    times = sorted({round(t, 3) for t in (*np.arange(0, length, 1 / CARD_FPS), *(c.start for c in cues))
-                    if 0 <= t < length})
+    times = sorted({round(float(t), 3) for t in (*np.arange(0, length, 1 / CARD_FPS), *(c.start for c in cues),
+                                                 *(c.end for c in cues)) if 0 <= t < length})
     return times or [0.0]
 
 
@@ -250,10 +273,16 @@ def _append_card(writer: Mp4Writer, facts, offset: float, size: tuple[int, int],
            font=font(int(17 * s), bold=True))
     d.text((w - int(12 * s), int(12 * s)), f"{facts.severity.upper()} · {humanize(facts.kind)}", fill=RED,
            font=font(int(13 * s), bold=True), anchor="ra")
-    d.text((int(12 * s), int(56 * s)), "no summary video for this event (see the report)", fill=DIM,
-           font=font(int(13 * s)))
-    for t in _card_times(length, cues):
-        writer.add_frame(np.asarray(img), offset + t)
+    d.text((int(12 * s), int(50 * s)), "no summary video for this event", fill=DIM, font=font(int(12 * s)))
+    y = int(76 * s)
+    for sentence in narration.sentences:
+        for line in wrap(sentence, font(int(14 * s)), w - int(32 * s), 3):
+            if y > h - int(60 * s):
+                break
+            d.text((int(16 * s), y), line, fill=TEXT, font=font(int(14 * s)))
+            y += int(19 * s)
+        y += int(5 * s)
+    _write_card(writer, img, offset, length, cues)
     return length, voice, cues
 
 
