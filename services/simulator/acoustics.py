@@ -109,7 +109,7 @@ class Acoustics:
     def _imbalance(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
         # a strong once-per-rev component, and the structure rattles at 1x too
         one = osc.shaft(1, 0.7)
-        return sev * speed ** 2 * (0.028 * one + 0.006 * osc.shaft(2) + 0.004 * one * osc.shaft(GEAR_TEETH))
+        return sev * speed ** 2 * (0.011 * one + 0.003 * osc.shaft(2) + 0.003 * one * osc.shaft(GEAR_TEETH))
 
     def _squeal(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
         key = (f.start, f.asset)
