@@ -1,0 +1,68 @@
+"""One monitor process for the fault suite: the test scorer, plus a stats file the ledger reads.
+
+python -m tests.faults.monitor_proc BOOTSTRAP DB_URL TOPIC_PREFIX GROUP STATS_JSON [PARTITIONS]
+
+Like tests/support/run_monitor.py, but it rewrites STATS_JSON (atomically, every 0.3 s and at exit)
+with the monitor's counters, so a test can read how many records a process fetched, aligned,
+dead-lettered, re-read after a restart, and how often it was fenced — even for a process that is
+SIGKILLed later (the last snapshot survives). Fault points come from FW_FAULT_POINTS; other
+settings from FW_* (e.g. FW_MONITOR__PER_ASSET_MAX_RECORDS_PER_S).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from services import db
+from services.kafka import Topics
+from services.lifecycle import install_stop_handlers
+from services.monitor import faultpoints
+from services.monitor.service import Monitor
+from services.settings import Settings
+from tests.support.scorers import BrightnessScorer
+
+
+def write_stats(monitor: Monitor, path: Path) -> None:
+    data = {k: v for k, v in asdict(monitor.stats).items() if k != "latencies"}
+    data["pid"] = os.getpid()
+    data["assigned"] = sorted(f"{t}:{p}" for t, p in monitor._assigned)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    bootstrap, url, prefix, group, stats_path = sys.argv[1:6]
+    partitions = int(sys.argv[6]) if len(sys.argv) > 6 else 4
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    base = Settings()  # FW_* from the environment (e.g. FW_KAFKA__MAX_POLL_RECORDS, FW_MONITOR__MAX_BATCH)
+    ks = base.kafka.model_copy(update={"topic_prefix": prefix, "partitions": partitions})
+    settings = base.model_copy(update={"kafka": ks})
+    engine = db.make_engine(url)
+    stop = install_stop_handlers()
+    monitor = Monitor(settings, bootstrap, engine, BrightnessScorer(), Topics.from_settings(ks), group_id=group)
+    path = Path(stats_path)
+    logging.getLogger(__name__).info("monitor pid %d, fault points %s", os.getpid(), faultpoints.armed() or "none")
+
+    def sampler() -> None:
+        while not stop.wait(0.3):
+            write_stats(monitor, path)
+
+    threading.Thread(target=sampler, daemon=True, name="fw-stats").start()
+    try:
+        monitor.run(stop)
+    finally:
+        write_stats(monitor, path)
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
