@@ -134,6 +134,7 @@ class Monitor:
                 for tp, records in polled.items():
                     for rec in records:
                         self._handle(tp, rec, now)
+                self._hold_behind()
                 self._pending.extend(self.aligner.ready())
                 self._maybe_cut()
                 self._backpressure()
@@ -248,6 +249,19 @@ class Monitor:
             self.stats.fenced += 1
             log.warning("fenced on %s: another member owns it now; reloading from the database", tps)
             self._reload([TopicPartition(*tp) for tp in tps if tp in self._assigned])
+
+    def _hold_behind(self) -> None:
+        """Tell the aligner which modalities still have unread records (see WindowAligner.hold)."""
+        behind: dict[int, list[Kind]] = {}
+        for topic, part in self._assigned:
+            tp = TopicPartition(topic, part)
+            try:
+                hw, pos = self.consumer.highwater(tp), self.consumer.position(tp, timeout_ms=0)
+            except Exception:
+                hw = pos = None
+            if self._paused or hw is None or pos is None or pos < hw:
+                behind.setdefault(part, []).append(self.kind_of[topic])
+        self.aligner.hold(behind)
 
     def _report_lag(self) -> None:
         for tp in self._assigned:

@@ -96,6 +96,24 @@ class WindowAligner:
         for a in self.assets(partition):
             del self._assets[a]
 
+    def hold(self, behind: dict[int, Iterable[Kind]]) -> None:
+        """`behind[partition]` = modalities whose records on that partition are not all read yet
+        (a backlog, or consumption paused). Idleness means "nothing left to read", not "nothing
+        read lately": a consumer catching up reads one partition ahead of another, and a modality
+        that merely waits its turn must not be declared idle (its records would all turn late)."""
+        if not behind:
+            return
+        now = self.clock()
+        for s in self._assets.values():
+            kinds = behind.get(s.partition)
+            if not kinds:
+                continue
+            for k in kinds:
+                if k in s.last_arrival:
+                    s.last_arrival[k] = now
+                elif k not in s.expected:
+                    s.created = now  # a modality not seen yet may still be in the backlog: keep waiting
+
     def buffered(self) -> int:
         return sum(len(v) for s in self._assets.values() for v in s.items.values())
 
@@ -146,12 +164,14 @@ class WindowAligner:
         return out
 
     def _watermark(self, s: _AssetStream, now: float) -> float:
+        if len(s.expected) < len(MODALITIES) and now - s.created < self.new_asset_grace_s:
+            # a new asset: give modalities not yet seen a moment to show up before closing windows
+            # (checked before quietness: the modalities seen so far may all be read to the end while
+            # the others still wait in the backlog, see hold())
+            return -math.inf
         active = [k for k in s.expected if now - s.last_arrival.get(k, -math.inf) <= self.idle_timeout_s]
         if not active:  # the asset went quiet: release everything it has
             return math.inf
-        if len(s.expected) < len(MODALITIES) and now - s.created < self.new_asset_grace_s:
-            # a new asset: give modalities not yet seen a moment to show up before closing windows
-            return -math.inf
         if any(k not in s.max_time for k in active):  # restored, still waiting for a modality
             return -math.inf
         return min(s.max_time[k] for k in active) - self.lateness_s
