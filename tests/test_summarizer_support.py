@@ -5,7 +5,6 @@ frame ended up in the video, and the matching `events` row + `fw.events` CloudEv
 from __future__ import annotations
 
 import io
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
