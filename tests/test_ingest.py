@@ -167,7 +167,7 @@ def test_audio_files_chunked_and_resampled_without_seams(tmp_path):
 
 
 def test_http_stream_through_pyav(tmp_path):
-    mp4 = make_mp4(tmp_path / "cam.mp4", seconds=2.5)
+    make_mp4(tmp_path / "cam.mp4", seconds=2.5)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a, **k: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -239,7 +239,7 @@ def test_log_follow_survives_rotation_truncation_and_partial_lines(tmp_path):
     got: list[str] = []
 
     def follow():
-        for kind, rec, t in log_records(log, "L1-S1", stats, follow=True, stop=stop, poll_s=0.05):
+        for kind, rec, _ in log_records(log, "L1-S1", stats, follow=True, stop=stop, poll_s=0.05):
             got.append(decode(kind, rec.key, rec.value, rec.headers, now=time.time()).payload.msg)
 
     thread = threading.Thread(target=follow)

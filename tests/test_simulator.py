@@ -339,13 +339,12 @@ def test_calls_are_labelled_per_utterance(one_call_each):
 
 def test_call_audio_is_speech_and_anger_sounds_louder(one_call_each):
     loud, calm = [], []
-    for call_type, (cc, call, data) in one_call_each.items():
+    for _, call, data in one_call_each.values():
         chunks = decoded(Kind.AUDIO, [r for r in data["audio"] if r[1] == call.call_id])
         t0 = chunks[0][0]
         assert t0 == pytest.approx(call.start)
         x = np.concatenate([p.samples for _, p in chunks])
         assert len(x) / 16000 == pytest.approx(call.end - call.start, abs=0.01)
-        gaps = [u for a, u in zip(call.utterances, call.utterances[1:]) if u.start - a.end > 0.4]
         for u in call.utterances:
             seg = x[int((u.start - t0) * 16000):int((u.end - t0) * 16000)]
             rms = float(np.sqrt(np.mean(seg ** 2)))

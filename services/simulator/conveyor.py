@@ -20,6 +20,7 @@ from services.simulator.timeline import NOMINAL_BELT_PX_S, Timeline
 CENTER_X = 160.0  # image x of the station's centre line (320-px frame)
 PITCH_PX = 100.0  # nominal spacing of parts on the belt
 VISIBLE_MARGIN = 60.0
+_KEEP_PARTS = 500  # parts kept behind the camera (~5 min of travel at 100 %): crossings look back seconds only
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Conveyor:
     def _extend_parts(self, pos: float) -> None:
         rng = self._rng
         while self._next_pos <= pos:
-            i = len(self.parts)
+            i = self.parts[-1].index + 1 if self.parts else 0
             self.parts.append(Part(i, self._next_pos, float(np.clip(rng.normal(1.0, 0.035), 0.9, 1.1)),
                                    int(rng.integers(1 << 30))))
             self._positions.append(self._next_pos)
@@ -67,7 +68,15 @@ class Conveyor:
 
     def visible(self, belt_pos: float) -> list[Part]:
         """Parts whose sprite overlaps the frame when the belt is at belt_pos."""
+        if len(self.parts) > 4 * _KEEP_PARTS:  # long runs: forget parts far downstream (bounded memory)
+            cut = bisect.bisect_left(self._positions, belt_pos - _KEEP_PARTS * PITCH_PX)
+            del self.parts[:cut], self._positions[:cut]
         return self.parts_in_range(belt_pos - 320.0 - VISIBLE_MARGIN, belt_pos + VISIBLE_MARGIN)
+
+    @property
+    def last_index(self) -> int:
+        """Index of the most recently loaded part (-1 before any)."""
+        return self.parts[-1].index if self.parts else -1
 
     def crossings(self, t0: float, t1: float) -> list[tuple[float, Part]]:
         """(time, part) for parts crossing the centre line in [t0, t1), time interpolated linearly."""

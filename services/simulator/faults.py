@@ -132,7 +132,7 @@ def load_schedule(path: str | Path, origin: float | None = None) -> list[Fault]:
         raise ConfigError(f"fault schedule {path} does not exist; pass a preset ({', '.join(PRESETS)}) or a file") from None
     text_s = text.strip()
     try:
-        rows = json.loads(text_s) if text_s.startswith("[") else [json.loads(l) for l in text_s.splitlines() if l.strip()]
+        rows = json.loads(text_s) if text_s.startswith("[") else [json.loads(line) for line in text_s.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is neither a JSON list nor JSON lines of faults: {e}") from None
     faults = sorted((Fault.from_json(r, origin) for r in rows), key=lambda f: (f.start, f.asset))

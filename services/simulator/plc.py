@@ -131,7 +131,7 @@ class PlcLog:
         if rng.random() < 1 / 90:
             code, level, tpl = KNOWN_WARNINGS[int(rng.integers(len(KNOWN_WARNINGS)))]
             if running or "{serial}" not in tpl:
-                serial = self.serial(max(len(self.conveyor.parts) - 3, 0)) if "{serial}" in tpl else None
+                serial = self.serial(max(self.conveyor.last_index - 3, 0)) if "{serial}" in tpl else None
                 msg = tpl.format(station=self.station, bar=float(rng.uniform(5.2, 5.8)), serial=serial,
                                  door=int(rng.integers(1, 5)), op=OPERATORS[int(rng.integers(len(OPERATORS)))])
                 self._line(out, b0 + float(rng.uniform(0, 1)), msg, level, code, serial)

@@ -28,7 +28,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4  # espeak_PARAMETER
 _LOCK = threading.Lock()
 _CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
-_CACHE_MAX = 2048
+_CACHE_MAX = 256  # utterances (~100-300 KB each): templated agent lines repeat, slot-filled ones rarely
 
 
 @dataclass(frozen=True)
