@@ -51,6 +51,8 @@ def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
             return r.status, r.headers.get("Content-Type", ""), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+    except (urllib.error.URLError, OSError) as e:  # not listening (yet): status 0
+        return 0, "", str(e)
 
 
 def wait_for(predicate, timeout_s: float = 30.0, every_s: float = 0.2):
@@ -361,12 +363,13 @@ def test_database_check_passes_on_sqlite_and_fails_on_a_missing_server(sqlite_ur
 class Prometheus:
     """The Debian `prometheus` binary on a free port, scraping the given targets every second."""
 
-    def __init__(self, binary: str, workdir: Path, targets: dict[str, str]):
+    def __init__(self, binary: str, workdir: Path, targets: dict[str, str], rule_files: tuple[str, ...] = ()):
         from services.broker.embedded import free_port
 
         self.port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": list(rule_files),
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()],
         }
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -420,3 +423,114 @@ def test_real_prometheus_scrapes_lag_latency_and_events(tmp_path):
             assert info and info[0]["metric"]["service"] == "monitor"
         finally:
             prom.stop()
+
+
+def _registry_sum(name: str) -> float:
+    return sum(s.value for fam in metrics.REGISTRY.collect() for s in fam.samples if s.name == name)
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_a_running_pipeline(broker, make_topics, sqlite_url, tmp_path, monkeypatch):
+    """Broker + simulator + monitor (the real runner: metrics endpoint, readiness checks, outbox),
+    scraped by a real Prometheus that also loads our alert rules and runs the dashboard's queries.
+
+    The model is the transparent brightness scorer of tests/support (training a real one costs
+    minutes of CPU; the model is not what this test is about), and a known-answer stream with one
+    bright fault guarantees at least one event besides what the simulated plant produces."""
+    binary = _need(PROMETHEUS, "prometheus")
+    promtool = _need(PROMTOOL, "promtool")
+    from services.broker.embedded import free_port
+    from services.kafka import make_producer
+    from services.monitor import runner
+    from services.settings import DatabaseSettings, MetricsSettings, Settings
+    from services.simulator.run import run_simulation
+    from tests.support.scorers import BrightnessScorer
+    from tests.support.streams import bright_fault_stream, produce
+
+    ks, topics = make_topics(partitions=2)
+    prefix = ks.topic_prefix
+    port = free_port()
+    settings = Settings(kafka=ks, database=DatabaseSettings(url=sqlite_url),
+                        metrics=MetricsSettings(port=port, readiness_interval_s=0.5))
+
+    def load_scorer(checkpoint, device="auto"):
+        scorer = BrightnessScorer()
+        metrics.set_model_info(scorer.version, "cpu")
+        return scorer
+
+    monkeypatch.setattr(runner, "load_scorer", load_scorer)
+    events_before = _registry_sum("fusionwatch_events_opened_total")
+    decisions_before = _registry_sum("fusionwatch_window_decision_latency_seconds_count")
+
+    start = time.time() - 90
+    run_simulation(settings, broker.bootstrap, assets=2, duration_s=20, speed=0, start_time=start)
+    producer = make_producer(ks, broker.bootstrap)
+    produce(producer, topics, bright_fault_stream(["obs-fault-1"], start, 30, {"obs-fault-1": (8, 16)}))
+    producer.close()
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run_it():
+        try:
+            runner.run_monitor(settings, bootstrap=broker.bootstrap, stop=stop)
+        except BaseException as e:  # surfaced below, not swallowed in the thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run_it, daemon=True)
+    thread.start()
+    rules = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules"
+    shutil.copytree(rules, tmp_path / "rules")
+    prom = Prometheus(binary, tmp_path, {"fusionwatch-monitor": f"127.0.0.1:{port}"}, rule_files=("rules/*.rules.yml",))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: get(url + "/readyz")[0] == 200, 90), (get(url + "/readyz"), errors)
+        assert get(url + "/healthz")[0] == 200
+
+        def q(promql: str) -> float | None:
+            r = prom.query(promql)
+            return float(r[0]["value"][1]) if r else None
+
+        assert wait_for(lambda: q('up{job="fusionwatch-monitor"}') == 1, 60, 0.5), (tmp_path / "prometheus.log").read_text()[-2000:]
+        events = wait_for(lambda: (v := q("sum(fusionwatch_events_opened_total)")) is not None and v > events_before and v, 120, 1)
+        assert events and events > events_before, errors
+        decided = wait_for(lambda: (v := q("sum(fusionwatch_window_decision_latency_seconds_count)")) and v > decisions_before and v, 60)
+        assert decided, errors
+        p95 = q("histogram_quantile(0.95, sum by (le) (fusionwatch_window_decision_latency_seconds_bucket))")
+        assert p95 is not None and p95 > 0
+        lag = wait_for(lambda: prom.query(f'fusionwatch_consumer_lag_records{{topic=~"{prefix}.*"}}'), 30)
+        assert lag and {r["metric"]["topic"] for r in lag} <= set(topics.inputs)
+        assert all(float(r["value"][1]) >= 0 for r in lag)
+        consumed = q(f'sum(fusionwatch_records_consumed_total{{topic=~"{prefix}.*"}})')
+        assert consumed and consumed > 0
+        assert q('fusionwatch_readiness_check_ok{check="kafka"}') == 1
+        assert prom.query('fusionwatch_model_info{version="brightness-test-1"}')
+
+        # the live scrape passes promtool's lint
+        body = urllib.request.urlopen(url + "/metrics", timeout=10).read()
+        lint = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+
+        # our rules load and evaluate without errors on live data
+        def rules_healthy():
+            status, _, body = get(prom.url + "/api/v1/rules")
+            groups = json.loads(body)["data"]["groups"] if status == 200 else []
+            evaluated = [r for g in groups for r in g["rules"] if r.get("lastEvaluation", "").startswith("20")]
+            return groups and len(evaluated) == sum(len(g["rules"]) for g in groups) and groups
+
+        groups = wait_for(rules_healthy, 30, 0.5)
+        assert groups, "Prometheus did not load deploy/prometheus/rules"
+        assert [r["name"] for g in groups for r in g["rules"] if r["health"] != "ok"] == []
+
+        # every dashboard query is valid PromQL that Prometheus executes
+        dashboard = json.loads((rules.parent.parent / "grafana" / "dashboards" / "fusionwatch.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$__rate_interval", "1m")
+                status, _, body = get(f"{prom.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+                assert status == 200 and json.loads(body)["status"] == "success", (panel["title"], expr, body)
+    finally:
+        stop.set()
+        thread.join(60)
+        prom.stop()
+    assert not thread.is_alive() and not errors
