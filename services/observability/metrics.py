@@ -129,7 +129,9 @@ SUMMARIZER_LAG = Gauge("fusionwatch_summarizer_lag_events", "Events waiting for 
 
 # --- scheduler --------------------------------------------------------------------------------------
 # The job's name is the `task` label: a `job` label would clash with Prometheus' own target label.
-SCHEDULER_JOB_RUNS = Counter("fusionwatch_scheduler_job_runs_total", "Scheduled job runs, by task and outcome (ok, failed, missed).",
+JOB_OUTCOMES = ("ok", "failed", "missed", "skipped")
+SCHEDULER_JOB_RUNS = Counter("fusionwatch_scheduler_job_runs_total",
+                             "Scheduled job runs, by task and outcome (ok, failed, missed, skipped = claimed by another replica).",
                              ["task", "outcome"], registry=REGISTRY)
 SCHEDULER_JOB_LAST_SUCCESS = Gauge("fusionwatch_scheduler_job_last_success_timestamp_seconds",
                                    "Unix time of the job's last successful run.", ["task"], registry=REGISTRY)
@@ -321,10 +323,11 @@ def forget_partitions(partitions: Iterable[tuple[str, int]]) -> None:
 
 
 def job_run(job: str, outcome: str, now_s: float | None = None) -> None:
-    """A scheduler job finished with `outcome` ("ok", "failed", "missed")."""
+    """A scheduler job finished with `outcome`: "ok", "failed", "missed", or "skipped" (another
+    scheduler replica had claimed this firing)."""
     import time
 
     task = job_label(job)
-    SCHEDULER_JOB_RUNS.labels(task=task, outcome=outcome if outcome in ("ok", "failed", "missed") else OTHER).inc()
+    SCHEDULER_JOB_RUNS.labels(task=task, outcome=outcome if outcome in JOB_OUTCOMES else OTHER).inc()
     if outcome == "ok":
         SCHEDULER_JOB_LAST_SUCCESS.labels(task=task).set(time.time() if now_s is None else now_s)
