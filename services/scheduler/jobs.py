@@ -121,17 +121,12 @@ def claimed(ctx: JobContext, job: str) -> Iterator[bool]:
 
 
 def _metric(job: str, outcome: str) -> None:
+    """ok / failed / missed, or skipped: another scheduler replica had claimed this firing."""
     try:
         from services.observability import metrics
     except ImportError:
         return
-    if outcome in ("ok", "failed", "missed"):
-        metrics.job_run(job, outcome)
-    else:  # "skipped": another scheduler ran this firing (a fixed extra value, so still bounded)
-        try:
-            metrics.SCHEDULER_JOB_RUNS.labels(metrics.job_label(job), outcome).inc()
-        except ValueError:
-            metrics.job_run(job, outcome)
+    metrics.job_run(job, outcome)
 
 
 # ── the jobs (referenced by name from the job store; they take no arguments) ────────────────
