@@ -78,6 +78,8 @@ class MonitorSettings(BaseModel):
     close_after: int = Field(3, ge=1, description="windows under threshold before it closes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     per_asset_max_records_per_s: float = 200.0
+    # call-centre profile: an escalation opens when frustration (0..1) stays at or above this
+    escalation_threshold: float = Field(0.6, gt=0, le=1)
 
 
 class ApiSettings(BaseModel):

@@ -34,7 +34,7 @@ from schemas.events import Attribution
 from services.kafka import Topics, make_consumer, make_producer
 from services.monitor.lifecycle import EventLifecycle, ScoredWindow
 from services.monitor.ratelimit import AssetRateLimiter
-from services.monitor.sink import AssetSnapshot, CommitBatch, Fenced, SqlSink
+from services.monitor.sink import AssetSnapshot, CallPoint, CommitBatch, Fenced, SqlSink
 from services.monitor.windows import AlignedWindow, Position, WindowAligner
 from services.observability import metrics as m
 from services.settings import Settings
@@ -99,6 +99,7 @@ class Monitor:
         self.rate = AssetRateLimiter(self.cfg.per_asset_max_records_per_s)
         self.stats = MonitorStats()
         self.on_change = on_change  # callback(EventChange) after commit, e.g. to print events live
+        self.call_centre = settings.profile == "callcenter"
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._committed: queue.Queue = queue.Queue()  # offsets the score thread made durable
         self._fenced: queue.Queue = queue.Queue()
@@ -356,6 +357,7 @@ class Monitor:
     def _score_and_commit(self, batch: _Batch) -> None:
         self._refresh_thresholds()
         changes = []
+        calls: dict[str, list[CallPoint]] = {}
         for i in range(0, len(batch.windows), self.cfg.max_batch):
             chunk = batch.windows[i: i + self.cfg.max_batch]
             t0 = time.perf_counter()
@@ -364,7 +366,10 @@ class Monitor:
             m.observe_batch(present, len(chunk), [s.score for s in scores], time.perf_counter() - t0)
             for w, s in zip(chunk, scores):
                 changes.extend(self.lifecycle.update(self._scored_window(w, s)))
-        snapshot = CommitBatch(changes=changes, offsets=batch.offsets, assets={
+                if self.call_centre and s.frustration is not None and s.sentiment:
+                    calls.setdefault(w.inputs.asset, []).append(
+                        CallPoint(w.inputs.end, s.sentiment, float(s.frustration), w.inputs.start))
+        snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
             a: AssetSnapshot(part, nxt, expected, copy.deepcopy(self.lifecycle.state(a)))
             for a, (part, nxt, expected) in batch.assets.items()})
         self.dlq.flush()  # dead letters must be durable before the offsets that skip them
@@ -420,7 +425,10 @@ class Monitor:
 
     def _scored_window(self, w: AlignedWindow, s) -> ScoredWindow:
         win = w.inputs
-        threshold = self._thresholds.get(win.asset, s.threshold)
+        score, threshold, kind = float(s.score), self._thresholds.get(win.asset, s.threshold), s.kind
+        if self.call_centre and s.frustration is not None:
+            # a call escalates on sustained frustration, not on "unusual" audio
+            score, threshold, kind = float(s.frustration), self.cfg.escalation_threshold, "escalation"
         m.set_threshold(win.asset, threshold)
         attribution = Attribution(
             modality_shares=s.modality_shares, cross_modal_share=s.cross_modal_share,
@@ -432,8 +440,10 @@ class Monitor:
         codes = {p.code for _, p in win.logs if p.code}
         attribution.log_codes = sorted(set(attribution.log_codes) | codes)
         lines = [p.msg for _, p in win.logs if p.code or (p.level or "").upper() in ("WARN", "WARNING", "ERROR", "CRITICAL")]
-        return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=float(s.score), threshold=threshold,
-                            model_version=self.scorer.version, attribution=attribution, kind=s.kind,
+        if self.call_centre:  # transcript lines are the evidence of a call
+            lines = [f"{p.speaker}: {p.msg}" if p.speaker else p.msg for _, p in win.logs]
+        return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=score, threshold=threshold,
+                            model_version=self.scorer.version, attribution=attribution, kind=kind,
                             log_lines=lines[:10], serials=serials, evidence=w.evidence)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from schemas.errors import FusionwatchError
 from schemas.events import AnomalyCloudEvent
-from schemas.tables import Asset, AssetThreshold, ConsumerOffset, Event, MonitorState, Outbox, utcnow
+from schemas.tables import Asset, AssetThreshold, CallSummary, ConsumerOffset, Event, MonitorState, Outbox, utcnow
 from services.db import session_factory
 from services.monitor import faultpoints
 from services.monitor.lifecycle import EventChange
@@ -44,8 +44,19 @@ class AssetSnapshot:
 
 
 @dataclass
+class CallPoint:
+    """One scored window of a call (call-centre profile)."""
+
+    time: float  # window end
+    sentiment: dict[str, float]
+    frustration: float
+    start: float
+
+
+@dataclass
 class CommitBatch:
     changes: list[EventChange] = field(default_factory=list)
+    calls: dict[str, list[CallPoint]] = field(default_factory=dict)
     offsets: dict[TP, tuple[int, int]] = field(default_factory=dict)  # tp -> (next_offset, processed_through)
     assets: dict[str, AssetSnapshot] = field(default_factory=dict)
 
@@ -88,6 +99,8 @@ class SqlSink:
             self._advance_offsets(s, batch.offsets)
             for change in batch.changes:
                 self._write_event(s, change)
+            for call_id, points in batch.calls.items():
+                _update_call(s, call_id, points)
             for asset, snap in batch.assets.items():
                 s.merge(MonitorState(group_id=self.group_id, asset_id=asset, partition=snap.partition,
                                      last_window_start=snap.next_start,
@@ -136,3 +149,55 @@ class SqlSink:
             s.add(Outbox(event_id=d.event_id, revision=d.revision, change=change.change,
                          payload=cloud.model_dump(mode="json")))
 
+
+
+MAX_CURVE = 7200  # points kept per call (two hours at a 1 s hop)
+
+
+def _update_call(s: Session, call_id: str, points: list[CallPoint]) -> None:
+    """Append a call's new windows to its sentiment curve and re-derive the peak and turning point."""
+    from datetime import datetime, timezone
+
+    from schemas.envelope import format_time
+
+    def dt(t: float) -> datetime:
+        return datetime.fromtimestamp(t, timezone.utc)
+
+    row = s.get(CallSummary, call_id)
+    if row is None:
+        row = CallSummary(call_id=call_id, start_time=dt(points[0].start), sentiment_curve=[])
+        s.add(row)
+    seen = {p[0] for p in row.sentiment_curve}
+    curve = list(row.sentiment_curve) + [
+        [format_time(p.time), round(p.sentiment.get("negative", 0.0), 4), round(p.sentiment.get("neutral", 0.0), 4),
+         round(p.sentiment.get("positive", 0.0), 4), round(p.frustration, 4)]
+        for p in points if format_time(p.time) not in seen]
+    curve = curve[-MAX_CURVE:]
+    row.sentiment_curve = curve
+    row.end_time = dt(max(p.time for p in points))
+    peak = max(curve, key=lambda c: c[4])
+    row.peak_time, row.peak_frustration = dt(_epoch(peak[0])), peak[4]
+    row.turning_point = _turning_point(curve)
+    tail = curve[-max(1, len(curve) // 3):]  # how the call ends decides its overall sentiment
+    means = [sum(c[i] for c in tail) / len(tail) for i in (1, 2, 3)]
+    row.overall = ("negative", "neutral", "positive")[means.index(max(means))]
+
+
+def _turning_point(curve: list[list]):
+    """First window where smoothed frustration rises through 0.5 after being below it."""
+    from datetime import datetime, timezone
+
+    smooth, below = None, False
+    for c in curve:
+        smooth = c[4] if smooth is None else 0.6 * smooth + 0.4 * c[4]
+        if smooth < 0.5:
+            below = True
+        elif below:
+            return datetime.fromtimestamp(_epoch(c[0]), timezone.utc)
+    return None
+
+
+def _epoch(text: str) -> float:
+    from schemas.envelope import parse_time
+
+    return parse_time(text)
