@@ -275,6 +275,8 @@ def test_every_fw_variable_in_deploy_is_a_real_setting():
                 names |= {e["name"] for e in c.get("env", [])}
     for dockerfile in (DEPLOY / "docker").glob("Dockerfile*"):
         names |= set(re.findall(r"\b(FW_[A-Z0-9_]+)=", dockerfile.read_text()))
+    for text in ((ROOT / "docs" / "production.md").read_text(), (DEPLOY / "example.env").read_text()):
+        names |= set(re.findall(r"\b(FW_[A-Z0-9_]*[A-Z0-9])\b", text))
     fw = {n for n in names if n.startswith("FW_")}
     assert len(fw) > 10
     assert sorted(n for n in fw if not _setting_exists(n)) == []
