@@ -30,6 +30,18 @@ def load_scorer(checkpoint: Path, device: str = "auto"):
     return scorer
 
 
+def _configure_asset_labels(settings: Settings, engine) -> None:
+    """Known assets keep their metric labels (and get zero series, so the no-data alert sees an
+    asset that never sends after a restart); unknown ones are admitted up to the cap."""
+    from sqlalchemy import select
+
+    from schemas.tables import Asset
+
+    with engine.connect() as conn:
+        known = [row[0] for row in conn.execute(select(Asset.id))]
+    m.configure_assets(known, cap=settings.metrics.max_asset_labels)
+
+
 def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str | None = None,
                 device: str | None = None, bootstrap: str | None = None, stop: threading.Event | None = None,
                 on_change=None, serve: bool = True) -> None:
@@ -42,6 +54,7 @@ def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str |
     db.wait_for_database(engine, settings.database.connect_timeout_s)
     db.upgrade(settings.database.url)
     topics = Topics.from_settings(settings.kafka)
+    _configure_asset_labels(settings, engine)
     scorer = load_scorer(checkpoint or settings.checkpoint_dir, device or settings.monitor.device)
     monitor = Monitor(settings, bootstrap, engine, scorer, topics, group_id=group, on_change=on_change)
     server = None
