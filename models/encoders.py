@@ -1,0 +1,180 @@
+"""Per-modality encoders of the fusion model, each with its own normality evidence.
+
+Where it sits: inside `models.fusion.FusionModel.encode`. Frames and audio are encoded by compact
+CNNs trained here (a window is 8 frames of 80x60 and 2 s of 64-band log-mel: a CNN of ~50 k
+parameters per modality runs thousands of windows a second on two CPU cores, where a patch
+transformer with the same receptive field would cost several times more and needs more data
+than a plant's first hours of normal operation give). Each CNN also is the encoder of an
+autoencoder whose reconstruction error is the modality's intra-modal anomaly evidence and
+localises it (pixels of a frame, bands of the spectrum). Log lines come pre-embedded by the frozen
+MiniLM; the log encoder only projects them and adds level, code novelty and log rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.features import N_LEVELS, FeatureConfig
+
+
+def time_features(t: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions in [0, 1] -> (B, T, 8) sinusoids (periods 2, 1, 1/2, 1/4 windows)."""
+    freqs = torch.tensor([0.5, 1.0, 2.0, 4.0], device=t.device, dtype=t.dtype) * 2 * math.pi
+    ang = t.unsqueeze(-1) * freqs  # (B, T, 4)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
+def _conv(cin: int, cout: int, stride=1) -> nn.Sequential:
+    # no normalisation layers: on CPU they cost more than the convolutions at these sizes, and
+    # inputs are already on a fixed scale (pixels in [0, 1], standardised log-mel)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
+
+
+def _up(cin: int, cout: int, kernel=4, stride=2, padding=1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=padding)]
+    if act:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class FrameAutoencoder(nn.Module):
+    """Single frames -> a narrow convolutional code -> the frame again. Trained on normal frames
+    only, its per-pixel error marks what normal frames lack (a scratch, a missing cap, a smudge)."""
+
+    def __init__(self, fc: FeatureConfig, channels: tuple[int, int, int], bottleneck: int):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.H, self.W = fc.frame_height, fc.frame_width
+        self.enc = nn.Sequential(_conv(3, c1, 2), _conv(c1, c2, 2), _conv(c2, c3, 2),
+                                 nn.Conv2d(c3, bottleneck, 1))  # (bottleneck, H/8, W/8)
+        # transposed convolutions: each doubles the size, computed at the smaller resolution
+        self.dec_in = nn.Sequential(nn.Conv2d(bottleneck, c3, 1), nn.ReLU())
+        self.dec = nn.ModuleList([_up(c3, c2), _up(c2, c1), _up(c1, 3, act=False)])
+        self.topk = 32  # pixels per frame whose error makes the frame score (a defect is small)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> reconstruction (N, 3, H, W)."""
+        H, W = frames.shape[-2:]
+        y = self.dec_in(self.enc(frames))  # (N, c3, H/8, W/8)
+        y = self.dec[0](y)[:, :, : (H + 3) // 4, : (W + 3) // 4]  # (N, c2, H/4, W/4)
+        y = self.dec[1](y)  # (N, c1, H/2, W/2)
+        return torch.sigmoid(self.dec[2](y)[:, :, :H, :W])  # (N, 3, H, W)
+
+    @staticmethod
+    def error_map(frames: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W): squared error summed over colour, smoothed 3x3 so camera noise averages
+        out while a defect (a connected blob) keeps its contrast."""
+        B, T, _, H, W = frames.shape
+        err = (frames - recon).pow(2).sum(2).view(B * T, 1, H, W)
+        return F.avg_pool2d(err, 3, stride=1, padding=1, count_include_pad=False).view(B, T, H, W)
+
+    def frame_scores(self, error_map: torch.Tensor) -> torch.Tensor:
+        """(B, T): mean of the top-k pixel errors of each frame."""
+        flat = error_map.flatten(2)
+        return flat.topk(min(self.topk, flat.shape[-1]), dim=-1).values.mean(-1)
+
+
+class AudioAutoencoder(nn.Module):
+    """Normalised log-mel -> a code per 80 ms that is dense over frequency -> log-mel again: it
+    can redraw the machine's normal spectra, not a new tone or burst."""
+
+    def __init__(self, fc: FeatureConfig, channels: tuple[int, int, int], bottleneck: int):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.F8 = math.ceil(math.ceil(math.ceil(fc.n_mels / 2) / 2) / 2)
+        self.trunk = nn.Sequential(_conv(1, c1, (2, 2)), _conv(c1, c2, (2, 2)), _conv(c2, c3, (2, 1)))  # (c3, M/8, T/4)
+        flat = c3 * self.F8
+        self.code = nn.Linear(flat, bottleneck)
+        self.uncode = nn.Sequential(nn.Linear(bottleneck, flat), nn.ReLU())
+        self.dec = nn.ModuleList([_up(c3, c2, (4, 3), (2, 1), (1, 1)), _up(c2, c1), _up(c1, 1, act=False)])
+        self.c3 = c3
+        self.top_fraction = 0.05  # of (band, time) cells that make the window score
+
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, M, T) normalised log-mel -> reconstruction (B, M, T)."""
+        B, M, T = mel.shape
+        x = (mel * mask[:, None, :]).unsqueeze(1)  # (B, 1, M, T); masked frames carry no signal
+        h = self.trunk(x)  # (B, c3, M/8, T/4)
+        Tq = h.shape[-1]
+        steps = h.permute(0, 3, 1, 2).flatten(2)  # (B, T/4, c3*M/8)
+        y = self.uncode(self.code(steps))  # (B, T/4, c3*M/8)
+        y = y.view(B, Tq, self.c3, self.F8).permute(0, 2, 3, 1)  # (B, c3, M/8, T/4)
+        y = self.dec[0](y)  # (B, c2, M/4, T/4)
+        y = self.dec[1](y)  # (B, c1, M/2, T/2)
+        return self.dec[2](y)[:, 0, :M, :T]  # (B, M, T)
+
+    def window_score(self, mel_error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,): mean of the largest cells of the 3x3-smoothed error: a narrow tone (few bands, all
+        frames) and a burst (all bands, few frames) both fill the top cells."""
+        B, M, T = mel_error.shape
+        sm = F.avg_pool2d(mel_error.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=False).flatten(1)
+        k = max(1, int(self.top_fraction * M * T))
+        top = sm.topk(k, dim=1).values.mean(1)
+        # fewer valid frames -> fewer real cells: rescale so a half-covered window is comparable
+        valid = mask.float().mean(1).clamp_min(1e-3)
+        return torch.where(mask.any(1), top / valid.clamp_max(1.0).sqrt(), torch.zeros_like(top))
+
+
+class FrameStateEncoder(nn.Module):
+    """What the line is doing, seen by the camera: each frame at half resolution plus its
+    difference to the neighbouring frame (motion is explicit) -> one token per frame. Cheap on
+    purpose: the state (moving or not, parts or not) needs no fine detail; the autoencoder has it."""
+
+    def __init__(self, channels: tuple[int, int, int], d: int):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.net = nn.Sequential(_conv(6, c1, 2), _conv(c1, c2, 2), _conv(c2, c3, 2), nn.AdaptiveAvgPool2d((2, 2)),
+                                 nn.Flatten(), nn.Linear(4 * c3, d))
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, C, H, W = frames.shape
+        small = F.avg_pool2d(frames.flatten(0, 1), 2).view(B, T, C, H // 2, W // 2)  # (B, T, 3, H/2, W/2)
+        # neighbour difference: frame t minus frame t-1 (frame 0 uses frame 1), zero without a neighbour
+        prev = torch.cat([small[:, 1:2], small[:, :-1]], dim=1) if T > 1 else small
+        prev_mask = torch.cat([mask[:, 1:2], mask[:, :-1]], dim=1) if T > 1 else mask
+        diff = (small - prev) * (mask & prev_mask)[:, :, None, None, None]
+        x = torch.cat([small, diff], dim=2).flatten(0, 1)  # (B*T, 6, H/2, W/2)
+        return self.net(x).view(B, T, -1)  # (B, T, D)
+
+
+class AudioStateEncoder(nn.Module):
+    """What the line is doing, heard: normalised log-mel -> one token per 80 ms."""
+
+    def __init__(self, fc: FeatureConfig, channels: tuple[int, int, int], d: int):
+        super().__init__()
+        c1, c2, c3 = channels
+        f8 = math.ceil(math.ceil(math.ceil(fc.n_mels / 2) / 2) / 2)
+        self.trunk = nn.Sequential(_conv(1, c1, (2, 2)), _conv(c1, c2, (2, 2)), _conv(c2, c3, (2, 1)))  # (c3, M/8, T/4)
+        self.token = nn.Linear(c3 * f8, d)
+
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = mel.shape[0]
+        h = self.trunk((mel * mask[:, None, :]).unsqueeze(1))  # (B, c3, M/8, T/4)
+        Tq = h.shape[-1]
+        tokens = self.token(h.permute(0, 3, 1, 2).flatten(2))  # (B, T/4, D)
+        token_mask = mask[:, : Tq * 4].reshape(B, Tq, -1).float().mean(-1) >= 0.5  # (B, T/4)
+        return tokens, token_mask
+
+
+class LogEncoder(nn.Module):
+    """MiniLM line embeddings -> tokens, with level and code-novelty embeddings, plus one rate
+    token per window (present even when the window has no line: silence is information)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(384, d), nn.GELU(), nn.Linear(d, d))
+        self.level = nn.Embedding(N_LEVELS, d)
+        self.code_state = nn.Embedding(3, d)
+        self.rate = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
+
+    def forward(self, emb, levels, code_state, mask, count, present):
+        line_tokens = self.proj(emb) + self.level(levels) + self.code_state(code_state)  # (B, L, D)
+        rate_in = torch.stack([torch.log1p(count), (count == 0).to(count.dtype)], dim=1)  # (B, 2)
+        rate_token = self.rate(rate_in).unsqueeze(1)  # (B, 1, D)
+        tokens = torch.cat([rate_token, line_tokens], dim=1)  # (B, 1 + L, D)
+        token_mask = torch.cat([present[:, None], mask & present[:, None]], dim=1)
+        return tokens, token_mask

@@ -1,0 +1,466 @@
+"""The fusion model: encoders, cross-modal fusion, normality heads and score components.
+
+Where it sits: the scorer (`models.scorer`) and the training loop (`models.train`) both call
+`FusionModel`; its input is a `WindowBatch` from `models.features`, its output a typed
+`FusionOutput`. This file holds the whole forward pass (nanoGPT habit); the encoders are in
+`models.encoders`.
+
+One class, three fusion variants, so that baselines share encoders, objectives and budget:
+
+- ``cross`` (the product): MulT-style cross-modal transformer (Tsai et al. 2019,
+  https://arxiv.org/abs/1906.00295): each modality's tokens attend to the other modalities'
+  tokens, then joint self-attention over all tokens with a summary token.
+- ``concat``: per-modality mean-pooled embeddings, concatenated, through an MLP (early fusion).
+- ``late``: no fusion at all; per-modality detectors whose scores are combined (single-modality
+  baselines are the individual components of this variant).
+
+Objectives (no labels needed):
+
+- *intra-modal normality*: frame and log-mel autoencoders (reconstruction error, per pixel / per
+  mel band, which also localises the evidence), a memory bank of normal log-line embeddings
+  (nearest-neighbour novelty, as PatchCore does for image patches, plus codes never seen in
+  training) and the density of the log rate;
+- *cross-modal consistency*: "replaced modality detection" — one modality of a window is swapped
+  with the same modality of another window of the same asset, and a head learns, per modality,
+  whether it belongs with the others (audio-visual correspondence, Arandjelović & Zisserman 2017,
+  https://arxiv.org/abs/1705.08168; ELECTRA's replaced-token detection at modality level).
+
+Every score component belongs to one modality, so the window score decomposes into modality
+shares and a cross-modal share (`models.attribution`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.encoders import AudioAutoencoder, AudioStateEncoder, FrameAutoencoder, FrameStateEncoder, LogEncoder, time_features
+from models.features import MODALITIES, FeatureConfig, WindowBatch
+
+# Score components: (name, modality, cross-modal?). Order is the order of FusionOutput.components.
+COMPONENTS: tuple[tuple[str, str, bool], ...] = (
+    ("frames", "frames", False),
+    ("audio", "audio", False),
+    ("logs", "logs", False),
+    ("log_rate", "logs", False),
+    ("cross_frames", "frames", True),
+    ("cross_audio", "audio", True),
+    ("cross_logs", "logs", True),
+)
+COMPONENT_NAMES = tuple(c[0] for c in COMPONENTS)
+N_INTRA = 4
+
+
+@dataclass
+class FusionConfig:
+    fusion: Literal["cross", "concat", "late"] = "cross"
+    d_model: int = 64
+    n_heads: int = 4
+    cross_layers: int = 1  # MulT cross-modal blocks per target modality
+    joint_layers: int = 1  # self-attention over all tokens after the cross-modal blocks
+    ff_mult: int = 2
+    dropout: float = 0.1
+    frame_channels: tuple[int, int, int] = (16, 32, 48)  # frame autoencoder
+    frame_bottleneck: int = 8  # AE code channels at 1/8 resolution: small enough that defects are not copied
+    audio_channels: tuple[int, int, int] = (8, 16, 32)  # log-mel autoencoder
+    audio_bottleneck: int = 16  # AE code per 80 ms step, dense over frequency, so a new tone is not copied
+    frame_state_channels: tuple[int, int, int] = (16, 32, 48)  # state encoders feeding the fusion
+    audio_state_channels: tuple[int, int, int] = (8, 16, 32)
+    smooth_max_tau: float = 0.5  # score = tau * logsumexp(z / tau): close to the max, but smooth
+    kind_classes: list[str] = field(default_factory=list)  # optional defect-kind head (labels needed)
+    sentiment_classes: list[str] = field(default_factory=list)  # optional call-centre heads
+    frustration_head: bool = False
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, dict):
+            self.features = FeatureConfig(**self.features)
+        for name in ("frame_channels", "audio_channels", "frame_state_channels", "audio_state_channels"):
+            setattr(self, name, tuple(getattr(self, name)))
+        if self.fusion not in ("cross", "concat", "late"):
+            raise ValueError(f"fusion must be cross, concat or late, not {self.fusion!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+        if self.smooth_max_tau <= 0:
+            raise ValueError("smooth_max_tau must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FusionConfig":
+        return cls(**d)
+
+    @classmethod
+    def tiny(cls, **kw: Any) -> "FusionConfig":
+        """Hidden size 32, small CNNs, 1+1 layers: for tests and smoke runs (trains in seconds)."""
+        base = dict(d_model=32, n_heads=2, frame_channels=(8, 16, 16), frame_bottleneck=4, audio_channels=(4, 8, 16),
+                    audio_bottleneck=8, frame_state_channels=(8, 16, 16), audio_state_channels=(4, 8, 16), dropout=0.0)
+        base.update(kw)
+        return cls(**base)
+
+
+@dataclass
+class Tokens:
+    """Encoded modalities; what the swap augmentation exchanges between windows."""
+
+    frame_tokens: torch.Tensor  # (B, T_f, D)
+    frame_mask: torch.Tensor  # (B, T_f) bool
+    audio_tokens: torch.Tensor  # (B, T_a', D)
+    audio_mask: torch.Tensor  # (B, T_a') bool
+    log_tokens: torch.Tensor  # (B, 1 + L, D): a rate/summary token, then one per line
+    log_mask: torch.Tensor  # (B, 1 + L) bool
+
+    def present(self) -> torch.Tensor:  # (B, 3)
+        return torch.stack([self.frame_mask.any(1), self.audio_mask.any(1), self.log_mask.any(1)], dim=1)
+
+    def swap(self, modality: torch.Tensor, partner: torch.Tensor) -> "Tokens":
+        """Window i takes modality `modality[i]` (0/1/2, -1 none) from window `partner[i]`."""
+        parts = [[self.frame_tokens, self.frame_mask], [self.audio_tokens, self.audio_mask], [self.log_tokens, self.log_mask]]
+        out = []
+        for m, (tok, mask) in enumerate(parts):
+            take = (modality == m)
+            tok = torch.where(take[:, None, None], tok[partner], tok)
+            mask = torch.where(take[:, None], mask[partner], mask)
+            out += [tok, mask]
+        return Tokens(*out)
+
+
+@dataclass
+class FusionOutput:
+    components: torch.Tensor  # (B, 7) raw score components, see COMPONENTS
+    component_mask: torch.Tensor  # (B, 7) bool: component defined for this window
+    consistency_logits: torch.Tensor  # (B, 3) "this modality does not belong" logits (zeros for late)
+    summary: torch.Tensor  # (B, D) window summary (for optional heads)
+    frame_error: torch.Tensor  # (B, T_f, H, W) per-pixel reconstruction error (smoothed)
+    frame_recon: torch.Tensor  # (B, T_f, 3, H, W)
+    mel_error: torch.Tensor  # (B, n_mels, T_a) per-bin reconstruction error of normalised log-mel
+    line_novelty: torch.Tensor  # (B, L) per-line novelty (0 for padding)
+    attention_to: dict[str, torch.Tensor] = field(default_factory=dict)  # key modality -> (B, T_key) received attention
+    kind_logits: torch.Tensor | None = None
+    sentiment_logits: torch.Tensor | None = None
+    frustration: torch.Tensor | None = None
+
+
+# ── fusion blocks ────────────────────────────────────────────────────────────────────────────
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor,
+                want_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, Tq, D = x.shape
+        h = self.heads
+        q = self.q(x).view(B, Tq, h, D // h).transpose(1, 2)  # (B, h, Tq, D/h)
+        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, h, D // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, Tk, D/h)
+        mask = ctx_mask[:, None, None, :]  # (B, 1, 1, Tk), True = attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        weights = None
+        if want_weights:  # attribution only: SDPA does not return the weights
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(D // h)
+            weights = logits.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)  # (B, Tq, Tk)
+        return self.out(y.transpose(1, 2).reshape(B, Tq, D)), weights
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; cross-attention when `ctx` differs from the queries."""
+
+    def __init__(self, d: int, heads: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.ln_q, self.ln_kv, self.ln_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
+
+    def forward(self, x, ctx, ctx_mask, want_weights=False):
+        y, w = self.attn(self.ln_q(x), self.ln_kv(ctx), ctx_mask, want_weights)
+        x = x + y
+        return x + self.ff(self.ln_ff(x)), w
+
+
+class CrossModalFusion(nn.Module):
+    """MulT: for each target modality, its tokens attend to the other two modalities' tokens.
+
+    A learned null token is always present among the keys, so a window whose other modalities are
+    all missing still has something to attend to (no NaN, and "no evidence" is representable).
+    """
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.cross = nn.ModuleList([nn.ModuleList([Block(d, cfg.n_heads, cfg.ff_mult, cfg.dropout)
+                                                   for _ in range(cfg.cross_layers)]) for _ in MODALITIES])
+        self.joint = nn.ModuleList([Block(d, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.joint_layers)])
+        self.null = nn.Parameter(torch.zeros(1, 1, d))
+        self.summary_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.ln = nn.LayerNorm(d)
+        nn.init.normal_(self.null, std=0.02)
+        nn.init.normal_(self.summary_token, std=0.02)
+
+    def forward(self, tok: Tokens, want_weights: bool = False):
+        seqs = [tok.frame_tokens, tok.audio_tokens, tok.log_tokens]
+        masks = [tok.frame_mask, tok.audio_mask, tok.log_mask]
+        B = seqs[0].shape[0]
+        null = self.null.expand(B, 1, -1)
+        one = torch.ones(B, 1, dtype=torch.bool, device=null.device)
+        attention_to = {m: torch.zeros(B, s.shape[1], device=null.device) for m, s in zip(MODALITIES, seqs)}
+        fused = []
+        for t, (blocks, x) in enumerate(zip(self.cross, seqs)):
+            others = [i for i in range(3) if i != t]
+            ctx = torch.cat([null] + [seqs[i] for i in others], dim=1)  # (B, 1 + T_o1 + T_o2, D)
+            ctx_mask = torch.cat([one] + [masks[i] for i in others], dim=1)
+            for block in blocks:
+                x, w = block(x, ctx, ctx_mask, want_weights)
+                if w is not None:  # attention the target's valid tokens pay to each other modality's tokens
+                    w = (w * masks[t][:, :, None]).sum(1) / masks[t].sum(1, keepdim=True).clamp_min(1)  # (B, Tk)
+                    pos = 1
+                    for i in others:
+                        n = seqs[i].shape[1]
+                        attention_to[MODALITIES[i]] += w[:, pos:pos + n]
+                        pos += n
+            fused.append(x)
+        # joint layers: every token (and the summary token) sees every other token
+        all_tokens = torch.cat([self.summary_token.expand(B, 1, -1)] + fused, dim=1)  # (B, 1 + ΣT, D)
+        all_mask = torch.cat([one] + masks, dim=1)
+        for block in self.joint:
+            all_tokens, _ = block(all_tokens, all_tokens, all_mask)
+        all_tokens = self.ln(all_tokens)
+        summary = all_tokens[:, 0]  # (B, D)
+        pooled, pos = [], 1
+        for s, m in zip(seqs, masks):
+            n = s.shape[1]
+            pooled.append(_masked_mean(all_tokens[:, pos:pos + n], m))  # (B, D)
+            pos += n
+        return summary, pooled, attention_to
+
+
+class ConcatFusion(nn.Module):
+    """Early-fusion baseline: mean-pooled modality embeddings, concatenated, through an MLP."""
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.missing = nn.Parameter(torch.zeros(3, d))
+        self.per_modality = nn.ModuleList([nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()) for _ in MODALITIES])
+        # width chosen so parameters are close to the cross-attention variant's
+        hidden = 4 * d
+        self.joint = nn.Sequential(nn.Linear(3 * d + 3, hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+                                   nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, d))
+        self.ln = nn.LayerNorm(d)
+        self.back = nn.ModuleList([nn.Linear(2 * d, d) for _ in MODALITIES])
+
+    def forward(self, tok: Tokens, want_weights: bool = False):
+        seqs = [tok.frame_tokens, tok.audio_tokens, tok.log_tokens]
+        masks = [tok.frame_mask, tok.audio_mask, tok.log_mask]
+        present = tok.present().float()  # (B, 3)
+        z = []
+        for i, (s, m, mlp) in enumerate(zip(seqs, masks, self.per_modality)):
+            zi = mlp(_masked_mean(s, m))  # (B, D)
+            z.append(torch.where(m.any(1, keepdim=True), zi, self.missing[i].expand_as(zi)))
+        summary = self.ln(self.joint(torch.cat(z + [present], dim=1)))  # (B, D)
+        pooled = [self.ln(back(torch.cat([zi, summary], dim=1))) for zi, back in zip(z, self.back)]
+        return summary, pooled, {}
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+# ── the model ────────────────────────────────────────────────────────────────────────────────
+
+class FusionModel(nn.Module):
+    """Intra-modal part (autoencoders, line memory, rate density) + fusion part (state encoders,
+    cross-modal fusion, consistency head). The two parts share no parameters, so the intra part
+    can be trained once and shared by every fusion variant (same encoders, same budget)."""
+
+    INTRA_PREFIXES = ("frames.", "audio.")
+    HEAD_PREFIXES = ("kind_head.", "sentiment_head.", "frustration_head.")
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        fc, d = cfg.features, cfg.d_model
+        torch.manual_seed(cfg.seed)
+        self.frames = FrameAutoencoder(fc, cfg.frame_channels, cfg.frame_bottleneck)
+        self.audio = AudioAutoencoder(fc, cfg.audio_channels, cfg.audio_bottleneck)
+        self.fusion: nn.Module | None = None
+        if cfg.fusion != "late":
+            self.frame_state = FrameStateEncoder(cfg.frame_state_channels, d)
+            self.audio_state = AudioStateEncoder(fc, cfg.audio_state_channels, d)
+            self.logs = LogEncoder(d)
+            self.modality_embed = nn.Parameter(torch.zeros(3, d))
+            self.time_proj = nn.Linear(8, d)
+            self.fusion = CrossModalFusion(cfg) if cfg.fusion == "cross" else ConcatFusion(cfg)
+            # per-modality "does not belong" head, shared over modalities
+            self.consistency = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
+        elif cfg.kind_classes or cfg.sentiment_classes or cfg.frustration_head:
+            raise ValueError("label heads sit on the fused window summary: use fusion 'cross' or 'concat'")
+        self.kind_head = nn.Linear(d, len(cfg.kind_classes)) if cfg.kind_classes else None
+        self.sentiment_head = nn.Linear(d, len(cfg.sentiment_classes)) if cfg.sentiment_classes else None
+        self.frustration_head = nn.Linear(d, 1) if cfg.frustration_head else None
+        # Fitted on normal data (not by gradient), saved with the weights: log-mel normalisation,
+        # the normal log-line memory bank, the log-rate histogram, and the robust location/scale
+        # of each score component.
+        self.register_buffer("mel_mean", torch.zeros(fc.n_mels))
+        self.register_buffer("mel_std", torch.ones(fc.n_mels))
+        self.register_buffer("line_bank", torch.zeros(0, 384))
+        self.register_buffer("rate_hist", torch.zeros(0))  # P(count = k), k = 0..K (last bin: K or more)
+        self.register_buffer("comp_loc", torch.zeros(len(COMPONENTS)))
+        self.register_buffer("comp_scale", torch.ones(len(COMPONENTS)))
+        self.code_vocab: frozenset[str] = frozenset()
+
+    # buffers whose size depends on the data are resized on load
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("line_bank", "rate_hist"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def intra_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n.startswith(self.INTRA_PREFIXES)]
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith(self.INTRA_PREFIXES + self.HEAD_PREFIXES)]
+
+    # ── intra-modal evidence ─────────────────────────────────────────────────────────────────
+    def normalise_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.mel_mean[None, :, None]) / self.mel_std[None, :, None]
+
+    def reconstruct(self, batch: WindowBatch, decode: torch.Tensor | None = None):
+        """Frame and log-mel reconstructions. `decode` (B, T_f) bool limits which frames go
+        through the frame autoencoder (training samples a few per window: it is the cost).
+        Returns frame_recon (B, T_f, 3, H, W) (zeros where not decoded), mel (B, M, T) normalised,
+        mel_recon (B, M, T)."""
+        B, T, C, H, W = batch.frames.shape
+        sel = (batch.frame_mask if decode is None else decode).flatten()
+        recon = self.frames(batch.frames.flatten(0, 1)[sel])  # (n, 3, H, W)
+        frame_recon = batch.frames.new_zeros(B * T, C, H, W)
+        frame_recon[sel] = recon.to(frame_recon.dtype)
+        mel = self.normalise_mel(batch.mel)
+        mel_recon = self.audio(mel, batch.audio_mask)
+        return frame_recon.view(B, T, C, H, W), mel, mel_recon
+
+    # ── fusion ───────────────────────────────────────────────────────────────────────────────
+    def tokens(self, batch: WindowBatch) -> Tokens:
+        """Per-modality state tokens with modality and time embeddings."""
+        B = batch.batch_size
+        frame_tokens = self.frame_state(batch.frames, batch.frame_mask)  # (B, T_f, D)
+        audio_tokens, audio_mask = self.audio_state(self.normalise_mel(batch.mel), batch.audio_mask)  # (B, T_a/4, D)
+        log_tokens, log_mask = self.logs(batch.log_emb, batch.log_levels, batch.log_code_state, batch.log_mask,
+                                         batch.log_count, batch.log_present)  # (B, 1 + L, D)
+        dev, dt = frame_tokens.device, frame_tokens.dtype
+        t_audio = ((torch.arange(audio_tokens.shape[1], device=dev, dtype=dt) + 0.5) / audio_tokens.shape[1]).expand(B, -1)
+        t_logs = torch.cat([torch.full((B, 1), 0.5, device=dev, dtype=dt), batch.log_times.to(dt)], dim=1)
+        me = self.modality_embed.to(dt)
+        return Tokens(
+            frame_tokens + me[0] + self.time_proj(time_features(batch.frame_times.to(dt))), batch.frame_mask,
+            audio_tokens + me[1] + self.time_proj(time_features(t_audio)), audio_mask,
+            log_tokens + me[2] + self.time_proj(time_features(t_logs)), log_mask,
+        )
+
+    def fuse(self, tokens: Tokens, want_weights: bool = False):
+        """(consistency logits (B, 3), summary (B, D), attention_to)."""
+        summary, pooled, attention_to = self.fusion(tokens, want_weights)
+        logits = torch.cat([self.consistency(torch.cat([p, summary], dim=1)) for p in pooled], dim=1)  # (B, 3)
+        return logits, summary, attention_to
+
+    # ── scoring ──────────────────────────────────────────────────────────────────────────────
+    def forward(self, batch: WindowBatch, want_weights: bool = False) -> FusionOutput:
+        B = batch.batch_size
+        frame_recon, mel, mel_recon = self.reconstruct(batch)
+        # error maths in float32 even under bf16 autocast
+        frame_error = self.frames.error_map(batch.frames.float(), frame_recon.float())  # (B, T_f, H, W)
+        frame_comp = _masked_max(self.frames.frame_scores(frame_error), batch.frame_mask)  # (B,)
+        mel_error = (mel.float() - mel_recon.float()).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
+        audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
+        novelty = self.line_novelty(batch)  # (B, L)
+        log_comp = novelty.max(1).values  # (B,); 0 when no line
+        rate_comp = self.rate_surprise(batch.log_count)  # (B,)
+        present = batch.present()  # (B, 3)
+        if self.fusion is not None:
+            logits, summary, attention_to = self.fuse(self.tokens(batch), want_weights)
+            logits, summary = logits.float(), summary.float()
+            attention_to = {k: v.float() for k, v in attention_to.items()}
+        else:
+            logits = torch.zeros(B, 3, device=mel.device)
+            summary = torch.zeros(B, self.cfg.d_model, device=mel.device)
+            attention_to = {}
+        cross = F.softplus(logits)  # (B, 3): -log P(belongs)
+        comps = torch.stack([frame_comp, audio_comp, log_comp, rate_comp, cross[:, 0], cross[:, 1], cross[:, 2]], dim=1)
+        cross_ok = present & (present.sum(1, keepdim=True) >= 2) & (self.fusion is not None)
+        comp_mask = torch.cat([present, present[:, 2:3], cross_ok], dim=1)  # (B, 7)
+        out = FusionOutput(
+            components=comps.float(), component_mask=comp_mask, consistency_logits=logits, summary=summary,
+            frame_error=frame_error, frame_recon=frame_recon.float(), mel_error=mel_error, line_novelty=novelty,
+            attention_to=attention_to,
+        )
+        if self.kind_head is not None:
+            out.kind_logits = self.kind_head(summary)
+        if self.sentiment_head is not None:
+            out.sentiment_logits = self.sentiment_head(summary)
+        if self.frustration_head is not None:
+            out.frustration = torch.sigmoid(self.frustration_head(summary)).squeeze(1)
+        return out
+
+    def line_novelty(self, batch: WindowBatch) -> torch.Tensor:
+        """1 - cosine similarity to the nearest normal line; 1 for a log code never seen in training."""
+        from models.features import CODE_UNKNOWN
+
+        emb = batch.log_emb.float()  # (B, L, 384), unit norm
+        if self.line_bank.shape[0]:
+            sim = torch.einsum("bld,nd->bln", emb, self.line_bank.float()).max(-1).values  # (B, L)
+            nov = (1.0 - sim).clamp_min(0.0)
+        else:
+            nov = torch.zeros(emb.shape[:2], device=emb.device)
+        nov = torch.maximum(nov, (batch.log_code_state == CODE_UNKNOWN).float())
+        return nov * batch.log_mask
+
+    def rate_surprise(self, count: torch.Tensor) -> torch.Tensor:
+        """-log P(count) under the normal log-rate histogram (Laplace smoothed)."""
+        if not self.rate_hist.numel():
+            return torch.zeros_like(count)
+        k = count.long().clamp(0, self.rate_hist.numel() - 1)
+        return -torch.log(self.rate_hist[k])
+
+    def combine(self, out: FusionOutput, select: torch.Tensor | None = None):
+        """Raw window score and its decomposition; see `combine_components`."""
+        return combine_components(out.components, out.component_mask, self.comp_loc, self.comp_scale,
+                                  self.cfg.smooth_max_tau, select)
+
+    def active_components(self) -> list[str]:
+        return [c[0] for c in COMPONENTS if not c[2] or self.fusion is not None]
+
+
+def combine_components(components: torch.Tensor, mask: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                       tau: float, select: torch.Tensor | None = None):
+    """Each component is standardised by its location/scale on normal data (z), then combined by
+    a smooth maximum tau*logsumexp(z/tau): one strong piece of evidence is enough, and the
+    softmax weights say how much each component contributed. `select` (7,) bool restricts the
+    score to some components (the single-modality baselines).
+    Returns raw (B,) (NaN when nothing is defined), z (B, 7), weights (B, 7) summing to 1 over the
+    defined components.
+    """
+    if select is not None:
+        mask = mask & select.to(mask.device)
+    z = (components - loc) / scale
+    logits = (z / tau).masked_fill(~mask, float("-inf"))
+    raw = tau * torch.logsumexp(logits, dim=1)
+    weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
+    raw = torch.where(mask.any(1), raw, torch.full_like(raw, float("nan")))
+    return raw, z, weights
+
+
+def _masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x.masked_fill(~mask, float("-inf")).max(1).values.clamp_min(0.0).nan_to_num(0.0, neginf=0.0)

@@ -1,0 +1,128 @@
+"""The inference module the monitor calls: windows in, calibrated scores with attribution out.
+
+Where it sits: the score hop of the monitor (`services.monitor.service`), between the aligner and
+the event lifecycle. Plain inference, separate from the training code (anomalib's torch_model /
+training split): load a checkpoint directory, featurize a batch of `WindowInputs`, one forward
+pass under `torch.inference_mode()` (bf16 autocast on CUDA), calibrate per asset, attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import checkpoint
+from models.attribution import attribute
+from models.calibration import AssetCalibration, Calibration
+from models.features import Featurizer, collate
+from models.fusion import FusionModel
+from models.inputs import WindowInputs
+from schemas.envelope import DecodeOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WindowScore:
+    score: float  # calibrated per-asset anomaly score; >= threshold means anomalous
+    threshold: float  # threshold in force for this asset (checkpoint calibration)
+    raw: float  # uncalibrated model score
+    present: dict[str, bool]  # modality present (not masked)
+    modality_shares: dict[str, float]  # contribution per modality, sums to 1 over present ones
+    cross_modal_share: float  # part of the score coming from cross-modal inconsistency
+    top_frame_times: list[float]
+    frame_region: tuple[float, float, float, float] | None  # x0, y0, x1, y1 in 0..1
+    audio_band_hz: tuple[float, float] | None
+    top_log_lines: list[str]
+    log_codes: list[str]
+    kind: str | None = None  # defect-kind head, when trained
+    sentiment: dict[str, float] | None = None  # call-centre heads, when trained
+    frustration: float | None = None
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from schemas.errors import ConfigError
+
+        raise ConfigError("device 'cuda' was asked for but torch sees no GPU; use --device cpu or auto")
+    return device
+
+
+class AnomalyScorer:
+    def __init__(self, model: FusionModel, calibration: Calibration | None, version: str, device: str = "cpu",
+                 bf16: bool = True):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.bf16 = bf16 and device.startswith("cuda")
+        self.version = version
+        self.cfg = model.cfg.features
+        if calibration is None:  # an uncalibrated model still scores; thresholds are only a guess
+            log.warning("checkpoint has no calibration.json: scores are raw, threshold defaults to 3.0")
+            calibration = Calibration(pooled=AssetCalibration(0.0, 1.0, 3.0))
+        self.calibration = calibration
+        from models.text import TextEncoder
+
+        self.featurizer = Featurizer(self.cfg, TextEncoder(device=device))
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path, device: str = "auto") -> "AnomalyScorer":
+        device = pick_device(device)
+        model, calibration, config = checkpoint.load(checkpoint_dir, device=device)
+        return cls(model, calibration, config["version"], device)
+
+    @property
+    def decode_options(self) -> DecodeOptions:
+        return DecodeOptions(frame_size=self.cfg.frame_size, sample_rate=self.cfg.sample_rate)
+
+    def threshold(self, asset: str) -> float:
+        return self.calibration.threshold(asset)
+
+    def score(self, windows: list[WindowInputs]) -> list[WindowScore]:
+        if not windows:
+            return []
+        feats = self.featurizer.featurize_many(windows)
+        batch = collate(feats, self.cfg, self.model.code_vocab).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            out = self.model(batch, want_weights=True)
+            raw, _, weights = self.model.combine(out)
+            frame_scores = self.model.frames.frame_scores(out.frame_error)
+        raw_np = raw.float().cpu().numpy()
+        weights_np = weights.float().cpu().numpy()
+        fs, fe, me, nov = (x.float().cpu().numpy() for x in (frame_scores, out.frame_error, out.mel_error, out.line_novelty))
+        att = {k: v.cpu().numpy() for k, v in out.attention_to.items()}
+        kinds = out.kind_logits.softmax(-1).cpu().numpy() if out.kind_logits is not None else None
+        sent = out.sentiment_logits.softmax(-1).cpu().numpy() if out.sentiment_logits is not None else None
+        frus = out.frustration.cpu().numpy() if out.frustration is not None else None
+        results = []
+        for i, (w, f) in enumerate(zip(windows, feats)):
+            thr = self.threshold(w.asset)
+            if not math.isfinite(float(raw_np[i])):  # nothing present: nothing to judge
+                results.append(WindowScore(0.0, thr, 0.0, f.present, {}, 0.0, [], None, None, [], []))
+                continue
+            a = attribute(f, self.cfg, weights_np[i], fs[i], fe[i], me[i], nov[i], {k: v[i] for k, v in att.items()})
+            results.append(WindowScore(
+                score=float(self.calibration.normalise(w.asset, raw_np[i])), threshold=thr, raw=float(raw_np[i]),
+                present=f.present, modality_shares=a.modality_shares, cross_modal_share=a.cross_modal_share,
+                top_frame_times=a.top_frame_times, frame_region=a.frame_region, audio_band_hz=a.audio_band_hz,
+                top_log_lines=a.top_log_lines, log_codes=a.log_codes,
+                kind=self.model.cfg.kind_classes[int(kinds[i].argmax())] if kinds is not None else None,
+                sentiment={c: round(float(p), 4) for c, p in zip(self.model.cfg.sentiment_classes, sent[i])} if sent is not None else None,
+                frustration=float(frus[i]) if frus is not None else None,
+            ))
+        return results
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+
+def scores_array(scores: list[WindowScore]) -> np.ndarray:
+    return np.array([s.score for s in scores], dtype=np.float64)

@@ -1,0 +1,228 @@
+"""Evaluation harness: every model and baseline on a held-out simulator run, one table.
+
+Where it sits: the last hop of `fusionwatch eval` (and of the training recipe's report). Inputs are
+trained models (fusion variants "late", "concat", "cross"), a *calibration* dataset of normal
+operation from a validation seed (thresholds are set there, never on the test run) and a *test*
+dataset from another seed with every fault kind and its ground truth.
+
+Rows (all with the same encoders, objectives and training budget):
+- ``frames_only`` / ``audio_only`` / ``logs_only``: one modality's detector of the late model;
+- ``late_fusion``: the three per-modality detectors' standardised scores, combined;
+- ``concat_fusion``: early fusion by concatenation, with the same consistency objective;
+- ``cross_attention``: the product model (MulT-style cross-modal attention).
+
+Window level: AUROC and AUPRC per fault kind (positives: windows overlapping that fault for at
+least half their length; negatives: windows touching no fault). Event level: the monitor's own
+hysteresis lifecycle at the calibrated threshold; recall = faults overlapped by an event, false
+events = events touching no fault, per asset-hour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.calibration import Calibration, calibrate
+from models.data import WindowArrays
+from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
+from models.train import component_table
+
+INTRA = ("frames", "audio", "logs", "log_rate")
+BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "frames_only": ("late", ("frames",)),
+    "audio_only": ("late", ("audio",)),
+    "logs_only": ("late", ("logs", "log_rate")),
+    "late_fusion": ("late", INTRA),
+    "concat_fusion": ("concat", COMPONENT_NAMES),
+    "cross_attention": ("cross", COMPONENT_NAMES),
+}
+
+
+@dataclass
+class RowResult:
+    name: str
+    auroc: dict[str, float]
+    auprc: dict[str, float]
+    recall: float
+    recall_by_kind: dict[str, float]
+    false_events: int
+    false_per_asset_hour: float
+    events: int
+    threshold: float
+    calibration: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    rows: list[RowResult]
+    kinds: list[str]
+    cross_modal_kinds: list[str]
+    positives: dict[str, int]
+    negatives: int
+    test: dict
+    calibration_data: dict
+    asset_hours: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_finite(self.to_dict()), indent=2))
+
+
+def _finite(x):
+    if isinstance(x, float):
+        return None if not math.isfinite(x) else round(x, 4)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def variant_raw(model: FusionModel, comps: np.ndarray, masks: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    select = torch.tensor([n in names for n in COMPONENT_NAMES])
+    raw, _, _ = combine_components(torch.from_numpy(comps), torch.from_numpy(masks), model.comp_loc.cpu(),
+                                   model.comp_scale.cpu(), model.cfg.smooth_max_tau, select)
+    return raw.numpy()
+
+
+def window_metrics(scores: np.ndarray, data: WindowArrays, kinds: list[str]) -> tuple[dict, dict, dict, int]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    kind = data.labels["fault_kind"]
+    overlap = data.labels["fault_overlap"]
+    half = data.features.window_s / 2
+    ok = np.isfinite(scores)
+    neg = ok & (overlap <= 0)
+    auroc, auprc, positives = {}, {}, {}
+    for k, name in enumerate(kinds):
+        pos = ok & (kind == k) & (overlap >= half)
+        positives[name] = int(pos.sum())
+        if pos.sum() == 0 or neg.sum() == 0:
+            auroc[name] = auprc[name] = float("nan")
+            continue
+        y = np.concatenate([np.ones(pos.sum()), np.zeros(neg.sum())])
+        s = np.concatenate([scores[pos], scores[neg]])
+        auroc[name] = float(roc_auc_score(y, s))
+        auprc[name] = float(average_precision_score(y, s))
+    return auroc, auprc, positives, int(neg.sum())
+
+
+def run_lifecycle(scores: np.ndarray, thresholds: np.ndarray, data: WindowArrays, open_after: int = 2,
+                  close_after: int = 3) -> list[tuple[str, float, float]]:
+    """Events (asset, start, end) from the monitor's hysteresis lifecycle over each asset's windows."""
+    from services.monitor.lifecycle import EventLifecycle, ScoredWindow
+
+    events: list[tuple[str, float, float]] = []
+    w = data.features.window_s
+    for a, asset in enumerate(data.assets):
+        idx = np.flatnonzero(data.asset_idx == a)
+        idx = idx[np.argsort(data.start[idx])]
+        life = EventLifecycle(open_after=open_after, close_after=close_after)
+        for i in idx:
+            s = float(scores[i]) if np.isfinite(scores[i]) else -1e9
+            for ch in life.update(ScoredWindow(asset, float(data.start[i]), float(data.start[i] + w), s, float(thresholds[i]), "eval")):
+                if ch.change == "closed":
+                    events.append((asset, ch.data.start_time.timestamp(), ch.data.end_time.timestamp()))
+        st = life.state(asset)
+        if st["open"] is not None:  # still open at the end of the run
+            events.append((asset, st["open"]["start"], st["open"]["end"]))
+    return events
+
+
+def event_metrics(events: list[tuple[str, float, float]], faults: list[dict], asset_hours: float, window_s: float,
+                  kinds: list[str]) -> dict:
+    slack = window_s  # a window ending just after a fault still shows it
+    detected = []
+    for f in faults:
+        hit = any(a == f["asset"] and s < f["end"] + slack and f["start"] < e for a, s, e in events)
+        detected.append(hit)
+    false = [ev for ev in events
+             if not any(ev[0] == f["asset"] and ev[1] < f["end"] + slack and f["start"] - slack < ev[2] for f in faults)]
+    by_kind = {}
+    for k in kinds:
+        hits = [d for d, f in zip(detected, faults) if f["kind"] == k]
+        by_kind[k] = float(np.mean(hits)) if hits else float("nan")
+    return {"recall": float(np.mean(detected)) if detected else float("nan"), "recall_by_kind": by_kind,
+            "false_events": len(false), "false_per_asset_hour": len(false) / max(asset_hours, 1e-9), "events": len(events)}
+
+
+def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowArrays, budget_events: float = 1.0,
+             budget_hours: float = 8.0, open_after: int = 2, close_after: int = 3, per_asset: bool = False,
+             rows: dict[str, tuple[str, tuple[str, ...]]] | None = None, device: str = "cpu") -> EvalReport:
+    """Score every row on `test`, calibrated on `calib` (normal operation, another seed).
+
+    `per_asset=False` by default here: a simulator seed re-draws each station (camera, acoustics),
+    so "L1-S1" of the validation seed is not the same machine as "L1-S1" of the test seed, and
+    per-asset statistics would not transfer. The product calibrates per asset on its own plant.
+    """
+    rows = rows or {k: v for k, v in BASELINES.items() if v[0] in models}
+    kinds = list(test.meta.get("fault_kinds") or [])
+    from services.simulator.faults import CROSS_MODAL_KINDS
+
+    faults = test.meta.get("ground_truth", [])
+    duration = float(test.meta.get("spec", {}).get("duration_s", (test.start.max() - test.start.min() + 2)))
+    asset_hours = len(test.assets) * duration / 3600.0
+    tables = {}
+    for variant, model in models.items():
+        tables[variant] = (component_table(model, calib, device=device), component_table(model, test, device=device))
+    results = []
+    positives, negatives = {}, 0
+    for name, (variant, comps) in rows.items():
+        model = models[variant]
+        (cc, cm), (tc, tm) = tables[variant]
+        raw_c = variant_raw(model, cc, cm, comps)
+        raw_t = variant_raw(model, tc, tm, comps)
+        cal = calibrate(raw_c, np.array(calib.assets)[calib.asset_idx], calib.start, budget_events=budget_events,
+                        budget_hours=budget_hours, hop_s=_hop(calib), open_after=open_after, close_after=close_after,
+                        per_asset=per_asset)
+        test_assets = np.array(test.assets)[test.asset_idx]
+        scores = np.array([float(cal.normalise(a, r)) for a, r in zip(test_assets, raw_t)])
+        thresholds = np.array([cal.threshold(a) for a in test_assets])
+        auroc, auprc, positives, negatives = window_metrics(scores, test, kinds)
+        events = run_lifecycle(scores, thresholds, test, open_after, close_after)
+        em = event_metrics(events, faults, asset_hours, test.features.window_s, kinds)
+        results.append(RowResult(name, auroc, auprc, em["recall"], em["recall_by_kind"], em["false_events"],
+                                 em["false_per_asset_hour"], em["events"], cal.pooled.threshold,
+                                 {"tail": asdict(cal.tail), "loc": cal.pooled.loc, "scale": cal.pooled.scale}))
+    return EvalReport(results, kinds, sorted(k for k in kinds if k in CROSS_MODAL_KINDS), positives, negatives,
+                      test=test.meta.get("spec", {}), calibration_data=calib.meta.get("spec", {}), asset_hours=asset_hours)
+
+
+def _hop(data: WindowArrays) -> float:
+    return float(data.meta.get("spec", {}).get("hop_s", 1.0))
+
+
+def render(report: EvalReport):
+    """A rich table: AUROC per fault kind (cross-modal kinds marked), then event metrics."""
+    from rich.table import Table
+
+    table = Table(title="fusionwatch eval — window AUROC per fault kind (AUPRC in the JSON); events at the calibrated threshold")
+    table.add_column("fault kind")
+    for r in report.rows:
+        table.add_column(r.name.replace("_", " "), justify="right")
+    for k in report.kinds:
+        label = f"{k} ×" if k in report.cross_modal_kinds else k
+        table.add_row(f"{label} ({report.positives.get(k, 0)})",
+                      *[_fmt(r.auroc.get(k)) for r in report.rows])
+    table.add_section()
+    table.add_row("mean AUROC", *[_fmt(np.nanmean(list(r.auroc.values()))) for r in report.rows])
+    table.add_row("mean AUPRC", *[_fmt(np.nanmean(list(r.auprc.values()))) for r in report.rows])
+    table.add_row("event recall", *[_fmt(r.recall) for r in report.rows])
+    table.add_row("false events / asset-h", *[f"{r.false_per_asset_hour:.2f}" for r in report.rows])
+    table.add_row("events (false)", *[f"{r.events} ({r.false_events})" for r in report.rows])
+    table.caption = (f"× cross-modal kind. Negatives: {report.negatives} normal windows; "
+                     f"{report.asset_hours:.2f} asset-hours. Thresholds from a separate normal validation run.")
+    return table
+
+
+def _fmt(x) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:.3f}"

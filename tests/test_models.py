@@ -1,0 +1,346 @@
+"""Unit tests of the fusion model on synthetic tensors (tiny config, CPU, seconds).
+
+Shapes, masks (missing data never leaks in; a missing modality changes nothing it should not),
+determinism for a seed, checkpoint round trip (safetensors + JSON, no pickle), calibration on a
+synthetic score distribution, attribution invariants.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.calibration import Calibration, calibrate, cluster_peaks, fit_gpd, return_level, runs_statistic
+from models.data import WindowArrays
+from models.features import FeatureConfig, WindowFeatures, collate
+from models.fusion import COMPONENT_NAMES, FusionConfig, FusionModel, Tokens
+from models.train import TrainConfig, fit_component_stats, fit_normalisers, train
+
+FC = FeatureConfig()
+
+
+def synthetic_features(i: int, asset: str = "A", frames: int = 8, audio: bool = True, lines: int = 3,
+                       codes=("C100", None, "T200")) -> WindowFeatures:
+    r = np.random.default_rng(i)
+    emb = r.normal(size=(lines, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    mask = np.ones(FC.audio_frames, bool) if audio else np.zeros(FC.audio_frames, bool)
+    return WindowFeatures(
+        asset=asset, start=1000.0 + i, end=1002.0 + i,
+        frames=r.integers(0, 255, (frames, FC.frame_height, FC.frame_width, 3), dtype=np.uint8),
+        frame_times=np.arange(frames, dtype=np.float32) / 4, mel=r.normal(-5, 2, (FC.n_mels, FC.audio_frames)).astype(np.float32) * mask,
+        audio_mask=mask, log_emb=emb, log_times=np.linspace(0, 1.9, lines).astype(np.float32),
+        log_levels=np.ones(lines, np.int64), log_codes=list(codes[:lines]) + [None] * max(0, lines - len(codes)),
+        log_text=[f"line {k}" for k in range(lines)], log_count=lines, log_present=True,
+    )
+
+
+def tiny(fusion: str = "cross", **kw) -> FusionModel:
+    return FusionModel(FusionConfig.tiny(fusion=fusion, **kw)).eval()
+
+
+@pytest.fixture(scope="module")
+def arrays() -> WindowArrays:
+    feats = [synthetic_features(i, asset="A" if i % 2 else "B") for i in range(48)]
+    return WindowArrays.from_features(feats, FC)
+
+
+@pytest.mark.parametrize("fusion", ["cross", "concat", "late"])
+def test_shapes(fusion):
+    model = tiny(fusion)
+    batch = collate([synthetic_features(i) for i in range(3)], FC, {"C100"})
+    out = model(batch, want_weights=True)
+    assert out.components.shape == (3, len(COMPONENT_NAMES))
+    assert out.frame_error.shape == (3, FC.max_frames, FC.frame_height, FC.frame_width)
+    assert out.mel_error.shape == (3, FC.n_mels, FC.audio_frames)
+    assert out.line_novelty.shape == (3, FC.max_lines)
+    assert torch.isfinite(out.components).all()
+    raw, z, weights = model.combine(out)
+    assert raw.shape == (3,) and torch.isfinite(raw).all()
+    assert torch.allclose(weights.sum(1), torch.ones(3), atol=1e-5)
+    if fusion == "cross":
+        assert set(out.attention_to) == {"frames", "audio", "logs"}
+        assert out.attention_to["audio"].shape == (3, FC.audio_frames // 4)
+    else:
+        assert not out.component_mask[:, 4:].any() or fusion == "concat"
+
+
+def test_unseen_code_and_new_line_raise_log_novelty():
+    model = tiny("late")
+    known = synthetic_features(1)
+    model.line_bank = torch.from_numpy(known.log_emb.copy())
+    model.code_vocab = frozenset({"C100", "T200"})
+    same = collate([known], FC, model.code_vocab)
+    with torch.no_grad():
+        assert float(model(same).components[0, 2]) < 1e-5  # every line is in the memory bank
+    unseen = synthetic_features(1, codes=("E771", None, "T200"))
+    out = model(collate([unseen], FC, model.code_vocab))
+    assert float(out.line_novelty[0, 0]) == pytest.approx(1.0)  # an unknown code is maximally novel
+    assert float(out.components[0, 2]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fusion", ["cross", "concat", "late"])
+def test_padding_content_never_leaks(fusion):
+    """Garbage in masked slots (missing frames, audio gaps, padding lines) changes nothing."""
+    model = tiny(fusion)
+    feats = [synthetic_features(i, frames=5, lines=2) for i in range(2)]
+    feats[1].audio_mask[40:] = False
+    clean = collate(feats, FC, {"C100"})
+    dirty = collate(feats, FC, {"C100"})
+    g = torch.Generator().manual_seed(0)
+    fm = ~dirty.frame_mask
+    dirty.frames[fm] = torch.rand(dirty.frames[fm].shape, generator=g)
+    am = ~dirty.audio_mask
+    dirty.mel.permute(0, 2, 1)[am] = torch.randn(dirty.mel.permute(0, 2, 1)[am].shape, generator=g) * 10
+    lm = ~dirty.log_mask
+    dirty.log_emb[lm] = torch.randn(dirty.log_emb[lm].shape, generator=g)
+    dirty.log_times[lm] = 0.77
+    a, b = model(clean), model(dirty)
+    torch.testing.assert_close(a.components, b.components, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.consistency_logits, b.consistency_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_audio_changes_only_what_it_should():
+    """Without audio: audio components are undefined, frame and log evidence is unchanged, and the
+    late-fusion score is the same as the smooth max over the remaining components."""
+    for fusion in ("cross", "late"):
+        model = tiny(fusion)
+        full = synthetic_features(3)
+        muted = synthetic_features(3, audio=False)
+        a, b = model(collate([full], FC)), model(collate([muted], FC))
+        assert bool(a.component_mask[0, 1]) and not bool(b.component_mask[0, 1])
+        for name in ("frames", "logs", "log_rate"):
+            j = COMPONENT_NAMES.index(name)
+            assert float(a.components[0, j]) == pytest.approx(float(b.components[0, j]), abs=1e-6)
+        assert float(b.mel_error.abs().sum()) == 0.0
+        raw_b, _, w_b = model.combine(b)
+        assert float(w_b[0, 1]) == 0.0  # no share for a modality that is not there
+        if fusion == "late":
+            sel = torch.tensor([n != "audio" for n in COMPONENT_NAMES])
+            raw_a_no_audio, _, _ = model.combine(a, select=sel)
+            assert float(raw_b[0]) == pytest.approx(float(raw_a_no_audio[0]), abs=1e-5)
+
+
+def test_single_modality_window_has_no_cross_component():
+    model = tiny("cross")
+    f = synthetic_features(5, audio=False)
+    f.log_present = False
+    f.log_emb, f.log_text, f.log_codes = f.log_emb[:0], [], []
+    f.log_times, f.log_levels, f.log_count = f.log_times[:0], f.log_levels[:0], 0
+    out = model(collate([f], FC))
+    assert out.component_mask[0].tolist() == [True, False, False, False, False, False, False]
+    raw, _, w = model.combine(out)
+    assert math.isfinite(float(raw[0])) and float(w[0, 0]) == pytest.approx(1.0)
+
+
+def test_empty_window_scores_nan_not_crash():
+    model = tiny("cross")
+    f = synthetic_features(6, frames=0, audio=False, lines=0)
+    f.log_present = False
+    out = model(collate([f], FC))
+    raw, _, _ = model.combine(out)
+    assert not out.component_mask.any() and math.isnan(float(raw[0]))
+
+
+def test_swap_exchanges_exactly_one_modality():
+    B, D = 4, 8
+    t = Tokens(torch.randn(B, 3, D), torch.ones(B, 3, dtype=torch.bool), torch.randn(B, 5, D),
+               torch.ones(B, 5, dtype=torch.bool), torch.randn(B, 2, D), torch.ones(B, 2, dtype=torch.bool))
+    partner = torch.tensor([1, 0, 3, 2])
+    s = t.swap(torch.tensor([0, 1, -1, 2]), partner)
+    assert torch.equal(s.frame_tokens[0], t.frame_tokens[1]) and torch.equal(s.audio_tokens[0], t.audio_tokens[0])
+    assert torch.equal(s.audio_tokens[1], t.audio_tokens[0]) and torch.equal(s.frame_tokens[1], t.frame_tokens[1])
+    assert torch.equal(s.log_tokens[2], t.log_tokens[2]) and torch.equal(s.frame_tokens[2], t.frame_tokens[2])
+    assert torch.equal(s.log_tokens[3], t.log_tokens[2])
+
+
+def _trained(arrays, seed: int, fusion: str = "cross") -> tuple[FusionModel, list]:
+    model = FusionModel(FusionConfig.tiny(fusion=fusion, seed=seed))
+    fit_normalisers(model, arrays)
+    res = train(model, arrays, TrainConfig(intra_steps=4, fusion_steps=4, frames_per_step=8, windows_per_step=8,
+                                           seed=seed, min_partner_gap_s=3.0))
+    return model, res.history
+
+
+def test_determinism_for_a_seed(arrays):
+    torch.set_num_threads(1)
+    a, _ = _trained(arrays, seed=7)
+    b, _ = _trained(arrays, seed=7)
+    c, _ = _trained(arrays, seed=8)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert any(not torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
+    batch = arrays.batch(np.arange(6), a.code_vocab)
+    torch.testing.assert_close(a(batch).components, b(batch).components, atol=0, rtol=0)
+
+
+def test_fitted_statistics(arrays):
+    model = tiny("cross")
+    fit_normalisers(model, arrays)
+    mel = arrays.mel.astype(np.float32).transpose(0, 2, 1)[arrays.audio_mask]
+    assert np.allclose(model.mel_mean.numpy(), mel.mean(0), atol=1e-3)
+    assert model.line_bank.shape[1] == 384 and len(model.line_bank) == len(np.unique(arrays.log_emb[arrays.log_mask], axis=0))
+    assert model.code_vocab == frozenset({"C100", "T200"})
+    assert float(model.rate_hist.sum()) == pytest.approx(1.0, abs=1e-5)
+    stats = fit_component_stats(model, arrays)
+    assert set(stats) == set(COMPONENT_NAMES)
+    assert all(s["scale"] > 0 for s in stats.values())
+
+
+def test_checkpoint_round_trip(tmp_path, arrays):
+    from models import checkpoint
+    from models.scorer import AnomalyScorer
+
+    model, _ = _trained(arrays, seed=3)
+    fit_component_stats(model, arrays)
+    raw = np.random.default_rng(0).gumbel(size=400)
+    cal = calibrate(raw, np.array(["A", "B"] * 200), np.repeat(np.arange(200.0), 2))
+    version = checkpoint.save(tmp_path / "ckpt", model, cal, card="# card\n")
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == sorted(checkpoint.FILES)
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["version"] == version and config["model"]["fusion"] == "cross" and len(version) <= 64
+    loaded, cal2, _ = checkpoint.load(tmp_path / "ckpt")
+    assert loaded.code_vocab == model.code_vocab
+    for (k, va), vb in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(va, vb), k
+    batch = arrays.batch(np.arange(5), model.code_vocab)
+    torch.testing.assert_close(model.eval()(batch).components, loaded(batch).components)
+    assert cal2.to_dict() == cal.to_dict()
+    scorer = AnomalyScorer.load(tmp_path / "ckpt", device="cpu")
+    assert scorer.version == version and scorer.threshold("A") == pytest.approx(cal.threshold("A"))
+    assert scorer.decode_options.frame_size == (FC.frame_width, FC.frame_height)
+    # safetensors, never pickle: an 8-byte length, then a JSON header naming every tensor
+    blob = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    assert header["__metadata__"]["version"] == version and "frames.enc.0.0.weight" in header
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path, arrays):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(intra_steps=4, fusion_steps=4, frames_per_step=8, windows_per_step=8, seed=5,
+                      min_partner_gap_s=3.0, checkpoint_every=2)
+    ref = FusionModel(FusionConfig.tiny(seed=5))
+    fit_normalisers(ref, arrays)
+    train(ref, arrays, cfg)
+    # interrupted after fusion step 2, resumed from the state directory
+    a = FusionModel(FusionConfig.tiny(seed=5))
+    fit_normalisers(a, arrays)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(phase, step, steps, losses):
+        if phase == "fusion" and step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(a, arrays, cfg, progress=stop_at, state_dir=tmp_path)
+    b = FusionModel(FusionConfig.tiny(seed=5))
+    fit_normalisers(b, arrays)
+    train(b, arrays, cfg, state_dir=tmp_path)
+    for (k, va), vb in zip(ref.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, msg=k)
+
+
+# ── calibration ──────────────────────────────────────────────────────────────────────────────
+
+def ar1_scores(n: int, rng: np.random.Generator, rho: float = 0.6) -> np.ndarray:
+    """Autocorrelated normal-operation scores (overlapping windows) with a Gumbel-like tail."""
+    e = rng.gumbel(size=n)
+    x = np.empty(n)
+    x[0] = e[0]
+    for i in range(1, n):
+        x[i] = rho * x[i - 1] + math.sqrt(1 - rho ** 2) * e[i]
+    return x
+
+
+def test_gpd_fit_recovers_shape():
+    rng = np.random.default_rng(0)
+    from scipy.stats import genpareto
+
+    for xi in (0.0, 0.2, -0.2):
+        x = genpareto.rvs(xi, scale=1.5, size=4000, random_state=rng)
+        xi_hat, sigma_hat = fit_gpd(x)
+        assert abs(xi_hat - xi) < 0.1 and abs(sigma_hat - 1.5) < 0.25
+
+
+def test_return_level_inverts_the_tail():
+    u, xi, sigma = 2.0, 0.1, 0.8
+    rate_u, target = 0.01, 1e-5
+    x = return_level(u, xi, sigma, rate_u, target)
+    # P(run peak > x) * rate_u == target
+    tail = (1 + xi * (x - u) / sigma) ** (-1 / xi)
+    assert tail * rate_u == pytest.approx(target, rel=1e-6)
+
+
+def test_runs_and_clusters():
+    s = np.array([0, 5, 5, 0, 5, 0, 0, 0, 0, 6, 6, 6], float)
+    assert runs_statistic(s, 2).tolist() == [0, 5, 0, 0, 0, 0, 0, 0, 0, 6, 6]
+    assert cluster_peaks(runs_statistic(s, 2), 1.0, gap=3).tolist() == [5, 6]
+
+
+def test_calibration_meets_the_false_alarm_budget():
+    """Fit on 4 asset-hours of synthetic normal scores (the budget needs extrapolation: 1 event per
+    8 h), then count lifecycle-style events on 200 fresh asset-hours: within the budget, and not
+    absurdly conservative either."""
+    rng = np.random.default_rng(1)
+    assets = ["A", "B", "C", "D"]
+    n = 3600
+    raw = np.concatenate([ar1_scores(n, rng) * s + o for s, o in zip((1.0, 1.3, 0.8, 1.1), (0, 2, -1, 0.5))])
+    names = np.repeat(assets, n)
+    starts = np.tile(np.arange(n, dtype=float), 4)
+    cal = calibrate(raw, names, starts, budget_events=1.0, budget_hours=8.0, open_after=2, per_asset=True)
+    assert cal.tail.method == "pot"
+    assert cal.assets["B"].loc > cal.assets["C"].loc  # per-asset normalisation
+    hours = 200
+    events = 0
+    for _ in range(hours):
+        x = ar1_scores(3600, rng)
+        z = cal.normalise("A", x)
+        e = runs_statistic(z, 2)
+        events += len(cluster_peaks(e, cal.threshold("A"), gap=3))
+    rate = events / hours * 8  # per 8 h shift
+    assert rate <= 2.0, f"{rate:.2f} false events per shift (budget 1)"
+    assert rate >= 0.1, f"{rate:.3f} per shift: threshold far more conservative than the budget"
+
+
+def test_calibration_json_round_trip(tmp_path):
+    rng = np.random.default_rng(2)
+    cal = calibrate(rng.normal(size=500), np.array(["A"] * 500), np.arange(500.0))
+    cal.save(tmp_path / "c.json")
+    again = Calibration.load(tmp_path / "c.json")
+    assert again.threshold("A") == cal.threshold("A")
+    assert again.threshold("unknown-asset") == cal.pooled.threshold
+    assert float(again.normalise("A", 1.0)) == pytest.approx(float(cal.normalise("A", 1.0)))
+
+
+def test_calibration_refuses_too_little_data():
+    from models.calibration import CalibrationError
+
+    with pytest.raises(CalibrationError, match="at least 50"):
+        calibrate(np.zeros(10), np.array(["A"] * 10), np.arange(10.0))
+
+
+# ── attribution ──────────────────────────────────────────────────────────────────────────────
+
+def test_attribution_shares_and_regions():
+    from models.attribution import audio_band, frame_region, shares
+
+    w = np.array([0.1, 0.0, 0.2, 0.1, 0.3, 0.0, 0.3])  # frames, audio(absent), logs, rate, x_f, x_a, x_l
+    s, cross = shares(w, {"frames": True, "audio": False, "logs": True})
+    assert set(s) == {"frames", "logs"} and sum(s.values()) == pytest.approx(1.0, abs=1e-3)
+    assert cross == pytest.approx(0.6, abs=1e-3)
+    err = np.zeros((60, 80))
+    err[10:20, 40:50] = 1.0
+    assert frame_region(err) == (0.5, pytest.approx(10 / 60, abs=1e-3), 0.625, pytest.approx(20 / 60, abs=1e-3))
+    mel_err = np.zeros((FC.n_mels, FC.audio_frames))
+    mel_err[40:43] = 1.0
+    lo, hi = audio_band(mel_err, FC)
+    centres = FC.mel_centres_hz()
+    assert lo == pytest.approx(centres[40], abs=0.2) and hi == pytest.approx(centres[44], abs=0.2)
