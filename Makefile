@@ -1,14 +1,14 @@
 # fusionwatch — a newcomer needs two targets: `make run` and `make test`.
 # Both build .venv from nothing (pinned by constraints.txt) and install the Debian packages
-# the tests and the web page need. Everything else is a convenience for developers.
+# the tests need. Everything else is a convenience for developers.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages: a real browser for the review page test, Prometheus + promtool for the
-# metrics/rules tests, espeak-ng as the fallback TTS route, ffmpeg-free (PyAV bundles FFmpeg).
-DEBS   := chromium chromium-driver prometheus espeak-ng
+# metrics/rules tests. Speech comes from the espeakng-loader wheel; PyAV bundles FFmpeg.
+DEBS   := chromium chromium-driver prometheus
 
 .PHONY: run test test-all faults bench venv sysdeps lock clean help
 
