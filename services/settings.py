@@ -78,6 +78,9 @@ class MonitorSettings(BaseModel):
     close_after: int = Field(3, ge=1, description="windows under threshold before it closes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     per_asset_max_records_per_s: float = 200.0
+    # False: the consume thread waits for each batch's score + SQL commit before reading on (the
+    # naive baseline of `fusionwatch bench pipeline`); True overlaps consumption with scoring
+    overlap: bool = True
     # call-centre profile: an escalation opens when frustration (0..1) stays at or above this
     escalation_threshold: float = Field(0.6, gt=0, le=1)
 

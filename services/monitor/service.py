@@ -41,6 +41,7 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
+PAST_END_GRACE_S = 5.0
 
 
 class Scorer(Protocol):
@@ -114,6 +115,8 @@ class Monitor:
         self._thresholds_at = 0.0
         self._assigned: set[TP] = set()
         self._paused = False
+        self._past_end: dict[TP, float] = {}  # when a position was first seen past the log end
+        self._topic_ids: dict[TP, Any] = {}  # topic id when last assigned: detects re-created topics
         self.ready = threading.Event()  # model loaded and partitions assigned
         self.consumer = None
         self.dlq = None
@@ -218,6 +221,8 @@ class Monitor:
         self._cut_seen = dict(self._last_seen)
         self._queue.put(_Batch(windows, offsets, assets))
         self._last_cut = now
+        if not self.cfg.overlap and not force:
+            self._wait_writer_idle()  # naive mode: consume, then score and commit, strictly in turn
 
     def _backpressure(self) -> None:
         """Pause every partition while the score stage is full; resume when it drains."""
@@ -262,7 +267,28 @@ class Monitor:
                 hw = pos = None
             if self._paused or hw is None or pos is None or pos < hw:
                 behind.setdefault(part, []).append(self.kind_of[topic])
+            self._check_past_end(tp, hw, pos)
         self.aligner.hold(behind)
+
+    def _check_past_end(self, tp: TopicPartition, hw: int | None, pos: int | None) -> None:
+        """A position past the log end that persists over several fetches means the broker lost
+        the partition's log (the embedded broker restarted empty; a cluster was rebuilt). Kafka
+        answers OFFSET_OUT_OF_RANGE and the consumer resets itself; Tansu answers nothing, so the
+        consumer would wait until the new log grows past the old offset and silently skip every
+        record before it. Start the partition again from its first record instead."""
+        key = (tp.topic, tp.partition)
+        if self._paused or hw is None or pos is None or pos <= hw:
+            self._past_end.pop(key, None)
+            return
+        since = self._past_end.setdefault(key, time.monotonic())
+        if time.monotonic() - since < PAST_END_GRACE_S:  # a high watermark from an older fetch
+            return
+        log.error("%s[%d]: committed position %d is past the end of the log (%d): the broker lost this "
+                  "partition's records; reading it again from offset 0", tp.topic, tp.partition, pos, hw)
+        self._past_end.pop(key, None)
+        self.consumer.seek(tp, 0)
+        self._processed[key] = -1
+        self._last_seen.pop(key, None)
 
     def _report_lag(self) -> None:
         for tp in self._assigned:
@@ -297,7 +323,13 @@ class Monitor:
         for tp in tps:
             key = (tp.topic, tp.partition)
             self._last_seen.pop(key, None)
-            if key in stored:
+            if key in stored and self._recreated(key):
+                log.error("%s[%d] was re-created (new topic id; e.g. the embedded broker restarted empty): "
+                          "its stored offset %d belongs to the old log; reading it from offset 0",
+                          tp.topic, tp.partition, stored[key][0])
+                self.consumer.seek(tp, 0)
+                self._processed[key] = -1
+            elif key in stored:
                 self.consumer.seek(tp, stored[key][0])
                 self._processed[key] = stored[key][1]
             else:
@@ -307,6 +339,17 @@ class Monitor:
         for st in states:
             self.aligner.restore(st.asset_id, st.partition, st.last_window_start, st.lifecycle.get("expected", []))
         self._queue.put(_Restore({st.asset_id: st.lifecycle for st in states}))
+
+    def _recreated(self, tp: TP) -> bool:
+        """True when the topic's id changed since this process last assigned `tp`: the offsets
+        stored for it count records of a log that no longer exists. (A real cluster answers
+        OFFSET_OUT_OF_RANGE only when the new log is shorter; Tansu never does.)"""
+        cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
+        topic_id = cluster.topic_id(tp[0]) if cluster is not None else None
+        if topic_id is None:
+            return False
+        prior, self._topic_ids[tp] = self._topic_ids.get(tp, topic_id), topic_id
+        return prior != topic_id
 
     def _forget_partitions(self, parts: set[int]) -> None:
         assets = [a for p in parts for a in self.aligner.assets(p)]
