@@ -36,33 +36,33 @@ class InputRecord:
     expect: str  # "scored", or the dead-letter reason the contract demands ("late", "corrupt_image", ...)
 
 
-def records() -> list[tuple[Kind, WireRecord, float, str]]:
+def records(start: float = START) -> list[tuple[Kind, WireRecord, float, str]]:
     """(kind, record, event time, expected fate) in production order."""
     out = []
-    for kind, rec in bright_fault_stream(ASSETS, START, DURATION_S, FAULTS):
+    for kind, rec in bright_fault_stream(ASSETS, start, DURATION_S, FAULTS):
         t = _time_of(rec)
         out.append((kind, rec, t, "scored"))
     # Poison and lateness go last, so each lands behind the asset's clean records in its partition:
     # their fate then does not depend on how fetches from different topics interleave.
-    bad_jpeg = encode_frame("L1-S1", "/L1-S1/cam", START + 5.1, b"\xff\xd8\xff\xe0 truncated", id="poison-1")
-    out.append((Kind.FRAME, bad_jpeg, START + 5.1, "corrupt_image"))
-    mism = encode_log("L1-S2", "/L1-S2/plc", START + 6.1, "asset header differs from key", id="poison-2")
-    out.append((Kind.LOG, WireRecord(b"L2-S1", mism.value, mism.headers), START + 6.1, "key_mismatch"))
-    crlf = encode_log("L2-S1", "/L2-S1/plc", START + 7.1, "header injection", id="poison-3")
+    bad_jpeg = encode_frame("L1-S1", "/L1-S1/cam", start + 5.1, b"\xff\xd8\xff\xe0 truncated", id="poison-1")
+    out.append((Kind.FRAME, bad_jpeg, start + 5.1, "corrupt_image"))
+    mism = encode_log("L1-S2", "/L1-S2/plc", start + 6.1, "asset header differs from key", id="poison-2")
+    out.append((Kind.LOG, WireRecord(b"L2-S1", mism.value, mism.headers), start + 6.1, "key_mismatch"))
+    crlf = encode_log("L2-S1", "/L2-S1/plc", start + 7.1, "header injection", id="poison-3")
     crlf_headers = [(k, v + b"\r\nX-Evil: 1" if k == "ce_source" else v) for k, v in crlf.headers]
-    out.append((Kind.LOG, WireRecord(crlf.key, crlf.value, crlf_headers), START + 7.1, "bad_header"))
-    late = encode_log("L2-S2", "/L2-S2/plc", START - 100, {"msg": "delayed line", "serial": "SN-late"}, id="late-1")
-    out.append((Kind.LOG, late, START - 100, "late"))
+    out.append((Kind.LOG, WireRecord(crlf.key, crlf.value, crlf_headers), start + 7.1, "bad_header"))
+    late = encode_log("L2-S2", "/L2-S2/plc", start - 100, {"msg": "delayed line", "serial": "SN-late"}, id="late-1")
+    out.append((Kind.LOG, late, start - 100, "late"))
     return out
 
 
-def produce(kafka: KafkaSettings, bootstrap: str) -> tuple[Topics, list[InputRecord]]:
+def produce(kafka: KafkaSettings, bootstrap: str, start: float = START) -> tuple[Topics, list[InputRecord]]:
     """Create the topics, produce the stream, return where every record landed."""
     topics = ensure_topics(kafka, bootstrap)
     topic_of = {Kind.FRAME: topics.frames, Kind.AUDIO: topics.audio, Kind.LOG: topics.logs}
     producer = make_producer(kafka, bootstrap, linger_ms=20)
     pending = []
-    for kind, rec, t, expect in records():
+    for kind, rec, t, expect in records(start):
         fut = producer.send(topic_of[kind], key=rec.key, value=rec.value, headers=rec.headers)
         pending.append((fut, kind, rec.key.decode(), t, expect))
     producer.flush()

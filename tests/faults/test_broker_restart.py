@@ -1,0 +1,74 @@
+"""The embedded broker restarts under a running monitor and comes back empty.
+
+What the embedded Tansu broker (memory storage) keeps across a restart: nothing — topics, records
+and consumer-group offsets all live in its memory. What fusionwatch keeps: everything it already
+committed to SQL (events, stream state, the offsets it had reached). So after the restart the
+stored offsets point past the end of the new, empty partitions. The monitor must not crash or
+crash-loop while the broker is away, and once the broker is back (topics re-created, as
+`fusionwatch broker`/`up` do) it must resume on new data from the start of the new partitions,
+not wait for the new log to grow past the old offsets. Records produced before the restart and
+not yet consumed are gone with the broker: only a real Kafka cluster makes them durable.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from services import db
+from services.broker.embedded import EmbeddedBroker, free_port
+from services.settings import KafkaSettings
+from tests.faults import inputs as fault_inputs
+from tests.faults import ledger
+from tests.faults.procs import MonitorProc, wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
+    port = free_port()
+    ks = KafkaSettings(topic_prefix=f"b{uuid.uuid4().hex[:8]}.", partitions=fault_inputs.PARTITIONS)
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    db.upgrade(url)
+    group = f"restart-{uuid.uuid4().hex[:8]}"
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-1.log").start()
+    monitor = None
+    try:
+        topics, before = fault_inputs.produce(ks, broker.bootstrap)
+        monitor = MonitorProc(tmp_path, "monitor", broker.bootstrap, url, ks.topic_prefix, group)
+        wait_for(lambda: ledger.finished(url, group, fault_inputs.ends(before)), 120, "the first stream",
+                 procs=[monitor])
+        events_before = ledger.event_rows(url)
+        assert {e[1] for e in events_before} == set(fault_inputs.FAULTS)
+
+        broker.stop()  # all topics, records and group state are gone
+        time.sleep(8.0)  # longer than a session timeout: the monitor sees a dead broker, not a blip
+        assert monitor.proc.poll() is None, "the monitor exited while the broker was down:\n" + monitor.log()[-3000:]
+
+        broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
+        # the same stream again, two minutes later in event time, into the re-created topics: the
+        # same number of records per partition, so the stored offsets equal the new log ends and
+        # only the new topic ids tell that these are different logs
+        later = fault_inputs.START + 120
+        topics, after = fault_inputs.produce(ks, broker.bootstrap, start=later)
+        stored, _ = ledger.committed(url, group)
+        assert stored == fault_inputs.ends(after)
+        wait_for(lambda: new_events(url, events_before, later), 120, "events from the data after the restart",
+                 procs=[monitor])
+        assert monitor.stop() == 0
+        fresh = new_events(url, events_before, later)
+        assert sorted(e[1] for e in fresh) == sorted(fault_inputs.FAULTS)
+        assert ledger.event_rows(url)[: len(events_before)] == events_before  # the old ones untouched
+        log = monitor.log()
+        assert log.count("partitions assigned") >= 2  # rejoined the (new) group
+        assert "was re-created" in log
+    finally:
+        if monitor is not None:
+            monitor.kill()
+        broker.stop()
+
+
+def new_events(url: str, before: list[tuple], after_t: float) -> list[tuple]:
+    return [e for e in ledger.event_rows(url) if e not in before and e[2].timestamp() >= after_t and e[4] == "closed"]
