@@ -32,6 +32,8 @@ class ScenarioInput:
 class Reference:
     events: list[tuple]
     outbox: list[tuple]
+    url: str  # the reference database (copy it before writing: other tests compare against it)
+    input: ScenarioInput
 
 
 def new_input(bootstrap: str) -> ScenarioInput:
@@ -63,7 +65,7 @@ def reference(broker, tmp_path_factory) -> Reference:
     lg = ledger.build("fault-free reference", inp.records, url, group,
                       ledger.read_dlq(inp.kafka, broker.bootstrap, inp.topics), events, outbox, [p.stats()])
     lg.assert_clean()
-    return Reference(events, outbox)
+    return Reference(events, outbox, url, inp)
 
 
 def pytest_terminal_summary(terminalreporter):
