@@ -236,4 +236,16 @@ def get_settings() -> Settings:
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
     """Effective settings as plain data, secrets shown as '**********'."""
-    return settings.model_dump(mode="json")  # SecretStr serialises masked in json mode
+    data = settings.model_dump(mode="json")  # SecretStr serialises masked in json mode
+    # a database URL may carry a password (postgresql://user:pw@host/db): mask it too
+    data["database"]["url"] = _mask_url_password(data["database"]["url"])
+    return data
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing after a scheme's credentials
+        return url.split("@", 1)[-1] if "@" in url else url
