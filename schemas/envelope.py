@@ -403,6 +403,8 @@ def _decode_log(value: bytes, content_type: str, limits: ContractLimits) -> LogP
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise _Reject("bad_json", f"log JSON does not parse: {e.msg} at {e.pos}") from None
+    except RecursionError:  # "[[[[…" nested past the parser's stack: hostile, not a decoder bug
+        raise _Reject("bad_json", "log JSON is nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("msg"), str) or not obj["msg"].strip():
         raise _Reject("bad_json", "log JSON must be an object with a non-empty string 'msg'")
     extras = {}
