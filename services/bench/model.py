@@ -149,7 +149,7 @@ def forward_fn(model, dtype: str, device: str, module=None):
     `module`: what runs the forward (the model, or its torch.compile wrapper)."""
     import torch
 
-    module = module or model
+    module = model if module is None else module  # a compiled module has no truth value
 
     def autocast():
         if dtype == "bf16":
@@ -286,7 +286,7 @@ def run_model_bench(cfg: ModelBenchConfig, progress=None) -> BenchResult:
         if cfg.baseline and dt not in naive:
             step(f"{dt} naive baseline (batch 1)")
             batch = make_batch(model, feats, 1).to(device)
-            naive[dt] = measure(lambda: run(batch), cfg.min_time_s, min_iters=3, cpu_clock="process", sync=sync)
+            naive[dt] = measure(lambda: (run(batch), 1)[1], cfg.min_time_s, min_iters=3, cpu_clock="process", sync=sync)
             result.rows.append({"device": device, "dtype": dt, "mode": "naive (eager, batch 1)", "batch": 1,
                                 "windows/s": naive[dt].items_per_s, "latency p50 ms": naive[dt].latency_ms(0.5),
                                 "latency p95 ms": naive[dt].latency_ms(0.95)})
