@@ -90,7 +90,7 @@ def attribute(feat: WindowFeatures, cfg: FeatureConfig, weights: np.ndarray, fra
         at = att[:n_f] / max(float(att[:n_f].max()), 1e-9) if att is not None and att[:n_f].max() > 0 else np.zeros(n_f)
         rank = comp["frames"] * fs + (comp["cross_frames"] + comp["cross_audio"] + comp["cross_logs"]) * at
         order = np.argsort(-rank)[:top_k]
-        top_times = [round(float(feat.start + feat.frame_times[i]), 3) for i in order]
+        top_times = [round(feat.start + float(feat.frame_times[i]), 3) for i in order]  # float64: epoch seconds
         region = frame_region(frame_error[int(np.argmax(frame_scores[:n_f]))])
     band = audio_band(mel_error, cfg) if present["audio"] else None
     lines: list[str] = []

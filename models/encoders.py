@@ -56,21 +56,42 @@ class FrameAutoencoder(nn.Module):
         self.dec = nn.ModuleList([_up(c3, c2), _up(c2, c1), _up(c1, 3, act=False)])
         self.topk = 32  # pixels per frame whose error makes the frame score (a defect is small)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> reconstruction (N, 3, H, W)."""
+    def forward(self, frames: torch.Tensor, with_stats: bool = False):
+        """(N, 3, H, W) in [0, 1] -> reconstruction (N, 3, H, W); with `with_stats`, also the
+        per-channel mean and std of the first two encoder layers (N, 2 * (c1 + c2)): a blurred,
+        fogged or darkened image shifts these feature statistics even when it is easy to redraw."""
         H, W = frames.shape[-2:]
-        y = self.dec_in(self.enc(frames))  # (N, c3, H/8, W/8)
+        if frames.shape[0] == 0:  # no frame in the batch
+            n_stats = 2 * (self.enc[0][0].out_channels + self.enc[1][0].out_channels)
+            return (frames, frames.new_zeros(0, n_stats)) if with_stats else frames
+        h1 = self.enc[0](frames)  # (N, c1, H/2, W/2)
+        h2 = self.enc[1](h1)  # (N, c2, H/4, W/4)
+        y = self.dec_in(self.enc[3](self.enc[2](h2)))  # (N, c3, H/8, W/8)
         y = self.dec[0](y)[:, :, : (H + 3) // 4, : (W + 3) // 4]  # (N, c2, H/4, W/4)
         y = self.dec[1](y)  # (N, c1, H/2, W/2)
-        return torch.sigmoid(self.dec[2](y)[:, :, :H, :W])  # (N, 3, H, W)
+        recon = torch.sigmoid(self.dec[2](y)[:, :, :H, :W])  # (N, 3, H, W)
+        if not with_stats:
+            return recon
+        stats = torch.cat([h1.mean((2, 3)), h1.std((2, 3), correction=0), h2.mean((2, 3)), h2.std((2, 3), correction=0)], dim=1)
+        return recon, stats
 
     @staticmethod
-    def error_map(frames: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        """(B, T, H, W): squared error summed over colour, smoothed 3x3 so camera noise averages
-        out while a defect (a connected blob) keeps its contrast."""
+    def error_map(frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, H, W): squared error summed over colour, smoothed 3x3 (camera noise averages out,
+        a defect — a connected blob — keeps its contrast), minus the per-pixel median over the
+        window's frames. The median removes what is wrong in *every* frame: scenery the model
+        draws badly (a camera it has not seen, a moved fixture). Parts move along the belt, so a
+        defective part is not at the same pixel in most frames and stays; a static image fault
+        (fog, blur) is the job of the feature-statistics component."""
         B, T, _, H, W = frames.shape
         err = (frames - recon).pow(2).sum(2).view(B * T, 1, H, W)
-        return F.avg_pool2d(err, 3, stride=1, padding=1, count_include_pad=False).view(B, T, H, W)
+        err = F.avg_pool2d(err, 3, stride=1, padding=1, count_include_pad=False).view(B, T, H, W)
+        if mask is None or T < 3:
+            return err
+        filled = err.masked_fill(~mask[:, :, None, None], float("nan"))
+        base = filled.nanmedian(dim=1, keepdim=True).values.nan_to_num(0.0)  # (B, 1, H, W)
+        enough = (mask.sum(1) >= 3)[:, None, None, None]
+        return torch.where(enough, (err - base).clamp_min(0.0), err) * mask[:, :, None, None]
 
     def frame_scores(self, error_map: torch.Tensor) -> torch.Tensor:
         """(B, T): mean of the top-k pixel errors of each frame."""
@@ -128,7 +149,7 @@ class FrameStateEncoder(nn.Module):
         super().__init__()
         c1, c2, c3 = channels
         self.net = nn.Sequential(_conv(6, c1, 2), _conv(c1, c2, 2), _conv(c2, c3, 2), nn.AdaptiveAvgPool2d((2, 2)),
-                                 nn.Flatten(), nn.Linear(4 * c3, d))
+                                 nn.Flatten(), nn.Linear(4 * c3, d), nn.LayerNorm(d))
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, T, C, H, W = frames.shape
@@ -137,7 +158,8 @@ class FrameStateEncoder(nn.Module):
         prev = torch.cat([small[:, 1:2], small[:, :-1]], dim=1) if T > 1 else small
         prev_mask = torch.cat([mask[:, 1:2], mask[:, :-1]], dim=1) if T > 1 else mask
         diff = (small - prev) * (mask & prev_mask)[:, :, None, None, None]
-        x = torch.cat([small, diff], dim=2).flatten(0, 1)  # (B*T, 6, H/2, W/2)
+        # centred pixels and amplified motion: the state lives in small differences between windows
+        x = torch.cat([small - 0.5, 4.0 * diff], dim=2).flatten(0, 1)  # (B*T, 6, H/2, W/2)
         return self.net(x).view(B, T, -1)  # (B, T, D)
 
 
@@ -149,7 +171,7 @@ class AudioStateEncoder(nn.Module):
         c1, c2, c3 = channels
         f8 = math.ceil(math.ceil(math.ceil(fc.n_mels / 2) / 2) / 2)
         self.trunk = nn.Sequential(_conv(1, c1, (2, 2)), _conv(c1, c2, (2, 2)), _conv(c2, c3, (2, 1)))  # (c3, M/8, T/4)
-        self.token = nn.Linear(c3 * f8, d)
+        self.token = nn.Sequential(nn.Linear(c3 * f8, d), nn.LayerNorm(d))
 
     def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B = mel.shape[0]
@@ -170,11 +192,12 @@ class LogEncoder(nn.Module):
         self.level = nn.Embedding(N_LEVELS, d)
         self.code_state = nn.Embedding(3, d)
         self.rate = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
+        self.ln = nn.LayerNorm(d)
 
     def forward(self, emb, levels, code_state, mask, count, present):
-        line_tokens = self.proj(emb) + self.level(levels) + self.code_state(code_state)  # (B, L, D)
+        line_tokens = self.ln(self.proj(emb) + self.level(levels) + self.code_state(code_state))  # (B, L, D)
         rate_in = torch.stack([torch.log1p(count), (count == 0).to(count.dtype)], dim=1)  # (B, 2)
-        rate_token = self.rate(rate_in).unsqueeze(1)  # (B, 1, D)
+        rate_token = self.ln(self.rate(rate_in)).unsqueeze(1)  # (B, 1, D)
         tokens = torch.cat([rate_token, line_tokens], dim=1)  # (B, 1 + L, D)
         token_mask = torch.cat([present[:, None], mask & present[:, None]], dim=1)
         return tokens, token_mask

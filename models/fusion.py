@@ -44,7 +44,8 @@ from models.features import MODALITIES, FeatureConfig, WindowBatch
 
 # Score components: (name, modality, cross-modal?). Order is the order of FusionOutput.components.
 COMPONENTS: tuple[tuple[str, str, bool], ...] = (
-    ("frames", "frames", False),
+    ("frames", "frames", False),  # frame autoencoder: residual reconstruction error (local defects)
+    ("frame_stats", "frames", False),  # density of the frames' feature statistics (blur, occlusion, lighting)
     ("audio", "audio", False),
     ("logs", "logs", False),
     ("log_rate", "logs", False),
@@ -53,7 +54,7 @@ COMPONENTS: tuple[tuple[str, str, bool], ...] = (
     ("cross_logs", "logs", True),
 )
 COMPONENT_NAMES = tuple(c[0] for c in COMPONENTS)
-N_INTRA = 4
+INTRA_NAMES = tuple(c[0] for c in COMPONENTS if not c[2])
 
 
 @dataclass
@@ -71,7 +72,7 @@ class FusionConfig:
     audio_bottleneck: int = 16  # AE code per 80 ms step, dense over frequency, so a new tone is not copied
     frame_state_channels: tuple[int, int, int] = (16, 32, 48)  # state encoders feeding the fusion
     audio_state_channels: tuple[int, int, int] = (8, 16, 32)
-    smooth_max_tau: float = 0.5  # score = tau * logsumexp(z / tau): close to the max, but smooth
+    smooth_max_tau: float = 0.5  # score = tau * logsumexp(surprise / tau): close to the max, but smooth
     kind_classes: list[str] = field(default_factory=list)  # optional defect-kind head (labels needed)
     sentiment_classes: list[str] = field(default_factory=list)  # optional call-centre heads
     frustration_head: bool = False
@@ -134,8 +135,8 @@ class Tokens:
 
 @dataclass
 class FusionOutput:
-    components: torch.Tensor  # (B, 7) raw score components, see COMPONENTS
-    component_mask: torch.Tensor  # (B, 7) bool: component defined for this window
+    components: torch.Tensor  # (B, C) raw score components, see COMPONENTS
+    component_mask: torch.Tensor  # (B, C) bool: component defined for this window
     consistency_logits: torch.Tensor  # (B, 3) "this modality does not belong" logits (zeros for late)
     summary: torch.Tensor  # (B, D) window summary (for optional heads)
     frame_error: torch.Tensor  # (B, T_f, H, W) per-pixel reconstruction error (smoothed)
@@ -304,6 +305,8 @@ class FusionModel(nn.Module):
             self.fusion = CrossModalFusion(cfg) if cfg.fusion == "cross" else ConcatFusion(cfg)
             # per-modality "does not belong" head, shared over modalities
             self.consistency = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
+            # projections for the auxiliary contrastive objective on the state encoders (training only)
+            self.contrast = nn.ModuleList([nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)) for _ in MODALITIES])
         elif cfg.kind_classes or cfg.sentiment_classes or cfg.frustration_head:
             raise ValueError("label heads sit on the fused window summary: use fusion 'cross' or 'concat'")
         self.kind_head = nn.Linear(d, len(cfg.kind_classes)) if cfg.kind_classes else None
@@ -316,8 +319,11 @@ class FusionModel(nn.Module):
         self.register_buffer("mel_std", torch.ones(fc.n_mels))
         self.register_buffer("line_bank", torch.zeros(0, 384))
         self.register_buffer("rate_hist", torch.zeros(0))  # P(count = k), k = 0..K (last bin: K or more)
-        self.register_buffer("comp_loc", torch.zeros(len(COMPONENTS)))
-        self.register_buffer("comp_scale", torch.ones(len(COMPONENTS)))
+        n_stats = 2 * (cfg.frame_channels[0] + cfg.frame_channels[1])
+        self.register_buffer("stats_mean", torch.zeros(n_stats))
+        self.register_buffer("stats_precision", torch.eye(n_stats))
+        # per component: the survival function on held-out normal windows (see `ComponentTails`)
+        self.tails = ComponentTails(len(COMPONENTS))
         self.code_vocab: frozenset[str] = frozenset()
 
     # buffers whose size depends on the data are resized on load
@@ -345,12 +351,23 @@ class FusionModel(nn.Module):
         mel_recon (B, M, T)."""
         B, T, C, H, W = batch.frames.shape
         sel = (batch.frame_mask if decode is None else decode).flatten()
-        recon = self.frames(batch.frames.flatten(0, 1)[sel])  # (n, 3, H, W)
+        recon, stats = self.frames(batch.frames.flatten(0, 1)[sel], with_stats=True)  # (n, 3, H, W), (n, S)
         frame_recon = batch.frames.new_zeros(B * T, C, H, W)
         frame_recon[sel] = recon.to(frame_recon.dtype)
+        frame_stats = batch.frames.new_zeros(B * T, stats.shape[1])
+        frame_stats[sel] = stats.to(frame_stats.dtype)
         mel = self.normalise_mel(batch.mel)
         mel_recon = self.audio(mel, batch.audio_mask)
-        return frame_recon.view(B, T, C, H, W), mel, mel_recon
+        return frame_recon.view(B, T, C, H, W), frame_stats.view(B, T, -1), mel, mel_recon
+
+    def window_frame_stats(self, frame_stats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, S): the frames' feature statistics averaged over the window's frames."""
+        return _masked_mean(frame_stats.float(), mask)
+
+    def stats_distance(self, window_stats: torch.Tensor) -> torch.Tensor:
+        """(B,): Mahalanobis distance of the window's frame statistics to normal ones, per dimension."""
+        d = window_stats - self.stats_mean
+        return (torch.einsum("bi,ij,bj->b", d, self.stats_precision, d).clamp_min(0) / d.shape[1]).sqrt()
 
     # ── fusion ───────────────────────────────────────────────────────────────────────────────
     def tokens(self, batch: WindowBatch) -> Tokens:
@@ -370,6 +387,13 @@ class FusionModel(nn.Module):
             log_tokens + me[2] + self.time_proj(time_features(t_logs)), log_mask,
         )
 
+    def modality_embeddings(self, tokens: Tokens) -> torch.Tensor:
+        """(B, 3, D) unit-norm pooled state embedding per modality (contrastive objective)."""
+        seqs = [(tokens.frame_tokens, tokens.frame_mask), (tokens.audio_tokens, tokens.audio_mask),
+                (tokens.log_tokens, tokens.log_mask)]
+        z = [proj(_masked_mean(t, m)) for proj, (t, m) in zip(self.contrast, seqs)]
+        return F.normalize(torch.stack(z, dim=1), dim=-1)
+
     def fuse(self, tokens: Tokens, want_weights: bool = False):
         """(consistency logits (B, 3), summary (B, D), attention_to)."""
         summary, pooled, attention_to = self.fusion(tokens, want_weights)
@@ -379,10 +403,11 @@ class FusionModel(nn.Module):
     # ── scoring ──────────────────────────────────────────────────────────────────────────────
     def forward(self, batch: WindowBatch, want_weights: bool = False) -> FusionOutput:
         B = batch.batch_size
-        frame_recon, mel, mel_recon = self.reconstruct(batch)
+        frame_recon, frame_stats, mel, mel_recon = self.reconstruct(batch)
         # error maths in float32 even under bf16 autocast
-        frame_error = self.frames.error_map(batch.frames.float(), frame_recon.float())  # (B, T_f, H, W)
+        frame_error = self.frames.error_map(batch.frames.float(), frame_recon.float(), batch.frame_mask)  # (B, T_f, H, W)
         frame_comp = _masked_max(self.frames.frame_scores(frame_error), batch.frame_mask)  # (B,)
+        stats_comp = self.stats_distance(self.window_frame_stats(frame_stats, batch.frame_mask))  # (B,)
         mel_error = (mel.float() - mel_recon.float()).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
         audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
         novelty = self.line_novelty(batch)  # (B, L)
@@ -398,9 +423,13 @@ class FusionModel(nn.Module):
             summary = torch.zeros(B, self.cfg.d_model, device=mel.device)
             attention_to = {}
         cross = F.softplus(logits)  # (B, 3): -log P(belongs)
-        comps = torch.stack([frame_comp, audio_comp, log_comp, rate_comp, cross[:, 0], cross[:, 1], cross[:, 2]], dim=1)
+        values = {"frames": frame_comp, "frame_stats": stats_comp, "audio": audio_comp, "logs": log_comp,
+                  "log_rate": rate_comp, "cross_frames": cross[:, 0], "cross_audio": cross[:, 1], "cross_logs": cross[:, 2]}
         cross_ok = present & (present.sum(1, keepdim=True) >= 2) & (self.fusion is not None)
-        comp_mask = torch.cat([present, present[:, 2:3], cross_ok], dim=1)  # (B, 7)
+        idx = {m: i for i, m in enumerate(MODALITIES)}
+        comps = torch.stack([values[name] for name in COMPONENT_NAMES], dim=1)  # (B, C)
+        comp_mask = torch.stack([(cross_ok if is_cross else present)[:, idx[modality]]
+                                 for _, modality, is_cross in COMPONENTS], dim=1)  # (B, C)
         out = FusionOutput(
             components=comps.float(), component_mask=comp_mask, consistency_logits=logits, summary=summary,
             frame_error=frame_error, frame_recon=frame_recon.float(), mel_error=mel_error, line_novelty=novelty,
@@ -413,6 +442,20 @@ class FusionModel(nn.Module):
         if self.frustration_head is not None:
             out.frustration = torch.sigmoid(self.frustration_head(summary)).squeeze(1)
         return out
+
+    def cross_components(self, batch: WindowBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the cross-modal components (B, 3) and their mask — skips the autoencoders (the
+        evaluation shares intra-modal components between variants with the same encoders)."""
+        present = batch.present()
+        if self.fusion is None:
+            return torch.zeros(batch.batch_size, 3), torch.zeros(batch.batch_size, 3, dtype=torch.bool)
+        logits, _, _ = self.fuse(self.tokens(batch))
+        return F.softplus(logits.float()), present & (present.sum(1, keepdim=True) >= 2)
+
+    def intra_state(self) -> dict[str, torch.Tensor]:
+        """Everything the intra-modal components depend on (to tell whether two models share them)."""
+        keys = ("mel_mean", "mel_std", "line_bank", "rate_hist", "stats_mean", "stats_precision")
+        return {k: v for k, v in self.state_dict().items() if k.startswith(self.INTRA_PREFIXES) or k in keys}
 
     def line_novelty(self, batch: WindowBatch) -> torch.Tensor:
         """1 - cosine similarity to the nearest normal line; 1 for a log code never seen in training."""
@@ -436,30 +479,109 @@ class FusionModel(nn.Module):
 
     def combine(self, out: FusionOutput, select: torch.Tensor | None = None):
         """Raw window score and its decomposition; see `combine_components`."""
-        return combine_components(out.components, out.component_mask, self.comp_loc, self.comp_scale,
-                                  self.cfg.smooth_max_tau, select)
+        return combine_components(self.tails(out.components), out.component_mask, self.cfg.smooth_max_tau, select)
+
+    def combine_arrays(self, components, mask, names: tuple[str, ...] | None = None):
+        """`combine` on stored numpy component tables; `names` restricts to some components."""
+        select = torch.tensor([n in names for n in COMPONENT_NAMES]) if names is not None else None
+        with torch.no_grad():
+            surprise = self.tails.cpu()(torch.as_tensor(components))
+        raw, z, w = combine_components(surprise, torch.as_tensor(mask), self.cfg.smooth_max_tau, select)
+        return raw.numpy(), z.numpy(), w.numpy()
 
     def active_components(self) -> list[str]:
         return [c[0] for c in COMPONENTS if not c[2] or self.fusion is not None]
 
 
-def combine_components(components: torch.Tensor, mask: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
-                       tau: float, select: torch.Tensor | None = None):
-    """Each component is standardised by its location/scale on normal data (z), then combined by
-    a smooth maximum tau*logsumexp(z/tau): one strong piece of evidence is enough, and the
-    softmax weights say how much each component contributed. `select` (7,) bool restricts the
-    score to some components (the single-modality baselines).
-    Returns raw (B,) (NaN when nothing is defined), z (B, 7), weights (B, 7) summing to 1 over the
-    defined components.
+class ComponentTails(nn.Module):
+    """Each score component turned into *surprise*: -log P_normal(X >= x).
+
+    Fitted on held-out normal windows (`fit`): the empirical survival function at a few quantile
+    knots (log-linear in between) and, beyond the last knot, a generalised Pareto tail
+    (peaks over threshold). Components then share one scale — the log of how rare the value is in
+    normal operation — whatever their units and however heavy their tails: a detector whose
+    normal scores have rare huge outliers (an unusual but normal log line) is compressed, one
+    with a thin tail keeps its resolution. Monotone per component, so no single-component ranking
+    changes; only how components are weighed against each other.
+    """
+
+    QUANTILES = (0.0, 0.5, 0.75, 0.9, 0.95, 0.98)  # knots; the last one is the tail threshold u
+
+    def __init__(self, n: int):
+        super().__init__()
+        k = len(self.QUANTILES)
+        # until fitted: identity-like (surprise = x above 0)
+        self.register_buffer("knots_x", torch.linspace(0, 1, k).repeat(n, 1))  # (C, K), increasing
+        self.register_buffer("knots_logs", -torch.linspace(0, 1, k).repeat(n, 1))  # (C, K) log survival
+        self.register_buffer("tail", torch.tensor([0.0, 1.0]).repeat(n, 1))  # (C, 2): xi, sigma
+
+    @torch.no_grad()
+    def fit(self, values: list) -> list[dict]:
+        """values[c]: 1-D numpy array of component c on normal windows."""
+        import numpy as np
+
+        from models.calibration import fit_gpd
+
+        info = []
+        for c, x in enumerate(values):
+            x = np.sort(np.asarray(x, np.float64))
+            if len(x) < 20:
+                info.append({"n": int(len(x)), "fitted": False})
+                continue
+            q = np.quantile(x, self.QUANTILES)
+            xs, logs = [], []
+            for v in q:  # strictly increasing knots; survival P(X >= v) read from the data
+                if xs and v <= xs[-1] + 1e-12:
+                    v = xs[-1] + 1e-9 * max(1.0, abs(xs[-1]))
+                xs.append(float(v))
+                logs.append(float(np.log(max((x >= v).mean(), 1.0 / (len(x) + 1)))))
+            u = xs[-1]
+            excess = x[x > u] - u
+            xi, sigma = fit_gpd(excess, xi_bounds=(0.0, 0.5)) if len(excess) >= 5 else (0.0, max(float(np.std(x)), 1e-6))
+            self.knots_x[c] = torch.tensor(xs)
+            self.knots_logs[c] = torch.tensor(logs)
+            self.tail[c] = torch.tensor([xi, max(sigma, 1e-9)])
+            info.append({"n": int(len(x)), "median": float(q[1]), "u": u, "p_u": float(np.exp(logs[-1])), "xi": xi,
+                         "sigma": float(sigma), "max_surprise_seen": float(self._surprise_np(c, x[-1]))})
+        return info
+
+    def _surprise_np(self, c: int, v: float) -> float:
+        return float(self.forward(torch.tensor([[v] * self.knots_x.shape[0]], dtype=torch.float32))[0, c])
+
+    def forward(self, components: torch.Tensor) -> torch.Tensor:
+        """(B, C) raw components -> (B, C) surprise >= 0."""
+        x = components.float()
+        kx, kl = self.knots_x.float(), self.knots_logs.float()  # (C, K)
+        K = kx.shape[1]
+        idx = torch.searchsorted(kx.contiguous(), x.T.contiguous()).T.clamp(1, K - 1)  # (B, C) right knot
+        x0, x1 = kx.gather(1, (idx - 1).T).T, kx.gather(1, idx.T).T
+        l0, l1 = kl.gather(1, (idx - 1).T).T, kl.gather(1, idx.T).T
+        frac = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+        logs = l0 + frac * (l1 - l0)  # inside the knots: log-linear survival
+        u, lu = kx[:, -1], kl[:, -1]
+        xi, sigma = self.tail[:, 0], self.tail[:, 1]
+        over = (x - u).clamp_min(0.0) / sigma
+        tail_logs = lu - torch.where(xi > 1e-6, torch.log1p(xi * over) / xi.clamp_min(1e-6), over)
+        logs = torch.where(x > u, tail_logs, logs)
+        logs = torch.where(x <= kx[:, 0], torch.zeros_like(logs), logs)
+        return (-logs).clamp_min(0.0)
+
+
+def combine_components(surprise: torch.Tensor, mask: torch.Tensor, tau: float, select: torch.Tensor | None = None):
+    """Per-component surprise (-log of how rare the value is in normal operation) combined by a
+    smooth maximum tau*logsumexp(s/tau): one strong piece of evidence is enough, and the softmax
+    weights say how much each component contributed. `select` (C,) bool restricts the score to
+    some components (the single-modality baselines).
+    Returns raw (B,) (NaN when nothing is defined), surprise (B, C), weights (B, C) summing to 1
+    over the defined components.
     """
     if select is not None:
         mask = mask & select.to(mask.device)
-    z = (components - loc) / scale
-    logits = (z / tau).masked_fill(~mask, float("-inf"))
+    logits = (surprise / tau).masked_fill(~mask, float("-inf"))
     raw = tau * torch.logsumexp(logits, dim=1)
     weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
     raw = torch.where(mask.any(1), raw, torch.full_like(raw, float("nan")))
-    return raw, z, weights
+    return raw, surprise, weights
 
 
 def _masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

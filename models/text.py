@@ -6,7 +6,7 @@ lines of each window before the fusion model sees them. Weights come from the
 switched off, so nothing downloads, ever (factories run on isolated networks).
 
 Logs repeat: the same templated line arrives thousands of times with only numbers changed. So the
-line is normalised (digits -> '#', lowercase, whitespace collapsed) and the *normalised* line is
+line is normalised (digit runs -> '#', lowercase, whitespace collapsed) and the *normalised* line is
 both what is embedded and the key of a bounded LRU cache: equal keys must give equal vectors, and
 cycle counters or temperatures are better read by the model from structured fields than from
 sentence embeddings, which are not numerate anyway.
@@ -25,12 +25,13 @@ import numpy as np
 from schemas.errors import DependencyUnavailable
 
 EMBED_DIM = 384
-_DIGITS = re.compile(r"\d")
+_DIGITS = re.compile(r"\d+")
 _SPACE = re.compile(r"\s+")
 
 
 def normalise_line(text: str) -> str:
-    """Cache key and model input: digits -> '#', lowercase, whitespace collapsed, trimmed."""
+    """Cache key and model input: each run of digits -> '#' (counters of any length share a key),
+    lowercase, whitespace collapsed, trimmed."""
     return _SPACE.sub(" ", _DIGITS.sub("#", text.lower())).strip()
 
 

@@ -35,12 +35,6 @@ import torch.nn.functional as F
 from models.data import WindowArrays
 from models.fusion import COMPONENTS, FusionModel
 
-# Lower bounds on a component's scale: a component that is ~constant on normal data (no unseen
-# line ever) must not turn a tiny wiggle into a huge z-score.
-MIN_SCALE = {"frames": 1e-3, "audio": 1e-2, "logs": 0.03, "log_rate": 0.5,
-             "cross_frames": 0.05, "cross_audio": 0.05, "cross_logs": 0.05}
-
-
 @dataclass
 class TrainConfig:
     intra_steps: int = 600  # autoencoder steps (shared by every fusion variant)
@@ -50,8 +44,11 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 30
-    swap_any_asset_p: float = 0.15  # partner from any asset (teaches little, keeps it general)
-    min_partner_gap_s: float = 6.0  # partners never overlap the anchor's window or its neighbours
+    group_size: int = 8  # fusion batches are groups of windows of one asset (negatives from the same machine)
+    min_partner_gap_s: float = 6.0  # partners / negatives never overlap the anchor's window or its neighbours
+    hard_partner_p: float = 0.5  # swap partner: the group member whose embedding differs most (else random)
+    contrastive_weight: float = 1.0
+    contrastive_tau: float = 0.1
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None = leave as is
     device: str = "cpu"
@@ -94,57 +91,88 @@ def fit_normalisers(model: FusionModel, data: WindowArrays) -> None:
 
 
 @torch.inference_mode()
-def component_table(model: FusionModel, data: WindowArrays, batch_size: int = 64, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Raw components (N, 7) and their masks for every window (NaN where undefined)."""
+def fit_frame_stats(model: FusionModel, data: WindowArrays, max_windows: int = 1500, batch_size: int = 64,
+                    shrinkage: float = 0.1, device: str = "cpu") -> None:
+    """Gaussian of the windows' frame feature statistics (after the autoencoder is trained):
+    mean and a shrunk covariance (towards its average variance) for a stable precision matrix."""
     model.eval()
+    rng = np.random.default_rng(0)
+    have = np.flatnonzero((data.frame_idx >= 0).any(1))
+    if not len(have):
+        return
+    idx = np.sort(rng.choice(have, size=min(max_windows, len(have)), replace=False))
+    rows = []
+    for i in range(0, len(idx), batch_size):
+        batch = data.batch(idx[i:i + batch_size], model.code_vocab).to(device)
+        _, stats = model.frames(batch.frames.flatten(0, 1), with_stats=True)
+        rows.append(model.window_frame_stats(stats.view(*batch.frame_mask.shape, -1), batch.frame_mask).cpu())
+    x = torch.cat(rows).double()  # (n, S)
+    mean = x.mean(0)
+    cov = torch.cov(x.T) if len(x) > 1 else torch.eye(x.shape[1], dtype=torch.float64)
+    target = torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-8)
+    cov = (1 - shrinkage) * cov + shrinkage * target
+    model.stats_mean.copy_(mean.float())
+    model.stats_precision.copy_(torch.linalg.inv(cov).float())
+
+
+@torch.inference_mode()
+def component_table(model: FusionModel, data: WindowArrays, batch_size: int = 64, device: str = "cpu",
+                    intra_from: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw components (N, C) and their masks for every window. With `intra_from` (a table of a
+    model with the same intra-modal part), only the cross-modal columns are computed."""
+    from models.fusion import COMPONENT_NAMES
+
+    model.eval()
+    cross_cols = [COMPONENT_NAMES.index(n) for n in ("cross_frames", "cross_audio", "cross_logs")]
     comps, masks = [], []
     for i in range(0, len(data), batch_size):
         idx = np.arange(i, min(i + batch_size, len(data)))
-        out = model(data.batch(idx, model.code_vocab).to(device))
-        comps.append(out.components.float().cpu().numpy())
-        masks.append(out.component_mask.cpu().numpy())
+        batch = data.batch(idx, model.code_vocab).to(device)
+        if intra_from is None:
+            out = model(batch)
+            comps.append(out.components.float().cpu().numpy())
+            masks.append(out.component_mask.cpu().numpy())
+        else:
+            c, m = intra_from[0][idx].copy(), intra_from[1][idx].copy()
+            xc, xm = model.cross_components(batch)
+            c[:, cross_cols], m[:, cross_cols] = xc.cpu().numpy(), xm.cpu().numpy()
+            comps.append(c)
+            masks.append(m)
     return np.concatenate(comps), np.concatenate(masks)
 
 
-def fit_component_stats(model: FusionModel, data: WindowArrays, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """Location (median) and scale ((q99 - median) / 2.326, a sigma for a normal tail) of each
-    component on held-out normal windows, written into the model's buffers."""
+def same_intra(a: FusionModel, b: FusionModel) -> bool:
+    sa, sb = a.intra_state(), b.intra_state()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa) \
+        and a.code_vocab == b.code_vocab
+
+
+def fit_component_stats(model: FusionModel, data: WindowArrays, device: str = "cpu") -> dict[str, dict]:
+    """Each component's survival function on held-out normal windows (`ComponentTails`)."""
     comps, masks = component_table(model, data, device=device)
-    stats = {}
-    for j, (name, _, _) in enumerate(COMPONENTS):
-        x = comps[masks[:, j], j]
-        if len(x) < 10:
-            loc, scale = 0.0, 1.0
-        else:
-            loc = float(np.median(x))
-            scale = max(float(np.quantile(x, 0.99) - loc) / 2.326, MIN_SCALE[name])
-        model.comp_loc[j] = loc
-        model.comp_scale[j] = scale
-        stats[name] = {"loc": loc, "scale": scale, "n": int(len(x))}
-    return stats
+    info = model.tails.fit([comps[masks[:, j], j] for j in range(len(COMPONENTS))])
+    return {name: i for (name, _, _), i in zip(COMPONENTS, info)}
 
 
 # ── the loop ───────────────────────────────────────────────────────────────────────────────
 
-class PartnerSampler:
-    """Same-asset partners at least `gap` seconds away (any asset with probability p_any)."""
+class GroupSampler:
+    """Fusion batches: groups of `group_size` windows of one asset at random times, so swaps and
+    contrastive negatives come from the same machine (a plausible, wrong combination) rather than
+    from another camera."""
 
-    def __init__(self, data: WindowArrays, gap: float, p_any: float, rng: np.random.Generator):
-        self.data, self.gap, self.p_any, self.rng = data, gap, p_any, rng
+    def __init__(self, data: WindowArrays, group_size: int, rng: np.random.Generator):
+        self.rng, self.k = rng, group_size
         self.by_asset = [np.flatnonzero(data.asset_idx == a) for a in range(len(data.assets))]
+        sizes = np.array([len(x) for x in self.by_asset], float)
+        self.p = sizes / sizes.sum()
 
-    def __call__(self, anchors: np.ndarray) -> np.ndarray:
-        out = np.empty_like(anchors)
-        for n, i in enumerate(anchors):
-            pool = self.by_asset[self.data.asset_idx[i]]
-            if self.rng.random() < self.p_any or len(pool) < 3:
-                pool = np.arange(len(self.data))
-            for _ in range(8):
-                j = pool[self.rng.integers(len(pool))]
-                if abs(self.data.start[j] - self.data.start[i]) >= self.gap or self.data.asset_idx[j] != self.data.asset_idx[i]:
-                    break
-            out[n] = j
-        return out
+    def __call__(self, n_groups: int) -> np.ndarray:
+        out = []
+        for a in self.rng.choice(len(self.by_asset), size=n_groups, p=self.p):
+            pool = self.by_asset[a]
+            out.append(pool[self.rng.choice(len(pool), size=self.k, replace=len(pool) < self.k)])
+        return np.concatenate(out)
 
 
 def _autocast(device: str, bf16: bool):
@@ -171,7 +199,7 @@ def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: Pr
     history: list[dict[str, float]] = resume["history"] if resume else []
     if resume:
         rng = resume["rng"]
-    sampler = PartnerSampler(data, cfg.min_partner_gap_s, cfg.swap_any_asset_p, rng)
+    sampler = GroupSampler(data, cfg.group_size, rng)
     frame_pool = np.flatnonzero(np.bincount(data.frame_idx[data.frame_idx >= 0], minlength=len(data.frame_pool)) > 0)
     t0 = time.perf_counter()
     done, losses = 0, {}
@@ -233,18 +261,50 @@ def _intra_loss(model: FusionModel, data: WindowArrays, frame_pool: np.ndarray, 
     return loss, losses
 
 
-def _fusion_loss(model: FusionModel, data: WindowArrays, sampler: PartnerSampler, cfg: TrainConfig,
+def _fusion_loss(model: FusionModel, data: WindowArrays, sampler: GroupSampler, cfg: TrainConfig,
                  rng: np.random.Generator):
-    half = cfg.windows_per_step // 2
-    anchors = rng.integers(len(data), size=half)
-    batch = data.batch(np.concatenate([anchors, sampler(anchors)]), model.code_vocab).to(cfg.device)
+    K = cfg.group_size
+    G = max(cfg.windows_per_step // K, 2)
+    idx = sampler(G)
+    batch = data.batch(idx, model.code_vocab).to(cfg.device)
     B = batch.batch_size
+    dev = batch.frames.device
     tokens = model.tokens(batch)
-    partner = torch.cat([torch.arange(half, B), torch.arange(0, half)]).to(batch.frames.device)
     present = tokens.present()  # (B, 3)
-    both = present & present[partner]
-    pick = torch.from_numpy(rng.random((B, 3))).to(present.device).masked_fill(~both, -1.0)
-    modality = torch.where(both.any(1), pick.argmax(1), torch.full((B,), -1, device=present.device))
+    t = torch.from_numpy(data.start[idx]).to(dev).view(G, K)
+    far = (t[:, :, None] - t[:, None, :]).abs() >= cfg.min_partner_gap_s  # (G, K, K); False on the diagonal
+    # 1. contrastive: a window's frames must pick out its own audio (and logs) among the group's
+    z = model.modality_embeddings(tokens).float().view(G, K, 3, -1)  # (G, K, 3, D)
+    pg = present.view(G, K, 3)
+    eye = torch.eye(K, dtype=torch.bool, device=dev)[None]
+    contrast, n_pairs = torch.zeros((), device=dev), 0
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        sim = torch.einsum("gkd,gjd->gkj", z[:, :, a], z[:, :, b]) / cfg.contrastive_tau  # (G, K, K)
+        ok = (far | eye) & pg[:, :, None, a] & pg[:, None, :, b]  # candidates: itself and windows far away
+        sim = sim.masked_fill(~ok, float("-inf"))
+        rows = ok.diagonal(dim1=1, dim2=2) & (ok.sum(-1) > 1)  # (G, K): own pair valid and some negative
+        if rows.any():
+            target = torch.arange(K, device=dev).expand(G, K)
+            ce_ab = F.cross_entropy(sim[rows], target[rows])
+            ce_ba = F.cross_entropy(sim.transpose(1, 2)[rows], target[rows])
+            contrast = contrast + (ce_ab + ce_ba) / 2
+            n_pairs += 1
+    contrast = contrast / max(n_pairs, 1)
+    # 2. replaced-modality detection: swap one modality with a group member's
+    pick = torch.from_numpy(rng.random((B, 3))).to(dev).masked_fill(~present, -1.0)
+    modality = pick.argmax(1)  # a present modality of each window
+    zm = z.detach().reshape(B, 3, -1)[torch.arange(B, device=dev), modality].view(G, K, -1)  # (G, K, D)
+    dist = 1 - torch.einsum("gkd,gjd->gkj", zm, zm)  # (G, K, K)
+    hard = torch.from_numpy(rng.random((G, K, 1)) < cfg.hard_partner_p).to(dev)
+    score = torch.where(hard, dist, torch.from_numpy(rng.random((G, K, K))).to(dev).float())
+    mk = modality.view(G, K)
+    has_m = pg[:, None, :, :].expand(G, K, K, 3).gather(3, mk[:, :, None, None].expand(G, K, K, 1)).squeeze(-1)  # j has k's modality
+    cand = far & has_m
+    score = score.masked_fill(~cand, -1.0)
+    partner_local = score.argmax(-1)  # (G, K)
+    partner = (partner_local + torch.arange(G, device=dev)[:, None] * K).view(B)
+    swappable = cand.any(-1).view(B) & (present.sum(1) >= 2)
+    modality = torch.where(swappable, modality, torch.full_like(modality, -1))
     swapped = tokens.swap(modality, partner)
     logits_real, _, _ = model.fuse(tokens)
     logits_swap, _, _ = model.fuse(swapped)
@@ -259,7 +319,11 @@ def _fusion_loss(model: FusionModel, data: WindowArrays, sampler: PartnerSampler
     bce = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * valid).sum() / valid.sum().clamp_min(1)
     with torch.no_grad():
         acc = (((logits > 0).float() == targets).float() * valid).sum() / valid.sum().clamp_min(1)
-    return bce, {"consistency": bce.item(), "consistency_acc": acc.item(), "loss": bce.item()}
+        pos = targets.bool() & valid.bool()
+        recall = ((logits > 0) & pos).float().sum() / pos.float().sum().clamp_min(1)
+    loss = bce + cfg.contrastive_weight * contrast
+    return loss, {"consistency": bce.item(), "contrastive": contrast.item(), "swap_recall": recall.item(),
+                  "consistency_acc": acc.item(), "loss": loss.item()}
 
 
 def train_heads(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: ProgressFn | None = None) -> dict[str, float]:

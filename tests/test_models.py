@@ -18,7 +18,7 @@ from models.calibration import Calibration, calibrate, cluster_peaks, fit_gpd, r
 from models.data import WindowArrays
 from models.features import FeatureConfig, WindowFeatures, collate
 from models.fusion import COMPONENT_NAMES, FusionConfig, FusionModel, Tokens
-from models.train import TrainConfig, fit_component_stats, fit_normalisers, train
+from models.train import TrainConfig, fit_component_stats, fit_frame_stats, fit_normalisers, train
 
 FC = FeatureConfig()
 
@@ -65,8 +65,8 @@ def test_shapes(fusion):
     if fusion == "cross":
         assert set(out.attention_to) == {"frames", "audio", "logs"}
         assert out.attention_to["audio"].shape == (3, FC.audio_frames // 4)
-    else:
-        assert not out.component_mask[:, 4:].any() or fusion == "concat"
+    cross = [COMPONENT_NAMES.index(n) for n in ("cross_frames", "cross_audio", "cross_logs")]
+    assert bool(out.component_mask[:, cross].all()) == (fusion != "late")
 
 
 def test_unseen_code_and_new_line_raise_log_novelty():
@@ -76,11 +76,11 @@ def test_unseen_code_and_new_line_raise_log_novelty():
     model.code_vocab = frozenset({"C100", "T200"})
     same = collate([known], FC, model.code_vocab)
     with torch.no_grad():
-        assert float(model(same).components[0, 2]) < 1e-5  # every line is in the memory bank
+        assert float(model(same).components[0, COMPONENT_NAMES.index("logs")]) < 1e-5  # every line is in the bank
     unseen = synthetic_features(1, codes=("E771", None, "T200"))
     out = model(collate([unseen], FC, model.code_vocab))
     assert float(out.line_novelty[0, 0]) == pytest.approx(1.0)  # an unknown code is maximally novel
-    assert float(out.components[0, 2]) == pytest.approx(1.0)
+    assert float(out.components[0, COMPONENT_NAMES.index("logs")]) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("fusion", ["cross", "concat", "late"])
@@ -112,13 +112,14 @@ def test_missing_audio_changes_only_what_it_should():
         full = synthetic_features(3)
         muted = synthetic_features(3, audio=False)
         a, b = model(collate([full], FC)), model(collate([muted], FC))
-        assert bool(a.component_mask[0, 1]) and not bool(b.component_mask[0, 1])
-        for name in ("frames", "logs", "log_rate"):
+        audio = COMPONENT_NAMES.index("audio")
+        assert bool(a.component_mask[0, audio]) and not bool(b.component_mask[0, audio])
+        for name in ("frames", "frame_stats", "logs", "log_rate"):
             j = COMPONENT_NAMES.index(name)
             assert float(a.components[0, j]) == pytest.approx(float(b.components[0, j]), abs=1e-6)
         assert float(b.mel_error.abs().sum()) == 0.0
         raw_b, _, w_b = model.combine(b)
-        assert float(w_b[0, 1]) == 0.0  # no share for a modality that is not there
+        assert float(w_b[0, audio]) == 0.0  # no share for a modality that is not there
         if fusion == "late":
             sel = torch.tensor([n != "audio" for n in COMPONENT_NAMES])
             raw_a_no_audio, _, _ = model.combine(a, select=sel)
@@ -132,9 +133,10 @@ def test_single_modality_window_has_no_cross_component():
     f.log_emb, f.log_text, f.log_codes = f.log_emb[:0], [], []
     f.log_times, f.log_levels, f.log_count = f.log_times[:0], f.log_levels[:0], 0
     out = model(collate([f], FC))
-    assert out.component_mask[0].tolist() == [True, False, False, False, False, False, False]
+    defined = [n for n, ok in zip(COMPONENT_NAMES, out.component_mask[0].tolist()) if ok]
+    assert defined == ["frames", "frame_stats"]
     raw, _, w = model.combine(out)
-    assert math.isfinite(float(raw[0])) and float(w[0, 0]) == pytest.approx(1.0)
+    assert math.isfinite(float(raw[0])) and float(w[0, :2].sum()) == pytest.approx(1.0)
 
 
 def test_empty_window_scores_nan_not_crash():
@@ -186,9 +188,45 @@ def test_fitted_statistics(arrays):
     assert model.line_bank.shape[1] == 384 and len(model.line_bank) == len(np.unique(arrays.log_emb[arrays.log_mask], axis=0))
     assert model.code_vocab == frozenset({"C100", "T200"})
     assert float(model.rate_hist.sum()) == pytest.approx(1.0, abs=1e-5)
+    fit_frame_stats(model, arrays)
+    batch = arrays.batch(np.arange(len(arrays)), model.code_vocab)
+    with torch.no_grad():
+        d_normal = model(batch).components[:, COMPONENT_NAMES.index("frame_stats")]
+        batch.frames = batch.frames * 0.3  # a dark, fogged camera
+        d_dark = model(batch).components[:, COMPONENT_NAMES.index("frame_stats")]
+    assert float(d_dark.min()) > float(d_normal.max())
     stats = fit_component_stats(model, arrays)
     assert set(stats) == set(COMPONENT_NAMES)
-    assert all(s["scale"] > 0 for s in stats.values())
+    fitted = {k: v for k, v in stats.items() if v.get("median") is not None}
+    assert {"frames", "frame_stats", "audio", "cross_frames"} <= set(fitted)
+    assert all(v["sigma"] > 0 and 0 <= v["xi"] <= 0.5 for v in fitted.values())
+
+
+def test_component_tails_are_monotone_surprises():
+    """Surprise = -log P_normal(X >= x): ~0 at the bottom, log 2 at the median, ~log(1/p) in the
+    tail, monotone, and comparable across components of very different scale and tail weight."""
+    from models.fusion import ComponentTails
+
+    rng = np.random.default_rng(0)
+    light = rng.normal(0, 1, 5000)
+    heavy = 100 * rng.pareto(2.0, 5000)  # a component in other units with a heavy tail
+    zeros = np.where(rng.random(5000) < 0.98, 0.0, rng.random(5000))  # mostly exactly zero (line novelty)
+    tails = ComponentTails(3)
+    info = tails.fit([light, heavy, zeros])
+    assert all(0 <= i["xi"] <= 0.5 for i in info)
+    for c, x in enumerate((light, heavy, zeros)):
+        grid = np.quantile(x, [0.0, 0.5, 0.9, 0.99, 0.999])
+        inp = torch.zeros(len(grid), 3)
+        inp[:, c] = torch.tensor(grid, dtype=torch.float32)
+        s = tails(inp)[:, c].numpy()
+        assert np.all(np.diff(s) >= -1e-6), (c, s)
+        assert s[0] == pytest.approx(0.0, abs=1e-6)
+        if c != 2:  # median of the all-zero component is the bottom: no surprise
+            assert s[1] == pytest.approx(np.log(2), abs=0.1)
+            assert s[3] == pytest.approx(np.log(100), abs=0.6)
+    # beyond the data: extrapolated by the tail model, still finite and increasing
+    far = tails(torch.tensor([[10.0, 1e5, 5.0]]))[0].numpy()
+    assert np.all(np.isfinite(far)) and far[0] > np.log(5000)
 
 
 def test_checkpoint_round_trip(tmp_path, arrays):
@@ -332,7 +370,8 @@ def test_calibration_refuses_too_little_data():
 def test_attribution_shares_and_regions():
     from models.attribution import audio_band, frame_region, shares
 
-    w = np.array([0.1, 0.0, 0.2, 0.1, 0.3, 0.0, 0.3])  # frames, audio(absent), logs, rate, x_f, x_a, x_l
+    w = np.array([0.05, 0.05, 0.0, 0.2, 0.1, 0.3, 0.0, 0.3])  # frames, stats, audio (absent), logs, rate, x_f, x_a, x_l
+    assert len(w) == len(COMPONENT_NAMES)
     s, cross = shares(w, {"frames": True, "audio": False, "logs": True})
     assert set(s) == {"frames", "logs"} and sum(s.values()) == pytest.approx(1.0, abs=1e-3)
     assert cross == pytest.approx(0.6, abs=1e-3)

@@ -34,7 +34,7 @@ from schemas.errors import ConfigError, FusionwatchError
 
 log = logging.getLogger(__name__)
 
-DATASET_VERSION = 3  # bump when featurization or labelling changes, so stale caches are rebuilt
+DATASET_VERSION = 4  # bump when featurization or labelling changes, so stale caches are rebuilt
 # A fixed, reproducible default start: 2026-01-05 08:00 UTC (inside a day shift).
 DEFAULT_START = 1767600000.0
 ProgressFn = Callable[[float, float], None]  # (done, total) in asset-seconds

@@ -25,16 +25,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.calibration import Calibration, calibrate
 from models.data import WindowArrays
-from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
-from models.train import component_table
+from models.fusion import COMPONENT_NAMES, INTRA_NAMES, FusionModel
+from models.train import component_table, same_intra
 
-INTRA = ("frames", "audio", "logs", "log_rate")
+INTRA = INTRA_NAMES
 BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "frames_only": ("late", ("frames",)),
+    "frames_only": ("late", ("frames", "frame_stats")),
     "audio_only": ("late", ("audio",)),
     "logs_only": ("late", ("logs", "log_rate")),
     "late_fusion": ("late", INTRA),
@@ -88,10 +87,7 @@ def _finite(x):
 
 
 def variant_raw(model: FusionModel, comps: np.ndarray, masks: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    select = torch.tensor([n in names for n in COMPONENT_NAMES])
-    raw, _, _ = combine_components(torch.from_numpy(comps), torch.from_numpy(masks), model.comp_loc.cpu(),
-                                   model.comp_scale.cpu(), model.cfg.smooth_max_tau, select)
-    return raw.numpy()
+    return model.combine_arrays(comps, masks, names)[0]
 
 
 def window_metrics(scores: np.ndarray, data: WindowArrays, kinds: list[str]) -> tuple[dict, dict, dict, int]:
@@ -171,9 +167,16 @@ def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowAr
     faults = test.meta.get("ground_truth", [])
     duration = float(test.meta.get("spec", {}).get("duration_s", (test.start.max() - test.start.min() + 2)))
     asset_hours = len(test.assets) * duration / 3600.0
-    tables = {}
+    tables: dict = {}
     for variant, model in models.items():
-        tables[variant] = (component_table(model, calib, device=device), component_table(model, test, device=device))
+        # variants trained together share the autoencoders: compute intra-modal columns once
+        donor = next((v for v in tables if same_intra(models[v], model)), None)
+        if donor is None:
+            tables[variant] = (component_table(model, calib, device=device), component_table(model, test, device=device))
+        else:
+            (cc, cm), (tc, tm) = tables[donor]
+            tables[variant] = (component_table(model, calib, device=device, intra_from=(cc, cm)),
+                               component_table(model, test, device=device, intra_from=(tc, tm)))
     results = []
     positives, negatives = {}, 0
     for name, (variant, comps) in rows.items():

@@ -1,0 +1,221 @@
+"""Training and evaluation end to end with real parts: the plant simulator, the monitor's aligner,
+the MiniLM text encoder, a real broker for the Kafka source, checkpoints on disk, the CLI.
+
+Uses the 'tiny' recipe (hidden size 32, a few steps): the point is the plumbing, not the quality;
+quality figures come from `fusionwatch eval` (see docs/model.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.features import FeatureConfig
+from models.text import TextEncoder, normalise_line
+from services.training.dataset import SimSpec, simulate_dataset
+
+FC = FeatureConfig()
+START = 1767600000.0
+
+
+@pytest.fixture(scope="module")
+def text_encoder() -> TextEncoder:
+    from models.text import shared_text_encoder
+
+    return shared_text_encoder()
+
+
+def test_normalised_lines_share_one_cached_embedding(text_encoder):
+    assert normalise_line("Cycle 87407 complete,  part L1S4-0000007") == "cycle # complete, part l#s#-#"
+    enc = TextEncoder(cache_size=3)
+    enc._model, enc._tokenizer = text_encoder._model or _loaded(text_encoder), text_encoder._tokenizer
+    a = enc.embed(["cycle 1 complete", "CYCLE 22 complete", "motor temp 40 C"])
+    assert np.allclose(a[0], a[1]) and not np.allclose(a[0], a[2])
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert enc.misses == 3 and enc.hits == 0 and len(enc) == 2  # two distinct normalised lines encoded
+    enc.embed(["cycle 3 complete"])
+    assert enc.hits == 1
+    enc.embed(["a", "b", "c", "d"])
+    assert len(enc) == 3  # bounded LRU
+    # semantic: an E-STOP line is nearer to another stop line than to a cycle line
+    e = enc.embed(["E-STOP pressed at panel P2", "line stopped: emergency stop", "cycle 12 complete, part 7"])
+    assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def _loaded(enc: TextEncoder):
+    enc.embed(["warm up"])
+    return enc._model
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tmp_path_factory):
+    from services.training.recipes import RECIPES
+
+    r = RECIPES["tiny"]
+    cache = tmp_path_factory.mktemp("datasets")
+    return r, cache, simulate_dataset(r.train, FC, cache_dir=cache), simulate_dataset(r.calib, FC, cache_dir=cache)
+
+
+def test_simulated_dataset_is_cached_and_labelled(tiny_train, tmp_path):
+    r, cache, train_data, _ = tiny_train
+    assert len(train_data) >= r.train.assets * (r.train.duration_s - 2)
+    assert (train_data.frame_idx >= 0).sum(1).max() == FC.max_frames  # 4 fps x 2 s
+    assert train_data.audio_mask.mean() > 0.9 and train_data.log_present.all()
+    assert (train_data.labels["fault_kind"] == -1).all()  # normal operation only
+    again = simulate_dataset(r.train, FC, cache_dir=cache)  # from the cache
+    assert np.array_equal(again.mel, train_data.mel) and again.assets == train_data.assets
+    # the labels of a faulty run mark the windows overlapping each fault
+    spec = SimSpec(assets=4, seed=77, duration_s=100, faults="all")
+    faulty = simulate_dataset(spec, FC)
+    kinds = faulty.meta["fault_kinds"]
+    for f in faulty.meta["ground_truth"]:
+        a = faulty.assets.index(f["asset"])
+        inside = (faulty.asset_idx == a) & (faulty.start >= f["start"]) & (faulty.start + 2 <= f["end"])
+        assert inside.any() and (faulty.labels["fault_kind"][inside] == kinds.index(f["kind"])).all()
+
+
+def test_train_score_round_trip(tiny_train, tmp_path):
+    """Tiny recipe -> checkpoint -> AnomalyScorer scores live windows from the monitor's aligner."""
+    from models.scorer import AnomalyScorer
+    from services.monitor.windows import offline_windows
+    from services.simulator.plant import Fault, Plant
+    from services.training.recipes import run_recipe
+
+    r, cache, train_data, calib_data = tiny_train
+    out = tmp_path / "model"
+    res = run_recipe(r, out, "cross", train_data=train_data, calib_data=calib_data)
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "calibration.json", "model_card.md"}
+    card = (out / "model_card.md").read_text()
+    assert res.info["version"] in card and "Calibration" in card
+    scorer = AnomalyScorer.load(out, device="cpu")
+    plant = Plant(2, seed=5, start_time=START, faults=[Fault("L1-S1", "belt_squeal", START + 5, START + 15)])
+    windows = list(offline_windows(plant.records(20), options=scorer.decode_options))
+    scores = scorer.score(windows)
+    assert len(scores) == len(windows) > 30
+    for w, s in zip(windows, scores):
+        assert np.isfinite(s.score) and s.threshold > 0 and s.threshold == scorer.threshold(w.asset)
+        present = [m for m, ok in s.present.items() if ok]
+        if present:
+            assert set(s.modality_shares) == set(present)
+            assert sum(s.modality_shares.values()) == pytest.approx(1.0, abs=1e-3)
+            assert 0.0 <= s.cross_modal_share <= 1.0
+        if s.frame_region:
+            x0, y0, x1, y1 = s.frame_region
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        assert all(w.start <= t < w.end for t in s.top_frame_times), (w.start, w.end, s.top_frame_times, [t for t, _ in w.frames])
+        if s.audio_band_hz:
+            assert 0 <= s.audio_band_hz[0] < s.audio_band_hz[1] <= FC.f_max + 1
+    # a window with a modality missing still scores, and says so
+    w = windows[10]
+    w.audio = []
+    s = scorer.score([w])[0]
+    assert s.present["audio"] is False and "audio" not in s.modality_shares
+
+
+def test_time_split_holds_out_the_end_of_each_asset(tiny_train):
+    from services.training.cli import _time_split
+
+    from models.data import WindowArrays
+
+    _, _, a, b = tiny_train
+    data = WindowArrays.concat([a, b])
+    assert len(data) == len(a) + len(b) and sorted(data.assets) == data.assets
+    tr, ca = _time_split(data, 0.25)
+    for a in range(len(data.assets)):
+        assert tr.start[tr.asset_idx == a].max() < ca.start[ca.asset_idx == a].min()
+    assert len(tr) + len(ca) == len(data)
+
+
+@pytest.mark.slow
+def test_cli_train_and_eval_tiny(tmp_path, monkeypatch):
+    """`fusionwatch train --recipe tiny` and `fusionwatch eval --recipe tiny --json` through the CLI."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.settings import get_settings
+
+    monkeypatch.setenv("FW_VAR_DIR", str(tmp_path / "var"))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--recipe", "tiny", "--out", str(tmp_path / "m"), "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    report_path = tmp_path / "report.json"
+    res = runner.invoke(app, ["eval", "--recipe", "tiny", "--json", str(report_path), "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(report_path.read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["frames_only", "audio_only", "logs_only", "late_fusion", "concat_fusion", "cross_attention"]
+    from services.simulator.plant import FAULT_KINDS
+
+    assert report["kinds"] == list(FAULT_KINDS)
+    for row in report["rows"]:
+        assert set(row["auroc"]) == set(FAULT_KINDS)
+        assert row["false_per_asset_hour"] is not None and 0 <= row["recall"] <= 1
+    # log faults are found by the log detector even with a few training steps
+    logs = next(r for r in report["rows"] if r["name"] == "logs_only")
+    assert logs["auroc"]["log_rate_anomaly"] > 0.9
+    # the evaluated checkpoints' model cards carry the table
+    card = (tmp_path / "var" / "eval" / "tiny" / "cross" / "model_card.md").read_text()
+    assert "cross_attention" in card and "log_rate_anomaly" in card
+    get_settings.cache_clear()
+
+
+def test_kafka_time_range_matches_offline_windows(make_topics, broker, tmp_path):
+    """Records produced to the real broker, read back for a time range, give the same windows as
+    aligning the same records in-process."""
+    from services.kafka import make_producer
+    from services.settings import Settings
+    from services.simulator.plant import Plant
+    from services.training.dataset import dataset_from_records, kafka_dataset
+
+    ks, topics = make_topics(2)
+    plant = Plant(2, seed=9, start_time=START)
+    records = list(plant.records(12))
+    producer = make_producer(ks, broker.bootstrap)
+    topic = {"frames": topics.frames, "audio": topics.audio, "logs": topics.logs}
+    for kind, rec in records:
+        producer.send(topic[kind.value], key=rec.key, value=rec.value, headers=rec.headers)
+    producer.flush()
+    producer.close()
+    settings = Settings(kafka=ks)
+    got = kafka_dataset(settings, broker.bootstrap, START + 2, START + 10, FC, poll_timeout_s=3.0)
+    inside = [(k, r) for k, r in records if START + 2 <= _t(r) < START + 10]
+    want = dataset_from_records(inside, FC)
+    assert len(got) == len(want) > 10
+    assert np.array_equal(np.sort(got.start), np.sort(want.start))
+    assert got.log_count.sum() == want.log_count.sum()
+    assert np.allclose(np.sort(got.mel.astype(np.float32).ravel()), np.sort(want.mel.astype(np.float32).ravel()))
+
+
+def _t(rec) -> float:
+    from schemas.envelope import parse_time
+
+    return parse_time(dict(rec.headers)["ce_time"].decode())
+
+
+@pytest.mark.gpu
+def test_bf16_scores_match_fp32_on_cuda(tiny_train, tmp_path):
+    """CUDA + bf16 autocast gives the same calibrated scores as float32 within 0.05 normalised units
+    (plus 2 % of the score), and the same above/below-threshold decision away from the threshold."""
+    from models.scorer import AnomalyScorer
+    from services.monitor.windows import offline_windows
+    from services.simulator.plant import Plant
+    from services.training.recipes import run_recipe
+
+    r, _, train_data, calib_data = tiny_train
+    run_recipe(r, tmp_path / "m", "cross", train_data=train_data, calib_data=calib_data)
+    fp32 = AnomalyScorer.load(tmp_path / "m", device="cuda")
+    fp32.bf16 = False
+    bf16 = AnomalyScorer.load(tmp_path / "m", device="cuda")
+    assert bf16.bf16
+    windows = list(offline_windows(Plant(2, seed=6, start_time=START, faults="all:200").records(60),
+                                   options=fp32.decode_options))
+    a = np.array([s.score for s in fp32.score(windows)])
+    b = np.array([s.score for s in bf16.score(windows)])
+    assert np.all(np.abs(a - b) <= 0.05 + 0.02 * np.abs(a)), float(np.abs(a - b).max())
+    thr = fp32.threshold("L1-S1")
+    far = np.abs(a - thr) > 0.1 + 0.02 * abs(thr)
+    assert np.array_equal((a >= thr)[far], (b >= thr)[far])
