@@ -61,8 +61,11 @@ def model_cmd(
                                     "(default: 1,8,32,64,128 on CPU; 1,64,256,1024,4096,8192 on CUDA)."),
     compile_: str = typer.Option("eager", "--compile", help="eager, compile (torch.compile) or both. "
                                  "A compile that fails is reported as a note, not an error."),
-    compile_mode: str = typer.Option("max-autotune-no-cudagraphs", help="torch.compile mode on CUDA "
-                                     "(e.g. default, reduce-overhead, max-autotune); CPU uses default."),
+    compile_mode: str = typer.Option("default", help="torch.compile mode on CUDA (default, reduce-overhead, "
+                                     "max-autotune: autotuning takes minutes); CPU uses default."),
+    compile_top: int = typer.Option(1, help="Compile at this many of the best eager batch sizes (one compile each)."),
+    layouts: str = typer.Option("nchw", help="Convolution memory layouts: nchw, channels_last or both "
+                                "('nchw,channels_last'; NHWC suits tensor cores)."),
     checkpoint: Path = typer.Option(None, help="Model checkpoint directory. Without it a random-init model of "
                                     "the default config is timed (same cost; no training needed)."),
     tiny: bool = typer.Option(False, help="Use the tiny test config instead of the default (smoke runs)."),
@@ -91,7 +94,8 @@ def model_cmd(
         raise typer.BadParameter("--compile must be eager, compile or both")
     cfg = ModelBenchConfig(
         device=device, dtypes=dtypes, batch_sizes=_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
-        compile=compiles, compile_mode=compile_mode, checkpoint=checkpoint, tiny=tiny, text=text,
+        compile=compiles, compile_mode=compile_mode, compile_top=compile_top,
+        layouts=[x.strip() for x in layouts.split(",") if x.strip()], checkpoint=checkpoint, tiny=tiny, text=text,
         line_bank=line_bank, min_time_s=min_time, threads=threads, peak_tflops=peak_tflops, baseline=baseline)
     step, status = _progress()
     with status:
@@ -129,6 +133,8 @@ def pipeline_cmd(
     assets: str = typer.Option("16", help="Simulated factory assets for the real-time run(s), comma-separated "
                                "(each: 4 fps 320x240 JPEG frames, 16 kHz audio, PLC logs)."),
     duration: float = typer.Option(60.0, help="Seconds of real time per real-time run."),
+    warmup: float = typer.Option(10.0, help="Seconds at the start of a real-time run left out of its figures "
+                                 "(at most a third of --duration)."),
     backlog: float = typer.Option(30.0, help="Seconds of plant time per asset for the capacity (backlog drain) "
                                   "runs, optimised vs naive; 0 skips them."),
     backlog_assets: int = typer.Option(16, help="Assets in the capacity runs."),
@@ -161,7 +167,7 @@ def pipeline_cmd(
     if not set(mode_list) <= {"optimised", "naive"} or not mode_list:
         raise typer.BadParameter("--modes takes optimised and/or naive")
     cfg = PipelineBenchConfig(
-        assets=_ints(assets, "--assets"), duration_s=duration, backlog_s=backlog, backlog_assets=backlog_assets,
+        assets=_ints(assets, "--assets"), duration_s=duration, warmup_s=warmup, backlog_s=backlog, backlog_assets=backlog_assets,
         modes=mode_list, search=search, search_max=search_max, p95_budget_s=p95_budget, processes=processes,
         partitions=partitions, checkpoint=checkpoint, random_init=random_init, tiny=tiny, threads=threads,
         bootstrap=bootstrap)

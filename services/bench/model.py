@@ -20,6 +20,7 @@ matmul measured in-process with the same thread count.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +47,9 @@ class ModelBenchConfig:
     dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     batch_sizes: list[int] | None = None  # None: a default per device
     compile: list[bool] = field(default_factory=lambda: [False])
-    compile_mode: str = "max-autotune-no-cudagraphs"
-    compile_top: int = 2  # compile only at the best eager batch sizes (each shape is a new compile)
+    compile_mode: str = "default"
+    compile_top: int = 1  # compile only at the best eager batch size(s): each shape is a new compile
+    layouts: list[str] = field(default_factory=lambda: ["nchw"])  # and/or channels_last (conv weights NHWC)
     checkpoint: Path | None = None
     tiny: bool = False
     text: str = "random"  # random | minilm
@@ -67,7 +69,7 @@ def default_batch_sizes(device: str) -> list[int]:
 # ── model and inputs ───────────────────────────────────────────────────────────────────────────
 
 def build_model(cfg: ModelBenchConfig):
-    """(model on the device, description). A checkpoint is loaded; otherwise random init."""
+    """(model on the CPU, description). A checkpoint is loaded; otherwise random init."""
     import torch
 
     from models.fusion import FusionConfig, FusionModel
@@ -89,7 +91,7 @@ def build_model(cfg: ModelBenchConfig):
         if hasattr(model, "rate_hist") and model.rate_hist.numel() == 0:
             hist = torch.rand(16, generator=g) + 0.1
             model.rate_hist = hist / hist.sum()
-    model = model.to(cfg.device).eval()
+    model = model.eval()
     params = sum(p.numel() for p in model.parameters())
     return model, f"{desc}, {params / 1e3:.0f} k parameters"
 
@@ -165,26 +167,20 @@ def forward_fn(model, dtype: str, device: str, module=None):
     return run
 
 
-def count_flops_per_window(model, feats: list, dtype: str) -> float:
-    """FLOPs of one window's forward (counted on CPU in float32 at batch 2, divided by 2)."""
+def count_flops_per_window(model, feats: list) -> float:
+    """FLOPs of one window's forward (counted on the CPU in float32 at batch 2, divided by 2)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    if next(model.parameters()).device.type == "cpu":
-        cpu_model = model
-    else:
-        from models.checkpoint import copy_model
-
-        cpu_model = copy_model(model).cpu().eval()
-    batch = make_batch(cpu_model, feats, 2)
+    batch = make_batch(model, feats, 2)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        cpu_model(batch, want_weights=True)
+        model(batch, want_weights=True)
     return counter.get_total_flops() / 2
 
 
 # ── peak ─────────────────────────────────────────────────────────────────────────────────────
 
-def device_peak_tflops(device: str, dtype: str, threads: int | None = None) -> tuple[float | None, str]:
+def device_peak_tflops(device: str, dtype: str) -> tuple[float | None, str]:
     """(peak TFLOP/s, where it came from)."""
     import torch
 
@@ -215,124 +211,163 @@ def run_model_bench(cfg: ModelBenchConfig, progress=None) -> BenchResult:
     for dt in cfg.dtypes:
         if dt not in ("fp32", "bf16"):
             raise BenchError(f"--dtype {dt!r}: use fp32 and/or bf16")
+    for layout in cfg.layouts:
+        if layout not in ("nchw", "channels_last"):
+            raise BenchError(f"--layouts {layout!r}: use nchw and/or channels_last")
     if device == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # static shapes per batch size: let cuDNN pick its kernels
     batch_sizes = cfg.batch_sizes or default_batch_sizes(device)
     step("building the model")
-    model, desc = build_model(cfg)
+    model, desc = build_model(cfg)  # on the CPU: FLOPs are counted there
     feats = synthetic_features(model, cfg)
     result = BenchResult("model", machine_info(device), {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
         "batch_sizes": batch_sizes, "model": desc, "features": model.cfg.features.to_dict()})
     step("counting FLOPs")
-    flops = count_flops_per_window(model, feats, "fp32")
+    flops = count_flops_per_window(model, feats)
     result.summary["flops_per_window"] = flops
+    model = model.to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
-    peaks = {dt: device_peak_tflops(device, dt, cfg.threads) for dt in cfg.dtypes}
+    peaks = {dt: device_peak_tflops(device, dt) for dt in cfg.dtypes}
     for dt, (peak, src) in peaks.items():
         result.summary[f"peak_tflops_{dt}"] = cfg.peak_tflops or peak
         result.notes.append(f"peak {dt}: {'--peak-tflops' if cfg.peak_tflops else src}")
+    if "bf16" in cfg.dtypes and device == "cpu" and not _cpu_has_bf16():
+        result.notes.append("bf16 on this CPU has no native instructions (no AVX512-BF16/AMX): "
+                            "expect it to be slower than fp32")
 
     naive: dict[str, Timing] = {}
-    best: dict[tuple[str, bool], tuple[float, int]] = {}
-    for dt in cfg.dtypes:
-        if dt == "bf16" and device == "cpu" and not _cpu_has_bf16():
-            result.notes.append("bf16 on this CPU has no native instructions (no AVX512-BF16/AMX): "
-                                "expect it to be slower than fp32")
-        run = forward_fn(model, dt, device)
-        peak = cfg.peak_tflops or peaks[dt][0]
-        eager_rates: dict[int, float] = {}
-        for compiled in cfg.compile:
-            fn = run
-            sizes = batch_sizes
-            if compiled:
-                sizes = sorted(sorted(eager_rates, key=eager_rates.get, reverse=True)[: cfg.compile_top]) or batch_sizes
-                fn = _compile(model, dt, cfg, device, result)
-                if fn is None:
-                    continue
-            for bs in sizes:
-                step(f"{dt} {'compiled' if compiled else 'eager'} batch {bs}")
-                row = {"device": device, "dtype": dt, "mode": "compile" if compiled else "eager", "batch": bs}
-                try:
-                    batch = make_batch(model, feats, bs).to(device)
-                    t = measure(lambda: (fn(batch), bs)[1], cfg.min_time_s, min_iters=3, warmup=2 if compiled else 1,
-                                cpu_clock="process", sync=sync)
-                except torch.OutOfMemoryError:
-                    row["note"] = "out of memory"
+    best: dict[tuple[str, str, bool], tuple[float, int]] = {}
+    for layout in cfg.layouts:
+        model = model.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+        for dt in cfg.dtypes:
+            run = forward_fn(model, dt, device)
+            peak = cfg.peak_tflops or peaks[dt][0]
+            eager_rates: dict[int, float] = {}
+            for compiled in cfg.compile:
+                fn, sizes = run, batch_sizes
+                if compiled:
+                    ranked = sorted(eager_rates, key=eager_rates.get, reverse=True)[: cfg.compile_top]
+                    sizes = sorted(ranked) or batch_sizes
+                    fn = _compile(model, dt, cfg, device, result)
+                    if fn is None:
+                        continue
+                for bs in sizes:
+                    mode = "compile" if compiled else "eager"
+                    step(f"{layout} {dt} {mode} batch {bs}")
+                    row = {"device": device, "layout": layout, "dtype": dt, "mode": mode, "batch": bs}
+                    t = _time_case(fn, model, feats, bs, cfg, device, sync, row, warmup=3 if compiled else 1)
                     result.rows.append(row)
-                    torch.cuda.empty_cache()
-                    break
-                except Exception as e:  # a compile that breaks at run time: report, keep going
-                    row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-                    result.rows.append(row)
-                    break
-                finally:
-                    batch = None
-                rate = t.items_per_s
-                if not compiled:
-                    eager_rates[bs] = rate
-                    if bs == 1:
-                        naive[dt] = t
-                row.update({"windows/s": rate, "latency p50 ms": t.latency_ms(0.5), "latency p95 ms": t.latency_ms(0.95),
-                            "TFLOP/s": rate * flops / 1e12,
-                            "% of peak": 100 * rate * flops / 1e12 / peak if peak else None})
-                if device == "cpu":
-                    row["windows/cpu-s"] = t.items_per_cpu_s
+                    if t is None:
+                        break  # out of memory or failed: larger batches will not do better
+                    rate = t.items_per_s
+                    if not compiled:
+                        eager_rates[bs] = rate
+                        if bs == 1 and layout == cfg.layouts[0]:
+                            naive[dt] = t
+                    row.update({"windows/s": rate, "latency p50 ms": t.latency_ms(0.5),
+                                "latency p95 ms": t.latency_ms(0.95), "TFLOP/s": rate * flops / 1e12,
+                                "% of peak": 100 * rate * flops / 1e12 / peak if peak else None})
+                    if device == "cpu":
+                        row["windows/cpu-s"] = t.items_per_cpu_s
+                    if rate > best.get((layout, dt, compiled), (0.0, 0))[0]:
+                        best[(layout, dt, compiled)] = (rate, bs)
+            if cfg.baseline and dt not in naive and layout == cfg.layouts[0]:
+                step(f"{dt} naive baseline (batch 1)")
+                row = {"device": device, "layout": layout, "dtype": dt, "mode": "naive (eager, batch 1)", "batch": 1}
+                t = _time_case(run, model, feats, 1, cfg, device, sync, row)
                 result.rows.append(row)
-                if rate > best.get((dt, compiled), (0.0, 0))[0]:
-                    best[(dt, compiled)] = (rate, bs)
-        if cfg.baseline and dt not in naive:
-            step(f"{dt} naive baseline (batch 1)")
-            batch = make_batch(model, feats, 1).to(device)
-            naive[dt] = measure(lambda: (run(batch), 1)[1], cfg.min_time_s, min_iters=3, cpu_clock="process", sync=sync)
-            result.rows.append({"device": device, "dtype": dt, "mode": "naive (eager, batch 1)", "batch": 1,
-                                "windows/s": naive[dt].items_per_s, "latency p50 ms": naive[dt].latency_ms(0.5),
-                                "latency p95 ms": naive[dt].latency_ms(0.95)})
+                if t is not None:
+                    naive[dt] = t
+                    row.update({"windows/s": t.items_per_s, "latency p50 ms": t.latency_ms(0.5),
+                                "latency p95 ms": t.latency_ms(0.95)})
 
     # headline: the best configuration and its ratio to one-window-at-a-time fp32 eager
     if best:
-        (dt, compiled), (rate, bs) = max(best.items(), key=lambda kv: kv[1][0])
+        (layout, dt, compiled), (rate, bs) = max(best.items(), key=lambda kv: kv[1][0])
         peak = cfg.peak_tflops or peaks[dt][0]
         result.summary.update({
-            "best_windows_per_s": rate, "best_config": f"{dt} {'compiled' if compiled else 'eager'} batch {bs}",
+            "best_windows_per_s": rate,
+            "best_config": f"{dt} {layout} {'compiled' if compiled else 'eager'} batch {bs}",
             "best_tflops": rate * flops / 1e12, "best_fraction_of_peak": rate * flops / 1e12 / peak if peak else None,
             "assets_per_device_model_bound": rate,  # hop 1 s: one window per asset per second
         })
         ref = naive.get("fp32") or next(iter(naive.values()), None)
         if ref is not None and ref.items_per_s > 0:
             result.summary["speedup_vs_naive_batch1"] = rate / ref.items_per_s
-        step("host↔device copies")
-        _transfer_row(model, feats, dt, bs, device, cfg, result, sync)
+        if device.startswith("cuda"):
+            model = model.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+            step("host↔device copies")
+            _transfer_rows(model, feats, dt, bs, device, cfg, result, sync)
     return result.finish()
 
 
-def _transfer_row(model, feats, dt, bs, device, cfg, result, sync) -> None:
-    """The best configuration again, with the batch coming from (pinned) host memory and the outputs
-    the scorer reads going back to the host: what the monitor pays end to end on the device."""
+def _time_case(fn, model, feats, bs: int, cfg: ModelBenchConfig, device: str, sync, row: dict, warmup: int = 1):
+    """Time `fn` on a device-resident batch of `bs` windows; None (with a note in `row`) when it
+    does not fit or fails — a compile that breaks at run time is reported, not fatal."""
+    import torch
+
+    batch = None
+    try:
+        batch = make_batch(model, feats, bs).to(device)
+        if warmup > 1:  # compiled: the first call compiles; say how long that took
+            t0 = time.perf_counter()
+            fn(batch)
+            if sync:
+                sync()
+            row["first call s"] = time.perf_counter() - t0
+            warmup -= 1
+        return measure(lambda: (fn(batch), bs)[1], cfg.min_time_s, min_iters=3, warmup=warmup,
+                       cpu_clock="process", sync=sync)
+    except torch.OutOfMemoryError:
+        row["note"] = "out of memory"
+    except Exception as e:
+        row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    finally:
+        del batch
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return None
+
+
+def _transfer_rows(model, feats, dt, bs, device, cfg, result, sync) -> None:
+    """The best configuration again, with the batch coming from pinned host memory and the outputs
+    the scorer reads going back: what the monitor pays end to end on the device. Twice: frames as
+    float32 (what `collate` makes today) and as uint8, converted on the device (4x fewer bytes)."""
     import torch
 
     run = forward_fn(model, dt, device)
     host = make_batch(model, feats, bs)
-    if device.startswith("cuda"):
-        host = type(host)(**{k: v.pin_memory() for k, v in host.__dict__.items()})
+    pinned = type(host)(**{k: v.pin_memory() for k, v in host.__dict__.items()})
+    frames_u8 = (host.frames * 255).round().to(torch.uint8).pin_memory()
 
-    def once():
-        out, raw, weights = run(host.to(device))
-        for x in (raw, weights, out.frame_error, out.mel_error, out.line_novelty):
-            x.float().cpu()
-        return bs
+    def once(uint8: bool):
+        def fn():
+            fields = {k: v.to(device, non_blocking=True) for k, v in pinned.__dict__.items() if k != "frames"}
+            if uint8:
+                fields["frames"] = frames_u8.to(device, non_blocking=True).float().div_(255.0)
+            else:
+                fields["frames"] = pinned.frames.to(device, non_blocking=True)
+            out, raw, weights = run(type(pinned)(**fields))
+            for x in (raw, weights, out.frame_error, out.mel_error, out.line_novelty):
+                x.float().cpu()
+            return bs
+        return fn
 
-    try:
-        t = measure(once, cfg.min_time_s, min_iters=3, cpu_clock="process", sync=sync)
-    except Exception as e:  # pragma: no cover - reported, not fatal
-        result.notes.append(f"transfer row failed: {type(e).__name__}: {e}")
-        return
-    result.rows.append({"device": device, "dtype": dt, "mode": "best + host copies", "batch": bs,
-                        "windows/s": t.items_per_s, "latency p50 ms": t.latency_ms(0.5),
-                        "latency p95 ms": t.latency_ms(0.95)})
-    result.summary["best_with_host_copies_windows_per_s"] = t.items_per_s
+    for uint8 in (False, True):
+        label = "best + host copies" + (" (uint8 frames)" if uint8 else "")
+        row = {"device": device, "dtype": dt, "mode": label, "batch": bs}
+        try:
+            t = measure(once(uint8), cfg.min_time_s, min_iters=3, cpu_clock="process", sync=sync)
+        except Exception as e:  # pragma: no cover - reported, not fatal
+            row["note"] = f"failed: {type(e).__name__}: {str(e)[:120]}"
+            result.rows.append(row)
+            continue
+        row.update({"windows/s": t.items_per_s, "latency p50 ms": t.latency_ms(0.5), "latency p95 ms": t.latency_ms(0.95)})
+        result.rows.append(row)
+        result.summary["best_with_host_copies_windows_per_s" + ("_uint8" if uint8 else "")] = t.items_per_s
 
 
 def _compile(model, dt: str, cfg: ModelBenchConfig, device: str, result: BenchResult):
@@ -346,7 +381,7 @@ def _compile(model, dt: str, cfg: ModelBenchConfig, device: str, result: BenchRe
         result.notes.append(f"torch.compile unavailable: {type(e).__name__}: {str(e)[:160]}")
         return None
     note = (f"torch.compile mode={mode}, dynamic=False: one compile per batch size, at the "
-            f"{cfg.compile_top} best eager sizes; compile time is not in the figures")
+            f"{cfg.compile_top} best eager size(s); compile time is in 'first call s', not in the figures")
     if note not in result.notes:
         result.notes.append(note)
     return forward_fn(model, dt, device, module=compiled)

@@ -11,7 +11,7 @@ The naive mode is the same monitor and scorer with their optimisations switched 
 not a second code path: one window per model call (`max_batch=1`, no wait), no overlap of the
 score/SQL stage with consumption (the consume thread waits for each commit), frames decoded at the
 camera's full size and resized by the featurizer (no JPEG draft), no text-embedding cache, and
-torch's default thread count.
+torch's default thread count (all cores; the monitor's default leaves one core to consumption).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class WorkerSpec:
     group: str
     checkpoint: str
     mode: str = "optimised"  # optimised | naive
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    threads: int | None = None  # torch intra-op threads (None: the monitor's default / torch's for naive)
     camera_size: tuple[int, int] = (320, 240)  # what the naive mode decodes to
     monitor: dict = field(default_factory=dict)  # extra MonitorSettings overrides
 
@@ -84,8 +84,12 @@ def build(spec: WorkerSpec):
     from services.monitor.service import Monitor
     from services.settings import KafkaSettings, MonitorSettings, Settings
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    if spec.mode == "optimised":
+        from services.monitor.runner import set_torch_threads
+
+        set_torch_threads(spec.threads)  # the product's default: all cores but one
+    elif spec.threads:
+        torch.set_num_threads(spec.threads)  # naive: torch's own default unless told otherwise
     ks = KafkaSettings(bootstrap=spec.bootstrap, topic_prefix=spec.topic_prefix, partitions=spec.partitions)
     overrides = monitor_overrides(spec.mode) | spec.monitor
     ms = MonitorSettings(**(MonitorSettings().model_dump() | overrides))
@@ -130,8 +134,24 @@ def snapshot(monitor, started: float, marks: list, final: bool = False) -> dict:
         "cpu_s": usage[0], "rss_mb": usage[1], "assigned": len({p for _, p in monitor._assigned}),
         "final": final, "latency_marks": marks,
     }
+    data["thread_cpu_s"] = thread_cpu()
     data["latencies"] = list(st.latencies)
     return data
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per Python thread (by name) of this process, from /proc: which stage costs what."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for t in threading.enumerate():
+        try:
+            stat = Path(f"/proc/self/task/{t.native_id}/stat").read_text()
+        except (OSError, TypeError):
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = "consume" if t is threading.main_thread() else t.name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def write_json(path: Path, data: dict) -> None:
