@@ -81,6 +81,9 @@ class MonitorSettings(BaseModel):
     # False: the consume thread waits for each batch's score + SQL commit before reading on (the
     # naive baseline of `fusionwatch bench pipeline`); True overlaps consumption with scoring
     overlap: bool = True
+    # torch intra-op threads of the score stage; None = every core but one, which the consume
+    # thread (Kafka, JPEG/WAV decode) needs: torch's default (all cores) spin-waits against it
+    torch_threads: int | None = Field(None, ge=1)
     # call-centre profile: an escalation opens when frustration (0..1) stays at or above this
     escalation_threshold: float = Field(0.6, gt=0, le=1)
 
