@@ -9,7 +9,8 @@ microseconds; the exactly-once promise is made or broken exactly there, so the s
 `FW_FAULT_POINTS="before_commit=3,after_commit=5"` SIGKILLs the process at the 3rd hit of
 `before_commit` (the first listed point whose count is reached wins). `NAME=N:stop` sends SIGSTOP
 instead: the process freezes right there (a zombie-to-be: the test lets its session time out,
-then SIGCONTs it). The variable is read once, at import; when it is unset, `hit` is one dictionary
+then SIGCONTs it). `NAME=N:sleep8` holds the calling thread for 8 s at that point (a batch held
+inside its transaction while the group rebalances). The variable is read once, at import; when it is unset, `hit` is one dictionary
 lookup on an empty dict. Never set it in production: a SIGKILL is exactly what it promises.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from schemas.errors import ConfigError
 
@@ -25,6 +27,14 @@ ENV = "FW_FAULT_POINTS"
 
 
 ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+def _sleep_s(action: str) -> float | None:
+    if not action.startswith("sleep"):
+        return None
+    try:
+        return float(action[5:])
+    except ValueError:
+        return None
+
 
 
 def parse(spec: str) -> dict[str, tuple[int, str]]:
@@ -38,8 +48,9 @@ def parse(spec: str) -> dict[str, tuple[int, str]]:
         except ValueError:
             count = 0
         action = action or "kill"
-        if not name.strip() or count < 1 or action not in ACTIONS:
-            raise ConfigError(f"{ENV}={spec!r}: each entry must be NAME, NAME=N or NAME=N:stop with N >= 1 "
+        if not name.strip() or count < 1 or not (action in ACTIONS or _sleep_s(action) is not None):
+            raise ConfigError(f"{ENV}={spec!r}: each entry must be NAME, NAME=N, NAME=N:stop or NAME=N:sleepSECONDS "
+                              "with N >= 1 "
                               "(e.g. before_commit=3); unset the variable outside fault tests")
         points[name.strip()] = (count, action)
     return points
@@ -59,7 +70,11 @@ def hit(name: str) -> None:
         # Say it on stderr first, so a test can tell an injected death from a real crash.
         sys.stderr.write(f"fault point {name} reached ({count}): {action}\n")
         sys.stderr.flush()
-        os.kill(os.getpid(), ACTIONS[action])
+        if action in ACTIONS:
+            os.kill(os.getpid(), ACTIONS[action])
+        else:
+            time.sleep(_sleep_s(action))
+
 
 
 def armed() -> dict[str, tuple[int, str]]:

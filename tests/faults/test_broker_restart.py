@@ -63,7 +63,7 @@ def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
         assert ledger.event_rows(url)[: len(events_before)] == events_before  # the old ones untouched
         log = monitor.log()
         assert log.count("partitions assigned") >= 2  # rejoined the (new) group
-        assert "was re-created" in log
+        assert "was re-created" in log or "past the end of the log" in log
     finally:
         if monitor is not None:
             monitor.kill()

@@ -4,10 +4,10 @@
   neither crash nor crash-loop: it retries the same transaction with backoff, pauses consumption
   (backpressure) meanwhile, and finishes with exactly the reference events once the database is
   back.
-- slow database, with a member joining and leaving mid-batch: every packet to PostgreSQL is delayed,
-  so each commit takes a second or more and the score stage is nearly always inside a transaction
-  when the group rebalances. Revocation waits for the batch in flight; the new owner starts from
-  the committed offsets; nothing is lost or written twice.
+- slow database, with a member joining and leaving mid-batch: every packet to PostgreSQL is delayed
+  (10 ms), a fault point holds the first member inside a commit transaction for 4 s while a second
+  member joins, and the second leaves again with its own commits in flight. Revocation waits for the batch in flight; the new owner starts
+  from the committed offsets; nothing is lost or written twice.
 """
 
 from __future__ import annotations
@@ -58,21 +58,27 @@ def test_database_outage_no_crash_loop_nothing_lost(broker, scenario_input, refe
 
 
 def test_slow_database_with_members_joining_and_leaving_mid_batch(broker, scenario_input, reference, pg_url, tmp_path):
+    """Mid-batch is made certain for the join: a fault point holds the first member inside its second
+    commit transaction (`before_commit=2:sleep4`, row locks held) while the second joins; the second
+    then leaves (SIGTERM) with its own slow commits in flight."""
     inp = scenario_input
     u = make_url(pg_url)
-    proxy = TcpProxy(u.host, u.port or 5432, delay_s=0.02)
+    proxy = TcpProxy(u.host, u.port or 5432, delay_s=0.01)
     url = proxied(pg_url, proxy)
     group = f"slow-{uuid.uuid4().hex[:8]}"
-    small = {"FW_MONITOR__MAX_BATCH": "8", "FW_KAFKA__MAX_POLL_RECORDS": "100"}  # many (slow) commits
-    first = MonitorProc(tmp_path, "first", broker.bootstrap, url, inp.prefix, group, env=small)
+    small = {"FW_MONITOR__MAX_BATCH": "8", "FW_KAFKA__MAX_POLL_RECORDS": "100"}
+    first = MonitorProc(tmp_path, "first", broker.bootstrap, url, inp.prefix, group,
+                        env=small | {"FW_FAULT_POINTS": "before_commit=2:sleep4"})
     second = None
     try:
-        wait_for(lambda: first.stats().get("commits", 0) >= 1, 90, "the first member's first commit", procs=[first])
-        second = MonitorProc(tmp_path, "second", broker.bootstrap, url, inp.prefix, group, env=small)  # joins
-        wait_for(lambda: second.stats().get("commits", 0) >= 1 and first.stats().get("assigned")
-                 and len(first.stats()["assigned"]) < 12, 90, "the partitions to be shared", procs=[first, second])
-        assert not ledger.finished(pg_url, group, inp.ends), "the input was done before the second member joined"
-        assert second.stop() == 0  # leaves mid-batch: rebalance again
+        wait_for(lambda: "fault point before_commit reached (2)" in first.log(), 90,
+                 "the first member to be inside its second commit", procs=[first])
+        # joins while the first member holds a batch inside its transaction: the rebalance waits for it
+        second = MonitorProc(tmp_path, "second", broker.bootstrap, url, inp.prefix, group, env=small)
+        wait_for(lambda: second.stats().get("assigned") and 0 < len(first.stats().get("assigned", [])) < 12,
+                 90, "the partitions to be shared", procs=[first, second])
+        time.sleep(2.0)  # the second member works its share for a moment (slow commits in flight)
+        assert second.stop() == 0  # leaves while its own batch is held in the transaction: rebalance again
         wait_for(lambda: ledger.finished(pg_url, group, inp.ends), 180, "the remaining member to finish",
                  procs=[first])
         assert first.stop() == 0
