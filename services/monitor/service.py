@@ -289,7 +289,10 @@ class Monitor:
             tp = TopicPartition(topic, part)
             if self._paused or hw is None or pos is None or pos < hw:
                 behind.setdefault(part, []).append(self.kind_of[topic])
-            self._check_past_end(tp, hw, pos)
+            if self._recreated((topic, part)):  # metadata refreshed after the (re)assignment
+                self._restart_partition(tp, f"{topic}[{part}] was re-created (new topic id)")
+            else:
+                self._check_past_end(tp, hw, pos)
         self.aligner.hold(behind)
 
     def _check_past_end(self, tp: TopicPartition, hw: int | None, pos: int | None) -> None:
@@ -305,8 +308,13 @@ class Monitor:
         since = self._past_end.setdefault(key, time.monotonic())
         if time.monotonic() - since < PAST_END_GRACE_S:  # a high watermark from an older fetch
             return
-        log.error("%s[%d]: committed position %d is past the end of the log (%d): the broker lost this "
-                  "partition's records; reading it again from offset 0", tp.topic, tp.partition, pos, hw)
+        self._restart_partition(tp, f"{tp.topic}[{tp.partition}]: committed position {pos} is past the end "
+                                    f"of the log ({hw})")
+
+    def _restart_partition(self, tp: TopicPartition, why: str) -> None:
+        log.error("%s: the broker lost this partition's records (e.g. the embedded broker restarted empty); "
+                  "reading it again from offset 0", why)
+        key = (tp.topic, tp.partition)
         self._past_end.pop(key, None)
         self.consumer.seek(tp, 0)
         self._processed[key] = -1
