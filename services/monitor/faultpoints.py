@@ -24,17 +24,17 @@ import time
 from schemas.errors import ConfigError
 
 ENV = "FW_FAULT_POINTS"
-
-
 ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+
+
 def _sleep_s(action: str) -> float | None:
+    """'sleep8' -> 8.0; None for anything else."""
     if not action.startswith("sleep"):
         return None
     try:
         return float(action[5:])
     except ValueError:
         return None
-
 
 
 def parse(spec: str) -> dict[str, tuple[int, str]]:
