@@ -44,10 +44,29 @@ def crash_input(broker, make_topics):
     return ks, topics, ends
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    """A failing test must not leave monitor processes behind."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def start_monitor(bootstrap, url, prefix, group) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.support.run_monitor", bootstrap, url, prefix, group],
+    return _track(subprocess.Popen([sys.executable, "-m", "tests.support.run_monitor", bootstrap, url, prefix, group],
                             cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def _track(p: subprocess.Popen) -> subprocess.Popen:
+    _STARTED.append(p)
+    return p
 
 
 def finished(url: str, group: str, ends: dict) -> bool:
