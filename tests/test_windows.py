@@ -95,3 +95,15 @@ def test_restore_continues_without_reemitting():
             feed(al, k, 20.0 + i, i)
     starts = [w.inputs.start for w in al.ready()]
     assert starts[0] == 24.0
+
+
+def test_a_silence_is_skipped_not_filled_with_empty_windows():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=5.0, clock=clock, new_asset_grace_s=0)
+    for t in (10.0, 11.0, 3600.0, 3601.0, 3602.0, 3603.0):  # an hour of silence in between
+        for k in (Kind.FRAME, Kind.AUDIO, Kind.LOG):
+            feed(al, k, t, int(t))
+    wins = al.ready()
+    assert len(wins) < 10
+    assert all(w.inputs.frames for w in wins)  # no empty window was emitted
+    assert wins[-1].inputs.end == 3603.0

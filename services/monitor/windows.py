@@ -160,8 +160,21 @@ class WindowAligner:
                 continue
             last_data = max(seen)
             while s.next_start + self.window_s <= wm and s.next_start <= last_data:
+                self._skip_gap(s)
+                if s.next_start + self.window_s > wm:
+                    break
                 out.append(self._emit(asset, s))
         return out
+
+    def _skip_gap(self, s: _AssetStream) -> None:
+        """After a silence (line stopped, device offline) jump to the first window that holds data
+        instead of emitting one empty window per hop through the gap."""
+        buffered = [it.t for items in s.items.values() for it in items]
+        if not buffered:
+            return
+        first = (math.floor((min(buffered) - self.window_s) / self.hop_s) + 1) * self.hop_s
+        if first > s.next_start:
+            s.next_start = first
 
     def _watermark(self, s: _AssetStream, now: float) -> float:
         if len(s.expected) < len(MODALITIES) and now - s.created < self.new_asset_grace_s:
