@@ -275,7 +275,7 @@ def train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tupl
         opt.step()
         loss_value = float(loss.detach())
         if (step + 1) % 10 == 0:
-            history.append({"step": step + 1, "loss": loss_value, "ce": float(ce), "mse": float(mse)})
+            history.append({"step": step + 1, "loss": loss_value, "ce": ce.item(), "mse": mse.item()})
         if progress:
             progress(step + 1, cfg.steps, {"loss": loss_value})
     model.eval()
@@ -454,3 +454,386 @@ def pick_late_weight(data: WindowArrays, text: Predictions, audio: Predictions) 
         if f1 > best + 1e-9:
             best, best_w = f1, float(w)
     return best_w
+
+
+# ── recipes ─────────────────────────────────────────────────────────────────────────────────
+
+# Video calls are optional: two frame slots per 2 s window (1 fps) keep a face in view without
+# paying for eight empty slots on every audio-only call.
+CALL_FEATURES = FeatureConfig(max_frames=2)
+StageFn = Callable[[str, float, float, dict], None]  # (stage, done, total, info), as services.training.ui
+
+
+@dataclass(frozen=True)
+class CallRecipe:
+    name: str
+    train: tuple[CallSpec, ...]  # training seeds
+    validation: CallSpec  # model checks and the late-fusion weight; never trained on
+    test: CallSpec  # evaluation only
+    model: tuple[tuple[str, object], ...] = ()  # FusionConfig overrides
+    steps: tuple[tuple[str, object], ...] = ()  # CallTrainConfig overrides
+    tiny_model: bool = False
+    description: str = ""
+
+    def model_config(self, variant: str = "cross") -> "FusionConfig":
+        from models.fusion import FusionConfig
+
+        base = FusionConfig.tiny if self.tiny_model else FusionConfig
+        kw = {"dropout": 0.0, **dict(self.model)}  # weight decay regularises; attention dropout doubles CPU time
+        return base(fusion=variant, sentiment_classes=list(SENTIMENT_CLASSES), frustration_head=True,
+                    features=CALL_FEATURES, **kw)
+
+    def train_config(self, **overrides) -> CallTrainConfig:
+        return CallTrainConfig(**{**dict(self.steps), **{k: v for k, v in overrides.items() if v is not None}})
+
+    def summary(self) -> dict:
+        return {"name": self.name, "train": [asdict(s) for s in self.train], "validation": asdict(self.validation),
+                "test": asdict(self.test), "steps": dict(self.steps), "description": self.description}
+
+
+CALL_RECIPES: dict[str, CallRecipe] = {
+    "tiny": CallRecipe(
+        "tiny", (CallSpec(lines=2, seed=201, duration_s=240),), CallSpec(lines=2, seed=202, duration_s=120),
+        CallSpec(lines=2, seed=203, duration_s=180), tiny_model=True, steps=(("steps", 120), ("batch_size", 24)),
+        description="about a minute; tests and smoke runs"),
+    "quick": CallRecipe(
+        "quick", (CallSpec(lines=4, seed=1, duration_s=600),), CallSpec(lines=4, seed=3, duration_s=300),
+        CallSpec(lines=4, seed=4, duration_s=1800), steps=(("steps", 300),),
+        description="a few minutes on 2 CPU cores; what `fusionwatch up --profile callcenter` trains on first start"),
+    "standard": CallRecipe(
+        "standard", (CallSpec(lines=4, seed=1, duration_s=900), CallSpec(lines=4, seed=2, duration_s=900)),
+        CallSpec(lines=4, seed=3, duration_s=900), CallSpec(lines=4, seed=4, duration_s=1800), steps=(("steps", 300),),
+        description="the evaluated recipe"),
+}
+
+
+def get_call_recipe(name: str) -> CallRecipe:
+    try:
+        return CALL_RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown call-centre recipe {name!r}; choose one of {', '.join(CALL_RECIPES)}") from None
+
+
+def load_call_data(recipe: CallRecipe, cache_dir: Path | None, progress: StageFn | None = None,
+                   which: tuple[str, ...] = ("train", "validation")) -> dict[str, WindowArrays]:
+    """The recipe's datasets (simulated once, then cached): 'train' (seeds concatenated), 'validation', 'test'."""
+    out: dict[str, WindowArrays] = {}
+    for name in which:
+        specs = recipe.train if name == "train" else (getattr(recipe, name),)
+        parts = []
+        for spec in specs:
+            def p(done, total, stage=f"simulate {name} (seed {spec.seed})"):
+                if progress:
+                    progress(stage, done, total, {})
+
+            parts.append(simulate_calls(spec, CALL_FEATURES, cache_dir, p))
+        out[name] = parts[0] if len(parts) == 1 else WindowArrays.concat(parts)
+    return out
+
+
+ROWS = {  # row -> (fusion variant, modalities the model sees)
+    "text_only": ("cross", MODALITY_SETS["text"]),
+    "audio_only": ("cross", MODALITY_SETS["audio"]),
+    "concat_fusion": ("concat", MODALITY_SETS["fused"]),
+    "cross_attention": ("cross", MODALITY_SETS["fused"]),
+}
+
+
+EVAL_ROWS = ("text_only", "audio_only", "late_fusion", "concat_fusion", "cross_attention")
+
+
+@dataclass
+class TrainedCallModel:
+    model: object  # FusionModel
+    path: Path
+    info: dict
+
+
+def train_call_checkpoint(recipe: CallRecipe, out_dir: Path, row: str = "cross_attention", cache_dir: Path | None = None,
+                          progress: StageFn | None = None, device: str = "cpu", data: dict | None = None,
+                          overrides: dict | None = None) -> TrainedCallModel:
+    """Train one row's model with a recipe and save it as a checkpoint directory the monitor loads."""
+    from models import checkpoint
+    from models.calibration import AssetCalibration, Calibration
+    from models.fusion import FusionModel
+
+    variant, keep = ROWS[row]
+    data = data or load_call_data(recipe, cache_dir, progress)
+    cfg = recipe.train_config(device=device, **(overrides or {}))
+    model = FusionModel(recipe.model_config(variant))
+
+    def p(step, steps, info):
+        if progress:
+            progress(f"train {row}", step, steps, info)
+
+    result = train_call_model(model, data["train"], cfg, keep, p)
+    val = score_row(row, data["validation"], Predictions(*predict(model, data["validation"], keep, device=device)))
+    info = {"profile": "callcenter", "recipe": recipe.name, "row": row, "modalities": list(keep),
+            "train_seconds": round(result.seconds, 1), "steps": result.steps, "final_loss": round(result.final_loss, 4),
+            "threads": _threads(), "train_config": cfg.to_dict(), "recipe_spec": recipe.summary(),
+            "train_windows": int(len(trainable_windows(data["train"]))),
+            "validation": {"window_accuracy": val.window_accuracy, "window_macro_f1": val.window_macro_f1,
+                           "call_accuracy": val.call_accuracy, "sarcastic_window_accuracy": val.sarcastic_window_accuracy,
+                           "escalated": val.escalated}}
+    # The anomaly score is not what the call-centre profile alerts on (escalation = frustration
+    # against monitor.escalation_threshold), so the calibration is a pass-through.
+    calibration = Calibration(pooled=AssetCalibration(0.0, 1.0, 3.0))
+    version = checkpoint.model_version(model)
+    checkpoint.save(out_dir, model, calibration, card=call_model_card(version, model, info),
+                    extra={"training": _jsonable(info), "callcenter": {"modalities": list(keep)}}, version=version)
+    return TrainedCallModel(model, Path(out_dir), info | {"version": version})
+
+
+def train_quick_callcenter(out_dir: Path, progress: bool = True, cache_dir: Path | None = None,
+                           device: str = "auto", recipe: str = "quick") -> Path:
+    """The first-start model of `fusionwatch up --profile callcenter`; returns the checkpoint dir."""
+    from models.scorer import pick_device
+    from services.settings import get_settings
+    from services.training.ui import progress_bars
+
+    cache_dir = cache_dir or get_settings().var_dir / "datasets"
+    with progress_bars(progress) as bar:
+        train_call_checkpoint(get_call_recipe(recipe), Path(out_dir), cache_dir=cache_dir, progress=bar,
+                              device=pick_device(device))
+    return Path(out_dir)
+
+
+def evaluate_callcenter(recipe: CallRecipe, out_root: Path, cache_dir: Path | None = None,
+                        progress: StageFn | None = None, device: str = "cpu", reuse: bool = True,
+                        test: CallSpec | None = None, threshold: float = 0.6,
+                        rows: tuple[str, ...] = EVAL_ROWS) -> CallEvalReport:
+    """Every row on the held-out test calls: single-modality models, late fusion of those two,
+    concatenation and cross-attention, all with the same model class, encoders and step budget.
+    Models are trained (or reused from `out_root/<row>`); the late-fusion weight is chosen on
+    the validation calls; the test seed is only ever scored."""
+    from models import checkpoint
+
+    test = test or recipe.test
+    if test.seed in {s.seed for s in recipe.train} | {recipe.validation.seed}:
+        raise ConfigError(f"test seed {test.seed} is a training or validation seed of recipe {recipe.name}; "
+                          "evaluate on a held-out seed")
+    data = load_call_data(recipe, cache_dir, progress, which=("train", "validation"))
+
+    def pt(stage, done, total, info):
+        if progress:
+            progress("simulate test", done, total, info)
+
+    data["test"] = load_call_data(replace_test(recipe, test), cache_dir, pt, which=("test",))["test"]
+    trained_rows = [r for r in rows if r in ROWS]
+    if "late_fusion" in rows:
+        trained_rows = list(dict.fromkeys(trained_rows + ["text_only", "audio_only"]))
+    preds: dict[str, dict[str, Predictions]] = {}
+    seconds: dict[str, float] = {}
+    for row in trained_rows:
+        path = out_root / row
+        key = _eval_key(recipe, row)
+        if reuse and (path / "config.json").exists() and _stored_key(path) == key:
+            model, _, config = checkpoint.load(path, device=device)
+            seconds[row] = config.get("training", {}).get("train_seconds", float("nan"))
+        else:
+            trained = train_call_checkpoint(recipe, path, row, cache_dir, progress, device, data=data)
+            _store_key(path, key)
+            model, seconds[row] = trained.model, trained.info["train_seconds"]
+        keep = ROWS[row][1]
+        preds[row] = {split: Predictions(*predict(model, data[split], keep, device=device))
+                      for split in ("validation", "test")}
+    results: dict[str, CallRow] = {}
+    for row in trained_rows:
+        results[row] = score_row(row, data["test"], preds[row]["test"], threshold)
+    if "late_fusion" in rows:
+        w = pick_late_weight(data["validation"], preds["text_only"]["validation"], preds["audio_only"]["validation"])
+        late = late_fusion(preds["text_only"]["test"], preds["audio_only"]["test"], w)
+        results["late_fusion"] = score_row("late_fusion", data["test"], late, threshold,
+                                           note=f"weight on text {w:.1f} (chosen on the validation calls)")
+    order = [r for r in ("text_only", "audio_only", "late_fusion", "concat_fusion", "cross_attention") if r in results]
+    t = data["test"]
+    lab = t.labels["sentiment"] >= 0
+    from services.simulator.callcenter import CALL_TYPES
+
+    sarc = lab & (t.labels["call_type"] == CALL_TYPES.index("sarcastic"))
+    calls: dict[str, int] = {}
+    for c in t.meta.get("calls", []):
+        calls[c["call_type"]] = calls.get(c["call_type"], 0) + 1
+    return CallEvalReport(
+        rows=[results[r] for r in order], classes=list(SENTIMENT_CLASSES), windows=int(lab.sum()), calls=calls,
+        sarcastic_windows=int(sarc.sum()), held_out_windows=int((sarc & t.labels["held_out"]).sum()),
+        test=asdict(test), train=[asdict(s) for s in recipe.train], validation=asdict(recipe.validation),
+        train_config=recipe.train_config(device=device).to_dict(), seconds=seconds,
+        notes=[f"threads {_threads()}, device {device}", f"escalation threshold {threshold:g} (monitor.escalation_threshold)"])
+
+
+def replace_test(recipe: CallRecipe, test: CallSpec) -> CallRecipe:
+    from dataclasses import replace
+
+    return replace(recipe, test=test)
+
+
+def _eval_key(recipe: CallRecipe, row: str) -> str:
+    blob = json.dumps({"recipe": recipe.summary(), "model": recipe.model_config(ROWS[row][0]).to_dict(), "row": row,
+                       "v": CALLCENTER_DATASET_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _stored_key(path: Path) -> str | None:
+    f = path / "callcenter_eval_key"
+    return f.read_text().strip() if f.exists() else None
+
+
+def _store_key(path: Path, key: str) -> None:
+    (path / "callcenter_eval_key").write_text(key + "\n")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _jsonable(x):
+    from services.training.recipes import _jsonable as j
+
+    return j(x)
+
+
+# ── presentation ────────────────────────────────────────────────────────────────────────────
+
+def render_call_report(report: CallEvalReport):
+    """A rich table: one column per row (text-only ... cross-attention), metrics down the side."""
+    from rich.table import Table
+
+    table = Table(title="fusionwatch eval --profile callcenter — sentiment on held-out simulated calls")
+    table.add_column("metric")
+    for r in report.rows:
+        table.add_column(r.name.replace("_", " "), justify="right")
+
+    def line(label, get, fmt="{:.3f}"):
+        table.add_row(label, *[_fmt(get(r), fmt) for r in report.rows])
+
+    line(f"window accuracy ({report.windows})", lambda r: r.window_accuracy)
+    line("window macro-F1", lambda r: r.window_macro_f1)
+    line(f"call accuracy ({sum(report.calls.values())})", lambda r: r.call_accuracy)
+    line("call macro-F1", lambda r: r.call_macro_f1)
+    table.add_section()
+    line(f"sarcastic windows ({report.sarcastic_windows})", lambda r: r.sarcastic_window_accuracy)
+    line(f"  held-out phrasing ({report.held_out_windows})", lambda r: r.sarcastic_held_out_accuracy)
+    line("  seen phrasing", lambda r: r.sarcastic_seen_accuracy)
+    line(f"sarcastic calls ({report.calls.get('sarcastic', 0)})", lambda r: r.sarcastic_call_accuracy)
+    table.add_section()
+    line("frustration MAE", lambda r: r.frustration_mae)
+    for t in ("calm", "frustrated", "escalating", "sarcastic"):
+        line(f"calls escalated: {t} ({report.calls.get(t, 0)})", lambda r, t=t: r.escalated.get(t))
+    notes = "; ".join(f"{r.name}: {r.note}" for r in report.rows if r.note)
+    table.caption = ("Accuracy of the sentiment (negative/neutral/positive) of windows where the customer speaks, "
+                     "and of whole calls. Same model class, encoders and training steps for every row; the "
+                     "single-modality rows see the other modality masked. " + notes)
+    return table
+
+
+def _fmt(x, fmt: str) -> str:
+    return "—" if x is None or not np.isfinite(x) else fmt.format(x)
+
+
+def call_model_card(version: str, model, info: dict) -> str:
+    cfg = model.cfg
+    n_params = sum(p.numel() for p in model.parameters())
+    val = info.get("validation", {})
+    spec = info.get("recipe_spec", {})
+    seeds = ", ".join(str(s["seed"]) for s in spec.get("train", []))
+    return f"""# fusionwatch call-centre model `{version}`
+
+Recipe **{info.get('recipe')}** (`services/training/callcenter.py`), row **{info.get('row')}**, fusion
+variant **{cfg.fusion}**, modalities {', '.join(info.get('modalities', []))}; {n_params:,} parameters
+(MiniLM text encoder, frozen, not counted). Profile: `callcenter`.
+
+## Intended use
+Per-window customer sentiment (negative / neutral / positive) and frustration (0..1) of a call,
+from its audio and speaker-tagged transcript lines (wire contract v1; the call id is the asset).
+The monitor opens an *escalation* when frustration stays at or above `monitor.escalation_threshold`
+and keeps a sentiment curve per call. Advisory: a person decides what to do with a call.
+
+## Data
+Simulated calls only (`services.simulator.callcenter`: eSpeak NG voices, four scripted call
+types), training seeds {seeds}; {info.get('train_windows')} labelled windows (customer speech
+≥ {CallSpec().min_speech_s} s per window). One phrasing of each sarcastic line is never trained on.
+Real customers, accents, noise and transcription errors are not represented: validate on your own
+calls before trusting it.
+
+## Training
+Supervised, end to end over the state encoders, fusion and heads: {info.get('steps')} steps of
+{info.get('train_config', {}).get('batch_size')} class-balanced windows, {info.get('train_seconds')} s
+on {info.get('threads')} CPU thread(s). The intra-modal autoencoders are not trained: the anomaly
+score of this checkpoint is not used by the call-centre profile (calibration is a pass-through).
+
+## Metrics (validation seed {spec.get('validation', {}).get('seed')})
+Window accuracy {_fmt(val.get('window_accuracy', float('nan')), '{:.3f}')}, window macro-F1
+{_fmt(val.get('window_macro_f1', float('nan')), '{:.3f}')}, call accuracy
+{_fmt(val.get('call_accuracy', float('nan')), '{:.3f}')}, sarcastic windows
+{_fmt(val.get('sarcastic_window_accuracy', float('nan')), '{:.3f}')}. Test-seed figures: `fusionwatch eval
+--profile callcenter`.
+"""
+
+
+# ── command bodies (`fusionwatch train/eval --profile callcenter`, see services/training/cli.py) ──
+
+def train_command(recipe: str = "standard", out: Path | None = None, variant: str = "cross", source: str = "sim",
+                  device: str = "auto", threads: int | None = None, progress: bool = True,
+                  steps: int | None = None) -> TrainedCallModel:
+    """Train the call-centre model of a recipe into a checkpoint directory and say how it did."""
+    import torch
+    from rich.console import Console
+
+    from models.scorer import pick_device
+    from services.settings import get_settings
+    from services.training.ui import progress_bars
+
+    if source != "sim":
+        raise ConfigError("the call-centre profile trains on labelled simulated calls only (--source sim); "
+                          "sentiment labels do not come with a Kafka range or an unlabelled dataset")
+    rows = {"cross": "cross_attention", "concat": "concat_fusion"}
+    if variant not in rows:
+        raise ConfigError(f"--variant {variant!r}: the call-centre heads sit on a fused summary; use cross or concat")
+    if threads:
+        torch.set_num_threads(threads)
+    settings = get_settings()
+    out = out or settings.checkpoint_dir
+    console = Console(stderr=True)
+    with progress_bars(progress, console) as bar:
+        trained = train_call_checkpoint(get_call_recipe(recipe), out, rows[variant], settings.var_dir / "datasets", bar,
+                                        pick_device(device), overrides={"steps": steps})
+    v = trained.info["validation"]
+    console.print(f"[bold green]call-centre model {trained.info['version']}[/] → {out}\n"
+                  f"  trained {trained.info['train_seconds']:.0f} s ({trained.info['steps']} steps, "
+                  f"{trained.info['threads']} thread(s)); validation: window accuracy {v['window_accuracy']:.3f}, "
+                  f"macro-F1 {v['window_macro_f1']:.3f}, call accuracy {v['call_accuracy']:.3f}")
+    return trained
+
+
+def eval_command(recipe: str = "standard", json_path: Path | None = None, retrain: bool = False,
+                 test_seed: int | None = None, test_duration: float | None = None, test_lines: int | None = None,
+                 device: str = "auto", threads: int | None = None, progress: bool = True) -> CallEvalReport:
+    """Train (or reuse) every row's model under var/eval/callcenter-<recipe>/ and print the table."""
+    import torch
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from models.scorer import pick_device
+    from services.settings import get_settings
+    from services.training.ui import progress_bars
+
+    if threads:
+        torch.set_num_threads(threads)
+    settings = get_settings()
+    r = get_call_recipe(recipe)
+    test = replace(r.test, **{k: v for k, v in {"seed": test_seed, "duration_s": test_duration,
+                                                  "lines": test_lines}.items() if v is not None})
+    console = Console(stderr=True)
+    with progress_bars(progress, console) as bar:
+        report = evaluate_callcenter(r, settings.var_dir / "eval" / f"callcenter-{r.name}", settings.var_dir / "datasets",
+                                     bar, pick_device(device), reuse=not retrain, test=test,
+                                     threshold=settings.monitor.escalation_threshold)
+    Console(width=max(140, Console().width)).print(render_call_report(report))
+    if json_path:
+        report.save(json_path)
+        console.print(f"report written to {json_path}")
+    return report

@@ -9,6 +9,14 @@ import typer
 app = typer.Typer()
 
 _RECIPE_HELP = "Training recipe: 'tiny' (seconds, tests), 'quick' (minutes, what `up` trains), 'standard' (the evaluated one)."
+_PROFILE_HELP = ("'factory' (anomalies of frames/audio/logs) or 'callcenter' (customer sentiment and frustration from "
+                 "call audio + transcript, trained on labelled simulated calls). Default: FW_PROFILE, else factory.")
+
+
+def _callcenter(profile: str | None) -> bool:
+    from services.settings import get_settings
+
+    return (profile or get_settings().profile) == "callcenter"
 
 
 @app.command()
@@ -45,6 +53,7 @@ def train(
                                  help="False-alarm budget for the thresholds: events per asset per --budget-hours."),
     budget_hours: float = typer.Option(8.0, "--budget-hours", min=0.1, help="Period of the budget (default: an 8 h shift)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    profile: str = typer.Option(None, "--profile", help=_PROFILE_HELP),
 ) -> None:
     """Train the fusion model on normal operation and save a calibrated checkpoint.
 
@@ -58,7 +67,14 @@ def train(
       fusionwatch train --recipe quick --out var/model
 
       fusionwatch train --source kafka --since 2026-01-05T06:00:00Z --until 2026-01-05T14:00:00Z
+
+      fusionwatch train --profile callcenter --recipe quick
     """
+    if _callcenter(profile):  # supervised sentiment/frustration recipe: services/training/callcenter.py
+        from services.training.callcenter import train_command
+
+        train_command(recipe, out, variant, source, device, threads, progress, fusion_steps)
+        return
     import torch
     from rich.console import Console
 
@@ -176,6 +192,9 @@ def evaluate_cmd(
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    profile: str = typer.Option(None, "--profile", help=_PROFILE_HELP + " The callcenter table: sentiment accuracy "
+                                "and macro-F1 per window and per call, and on sarcastic calls, for text-only, "
+                                "audio-only, late fusion, concatenation and cross-attention."),
 ) -> None:
     """Evaluate every model on a held-out simulator run with every fault kind.
 
@@ -184,6 +203,16 @@ def evaluate_cmd(
     fusion, concatenation fusion and cross-attention. Thresholds come from normal operation of a
     separate validation seed; nothing is tuned on the test run.
     """
+    if _callcenter(profile):  # services/training/callcenter.py: trains/reuses its rows under var/eval
+        from services.training.callcenter import eval_command
+
+        if checkpoint or per_asset or test_assets:
+            from schemas.errors import ConfigError
+
+            raise ConfigError("--checkpoint, --per-asset and --test-assets apply to the factory profile; the "
+                              "call-centre evaluation trains its own rows (use --retrain to redo them)")
+        eval_command(recipe, json_path, retrain, test_seed, test_duration, None, device, threads, progress)
+        return
     import torch
     from rich.console import Console
 
