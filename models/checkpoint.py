@@ -22,7 +22,7 @@ from models.calibration import Calibration
 from models.fusion import FusionConfig, FusionModel
 from schemas.errors import FusionwatchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: component tails (surprise) replace location/scale; audio_band component
 FILES = ("config.json", "model.safetensors", "calibration.json", "model_card.md")
 
 

@@ -19,7 +19,7 @@ Objectives (no labels needed):
 - *intra-modal normality*: frame and log-mel autoencoders (reconstruction error, per pixel / per
   mel band, which also localises the evidence), a memory bank of normal log-line embeddings
   (nearest-neighbour novelty, as PatchCore does for image patches, plus codes never seen in
-  training) and the density of the log rate;
+  training) and the log rate (its normal tail, like every component's, is fitted later);
 - *cross-modal consistency*: "replaced modality detection" — one modality of a window is swapped
   with the same modality of another window of the same asset, and a head learns, per modality,
   whether it belongs with the others (audio-visual correspondence, Arandjelović & Zisserman 2017,
@@ -46,7 +46,8 @@ from models.features import MODALITIES, FeatureConfig, WindowBatch
 COMPONENTS: tuple[tuple[str, str, bool], ...] = (
     ("frames", "frames", False),  # frame autoencoder: residual reconstruction error (local defects)
     ("frame_stats", "frames", False),  # density of the frames' feature statistics (blur, occlusion, lighting)
-    ("audio", "audio", False),
+    ("audio", "audio", False),  # log-mel autoencoder: largest error cells (bursts, tones)
+    ("audio_band", "audio", False),  # most unusual band of the time-averaged error (sustained tones)
     ("logs", "logs", False),
     ("log_rate", "logs", False),
     ("cross_frames", "frames", True),
@@ -313,22 +314,23 @@ class FusionModel(nn.Module):
         self.sentiment_head = nn.Linear(d, len(cfg.sentiment_classes)) if cfg.sentiment_classes else None
         self.frustration_head = nn.Linear(d, 1) if cfg.frustration_head else None
         # Fitted on normal data (not by gradient), saved with the weights: log-mel normalisation,
-        # the normal log-line memory bank, the log-rate histogram, and the robust location/scale
-        # of each score component.
+        # the normal log-line memory bank, the frame-statistics Gaussian, and each score
+        # component's normal tail (`tails`).
         self.register_buffer("mel_mean", torch.zeros(fc.n_mels))
         self.register_buffer("mel_std", torch.ones(fc.n_mels))
         self.register_buffer("line_bank", torch.zeros(0, 384))
-        self.register_buffer("rate_hist", torch.zeros(0))  # P(count = k), k = 0..K (last bin: K or more)
         n_stats = 2 * (cfg.frame_channels[0] + cfg.frame_channels[1])
         self.register_buffer("stats_mean", torch.zeros(n_stats))
         self.register_buffer("stats_precision", torch.eye(n_stats))
+        self.register_buffer("band_mean", torch.zeros(fc.n_mels))  # normal time-averaged log-mel error per band
+        self.register_buffer("band_std", torch.ones(fc.n_mels))
         # per component: the survival function on held-out normal windows (see `ComponentTails`)
         self.tails = ComponentTails(len(COMPONENTS))
         self.code_vocab: frozenset[str] = frozenset()
 
     # buffers whose size depends on the data are resized on load
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("line_bank", "rate_hist"):
+        for name in ("line_bank",):
             key = prefix + name
             if key in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[key]))
@@ -363,6 +365,18 @@ class FusionModel(nn.Module):
     def window_frame_stats(self, frame_stats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, S): the frames' feature statistics averaged over the window's frames."""
         return _masked_mean(frame_stats.float(), mask)
+
+    @staticmethod
+    def band_profile(mel_error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, M): each band's reconstruction error averaged over the window's received frames."""
+        return mel_error.sum(2) / mask.float().sum(1, keepdim=True).clamp_min(1.0)
+
+    def band_z(self, mel_error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, M): the band profile standardised per band against normal windows. A sustained
+        narrow tone (an imbalance line at 1x shaft speed, a squeal) raises one or two bands for the
+        whole window; the top-cells score dilutes it among the machine's normal transients, this
+        does not — and low bands, noisy in normal operation, do not drown everything else."""
+        return (self.band_profile(mel_error.float(), mask) - self.band_mean) / self.band_std
 
     def stats_distance(self, window_stats: torch.Tensor) -> torch.Tensor:
         """(B,): Mahalanobis distance of the window's frame statistics to normal ones, per dimension."""
@@ -410,9 +424,10 @@ class FusionModel(nn.Module):
         stats_comp = self.stats_distance(self.window_frame_stats(frame_stats, batch.frame_mask))  # (B,)
         mel_error = (mel.float() - mel_recon.float()).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
         audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
+        band_comp = self.band_z(mel_error, batch.audio_mask).max(1).values  # (B,)
         novelty = self.line_novelty(batch)  # (B, L)
         log_comp = novelty.max(1).values  # (B,); 0 when no line
-        rate_comp = self.rate_surprise(batch.log_count)  # (B,)
+        rate_comp = torch.log1p(batch.log_count.float())  # (B,); how unusual it is comes from its normal tail
         present = batch.present()  # (B, 3)
         if self.fusion is not None:
             logits, summary, attention_to = self.fuse(self.tokens(batch), want_weights)
@@ -423,7 +438,7 @@ class FusionModel(nn.Module):
             summary = torch.zeros(B, self.cfg.d_model, device=mel.device)
             attention_to = {}
         cross = F.softplus(logits)  # (B, 3): -log P(belongs)
-        values = {"frames": frame_comp, "frame_stats": stats_comp, "audio": audio_comp, "logs": log_comp,
+        values = {"frames": frame_comp, "frame_stats": stats_comp, "audio": audio_comp, "audio_band": band_comp, "logs": log_comp,
                   "log_rate": rate_comp, "cross_frames": cross[:, 0], "cross_audio": cross[:, 1], "cross_logs": cross[:, 2]}
         cross_ok = present & (present.sum(1, keepdim=True) >= 2) & (self.fusion is not None)
         idx = {m: i for i, m in enumerate(MODALITIES)}
@@ -454,7 +469,7 @@ class FusionModel(nn.Module):
 
     def intra_state(self) -> dict[str, torch.Tensor]:
         """Everything the intra-modal components depend on (to tell whether two models share them)."""
-        keys = ("mel_mean", "mel_std", "line_bank", "rate_hist", "stats_mean", "stats_precision")
+        keys = ("mel_mean", "mel_std", "line_bank", "stats_mean", "stats_precision", "band_mean", "band_std")
         return {k: v for k, v in self.state_dict().items() if k.startswith(self.INTRA_PREFIXES) or k in keys}
 
     def line_novelty(self, batch: WindowBatch) -> torch.Tensor:
@@ -469,13 +484,6 @@ class FusionModel(nn.Module):
             nov = torch.zeros(emb.shape[:2], device=emb.device)
         nov = torch.maximum(nov, (batch.log_code_state == CODE_UNKNOWN).float())
         return nov * batch.log_mask
-
-    def rate_surprise(self, count: torch.Tensor) -> torch.Tensor:
-        """-log P(count) under the normal log-rate histogram (Laplace smoothed)."""
-        if not self.rate_hist.numel():
-            return torch.zeros_like(count)
-        k = count.long().clamp(0, self.rate_hist.numel() - 1)
-        return -torch.log(self.rate_hist[k])
 
     def combine(self, out: FusionOutput, select: torch.Tensor | None = None):
         """Raw window score and its decomposition; see `combine_components`."""
@@ -506,6 +514,11 @@ class ComponentTails(nn.Module):
     """
 
     QUANTILES = (0.0, 0.5, 0.75, 0.9, 0.95, 0.98)  # knots; the last one is the tail threshold u
+    # Smallest tail scale per component, in its own units: below it, differences carry no meaning
+    # (a log line 0.05 in cosine distance from a known one is a paraphrase, not news). Without a
+    # floor, a component that is exactly 0 in 98 % of normal windows gets a tail fitted on specks
+    # and calls a trivial wiggle astronomically rare.
+    MIN_SIGMA = {"logs": 0.1, "log_rate": 0.1, "cross_frames": 0.05, "cross_audio": 0.05, "cross_logs": 0.05}
 
     def __init__(self, n: int):
         super().__init__()
@@ -516,8 +529,8 @@ class ComponentTails(nn.Module):
         self.register_buffer("tail", torch.tensor([0.0, 1.0]).repeat(n, 1))  # (C, 2): xi, sigma
 
     @torch.no_grad()
-    def fit(self, values: list) -> list[dict]:
-        """values[c]: 1-D numpy array of component c on normal windows."""
+    def fit(self, values: list, names: tuple[str, ...] | None = None) -> list[dict]:
+        """values[c]: 1-D numpy array of component c on normal windows; `names` pick the floors."""
         import numpy as np
 
         from models.calibration import fit_gpd
@@ -538,6 +551,8 @@ class ComponentTails(nn.Module):
             u = xs[-1]
             excess = x[x > u] - u
             xi, sigma = fit_gpd(excess, xi_bounds=(0.0, 0.5)) if len(excess) >= 5 else (0.0, max(float(np.std(x)), 1e-6))
+            floor = self.MIN_SIGMA.get(names[c], 0.0) if names else 0.0
+            sigma = max(sigma, floor, 1e-3 * (abs(float(q[1])) + float(q[-1] - q[1])))
             self.knots_x[c] = torch.tensor(xs)
             self.knots_logs[c] = torch.tensor(logs)
             self.tail[c] = torch.tensor([xi, max(sigma, 1e-9)])

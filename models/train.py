@@ -14,7 +14,7 @@ idle or at another speed in the other — rather than a trivially different came
   one modality taken from its partner (target 1 for it; with only two modalities present, both
   are inconsistent and both get 1).
 
-Fitted, not learned: log-mel normalisation, the normal-line memory bank, the log-rate histogram,
+Fitted, not learned: log-mel normalisation, the normal-line memory bank,
 the code vocabulary and, after training, each score component's location and scale on held-out
 normal windows (`fit_component_stats`).
 """
@@ -82,37 +82,41 @@ def fit_normalisers(model: FusionModel, data: WindowArrays) -> None:
         model.mel_mean.copy_(torch.from_numpy(sel.mean(0)))
         model.mel_std.copy_(torch.from_numpy(sel.std(0).clip(1e-3)))
     model.line_bank = torch.from_numpy(data.unique_lines())
-    counts = data.log_count[data.log_present]
-    k_max = int(np.percentile(counts, 99.9) * 2 + 4) if len(counts) else 8
-    hist = np.bincount(np.clip(counts, 0, k_max), minlength=k_max + 1).astype(np.float64)
-    hist = (hist + 0.5) / (hist.sum() + 0.5 * len(hist))  # Laplace-smoothed: an unseen rate is rare, not impossible
-    model.rate_hist = torch.from_numpy(hist.astype(np.float32))
     model.code_vocab = data.code_vocab()
 
 
 @torch.inference_mode()
-def fit_frame_stats(model: FusionModel, data: WindowArrays, max_windows: int = 1500, batch_size: int = 64,
-                    shrinkage: float = 0.1, device: str = "cpu") -> None:
-    """Gaussian of the windows' frame feature statistics (after the autoencoder is trained):
-    mean and a shrunk covariance (towards its average variance) for a stable precision matrix."""
+def fit_intra_statistics(model: FusionModel, data: WindowArrays, max_windows: int = 1500, batch_size: int = 64,
+                         shrinkage: float = 0.1, device: str = "cpu") -> None:
+    """After the autoencoders are trained, on normal training windows: the Gaussian of the windows'
+    frame feature statistics (mean and a covariance shrunk towards its average variance, for a
+    stable precision matrix) and each mel band's normal time-averaged reconstruction error."""
     model.eval()
     rng = np.random.default_rng(0)
-    have = np.flatnonzero((data.frame_idx >= 0).any(1))
-    if not len(have):
-        return
-    idx = np.sort(rng.choice(have, size=min(max_windows, len(have)), replace=False))
-    rows = []
+    idx = np.sort(rng.choice(len(data), size=min(max_windows, len(data)), replace=False))
+    stats_rows, band_rows = [], []
     for i in range(0, len(idx), batch_size):
         batch = data.batch(idx[i:i + batch_size], model.code_vocab).to(device)
-        _, stats = model.frames(batch.frames.flatten(0, 1), with_stats=True)
-        rows.append(model.window_frame_stats(stats.view(*batch.frame_mask.shape, -1), batch.frame_mask).cpu())
-    x = torch.cat(rows).double()  # (n, S)
-    mean = x.mean(0)
-    cov = torch.cov(x.T) if len(x) > 1 else torch.eye(x.shape[1], dtype=torch.float64)
-    target = torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-8)
-    cov = (1 - shrinkage) * cov + shrinkage * target
-    model.stats_mean.copy_(mean.float())
-    model.stats_precision.copy_(torch.linalg.inv(cov).float())
+        if batch.frame_mask.any():
+            _, stats = model.frames(batch.frames.flatten(0, 1), with_stats=True)
+            has = batch.frame_mask.any(1)
+            stats_rows.append(model.window_frame_stats(stats.view(*batch.frame_mask.shape, -1), batch.frame_mask)[has].cpu())
+        if batch.audio_mask.any():
+            mel = model.normalise_mel(batch.mel)
+            err = (mel - model.audio(mel, batch.audio_mask)).pow(2) * batch.audio_mask[:, None, :]
+            has = batch.audio_mask.any(1)
+            band_rows.append(model.band_profile(err, batch.audio_mask)[has].cpu())
+    if stats_rows:
+        x = torch.cat(stats_rows).double()  # (n, S)
+        cov = torch.cov(x.T) if len(x) > 1 else torch.eye(x.shape[1], dtype=torch.float64)
+        target = torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-8)
+        cov = (1 - shrinkage) * cov + shrinkage * target
+        model.stats_mean.copy_(x.mean(0).float())
+        model.stats_precision.copy_(torch.linalg.inv(cov).float())
+    if band_rows:
+        b = torch.cat(band_rows)
+        model.band_mean.copy_(b.mean(0))
+        model.band_std.copy_(b.std(0).clamp_min(1e-3 * float(b.mean()) + 1e-6))
 
 
 @torch.inference_mode()
@@ -150,7 +154,7 @@ def same_intra(a: FusionModel, b: FusionModel) -> bool:
 def fit_component_stats(model: FusionModel, data: WindowArrays, device: str = "cpu") -> dict[str, dict]:
     """Each component's survival function on held-out normal windows (`ComponentTails`)."""
     comps, masks = component_table(model, data, device=device)
-    info = model.tails.fit([comps[masks[:, j], j] for j in range(len(COMPONENTS))])
+    info = model.tails.fit([comps[masks[:, j], j] for j in range(len(COMPONENTS))], tuple(c[0] for c in COMPONENTS))
     return {name: i for (name, _, _), i in zip(COMPONENTS, info)}
 
 

@@ -18,7 +18,7 @@ from models.calibration import Calibration, calibrate, cluster_peaks, fit_gpd, r
 from models.data import WindowArrays
 from models.features import FeatureConfig, WindowFeatures, collate
 from models.fusion import COMPONENT_NAMES, FusionConfig, FusionModel, Tokens
-from models.train import TrainConfig, fit_component_stats, fit_frame_stats, fit_normalisers, train
+from models.train import TrainConfig, fit_component_stats, fit_intra_statistics, fit_normalisers, train
 
 FC = FeatureConfig()
 
@@ -115,13 +115,14 @@ def test_missing_audio_changes_only_what_it_should():
         audio = COMPONENT_NAMES.index("audio")
         assert bool(a.component_mask[0, audio]) and not bool(b.component_mask[0, audio])
         for name in ("frames", "frame_stats", "logs", "log_rate"):
+            assert name != "audio_band"
             j = COMPONENT_NAMES.index(name)
             assert float(a.components[0, j]) == pytest.approx(float(b.components[0, j]), abs=1e-6)
         assert float(b.mel_error.abs().sum()) == 0.0
         raw_b, _, w_b = model.combine(b)
         assert float(w_b[0, audio]) == 0.0  # no share for a modality that is not there
         if fusion == "late":
-            sel = torch.tensor([n != "audio" for n in COMPONENT_NAMES])
+            sel = torch.tensor([n not in ("audio", "audio_band") for n in COMPONENT_NAMES])
             raw_a_no_audio, _, _ = model.combine(a, select=sel)
             assert float(raw_b[0]) == pytest.approx(float(raw_a_no_audio[0]), abs=1e-5)
 
@@ -187,8 +188,7 @@ def test_fitted_statistics(arrays):
     assert np.allclose(model.mel_mean.numpy(), mel.mean(0), atol=1e-3)
     assert model.line_bank.shape[1] == 384 and len(model.line_bank) == len(np.unique(arrays.log_emb[arrays.log_mask], axis=0))
     assert model.code_vocab == frozenset({"C100", "T200"})
-    assert float(model.rate_hist.sum()) == pytest.approx(1.0, abs=1e-5)
-    fit_frame_stats(model, arrays)
+    fit_intra_statistics(model, arrays)
     batch = arrays.batch(np.arange(len(arrays)), model.code_vocab)
     with torch.no_grad():
         d_normal = model(batch).components[:, COMPONENT_NAMES.index("frame_stats")]
@@ -198,7 +198,8 @@ def test_fitted_statistics(arrays):
     stats = fit_component_stats(model, arrays)
     assert set(stats) == set(COMPONENT_NAMES)
     fitted = {k: v for k, v in stats.items() if v.get("median") is not None}
-    assert {"frames", "frame_stats", "audio", "cross_frames"} <= set(fitted)
+    assert {"frames", "frame_stats", "audio", "audio_band", "cross_frames"} <= set(fitted)
+    assert float(model.band_std.min()) > 0
     assert all(v["sigma"] > 0 and 0 <= v["xi"] <= 0.5 for v in fitted.values())
 
 
@@ -370,7 +371,7 @@ def test_calibration_refuses_too_little_data():
 def test_attribution_shares_and_regions():
     from models.attribution import audio_band, frame_region, shares
 
-    w = np.array([0.05, 0.05, 0.0, 0.2, 0.1, 0.3, 0.0, 0.3])  # frames, stats, audio (absent), logs, rate, x_f, x_a, x_l
+    w = np.array([0.05, 0.05, 0.0, 0.0, 0.2, 0.1, 0.3, 0.0, 0.3])  # frames, stats, audio, band (absent), logs, rate, x_f, x_a, x_l
     assert len(w) == len(COMPONENT_NAMES)
     s, cross = shares(w, {"frames": True, "audio": False, "logs": True})
     assert set(s) == {"frames", "logs"} and sum(s.values()) == pytest.approx(1.0, abs=1e-3)

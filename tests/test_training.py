@@ -219,3 +219,36 @@ def test_bf16_scores_match_fp32_on_cuda(tiny_train, tmp_path):
     thr = fp32.threshold("L1-S1")
     far = np.abs(a - thr) > 0.1 + 0.02 * abs(thr)
     assert np.array_equal((a >= thr)[far], (b >= thr)[far])
+
+
+def test_event_and_window_metrics_on_a_known_timeline():
+    """Two assets, 100 windows each; one fault on A at 40-60 s. Scores are high exactly there (and
+    once, briefly, on B): recall 1, one false event, and the AUROC the ties imply."""
+    from models.data import WindowArrays
+    from services.training.evaluate import event_metrics, run_lifecycle, window_metrics
+    from tests.test_models import synthetic_features
+
+    feats = [synthetic_features(i, asset=a, frames=1, lines=0) for a in ("A", "B") for i in range(100)]
+    for f, t in zip(feats, list(range(100)) * 2):
+        f.start, f.end = START + t, START + t + 2
+    data = WindowArrays.from_features(feats, FC)
+    kind = np.full(len(data), -1, np.int16)
+    overlap = np.zeros(len(data), np.float32)
+    a = data.asset_idx == data.assets.index("A")
+    t = data.start - START
+    inside = a & (t + 2 > 40) & (t < 60)
+    overlap[inside] = np.minimum(t[inside] + 2, 60) - np.maximum(t[inside], 40)
+    kind[inside] = 1
+    data.labels.update(fault_kind=kind, fault_overlap=overlap)
+    scores = np.where(inside & (overlap >= 1), 9.0, 0.0)
+    scores[~a & (t >= 80) & (t < 83)] = 9.0  # a false alarm on B, three windows long
+    auroc, auprc, positives, negatives = window_metrics(scores, data, ["k0", "k1"])
+    # 21 positives (>= 1 s inside); 179 negatives (200 minus those 21), 3 of them tied with the positives
+    assert positives["k1"] == 21 and negatives == 179 and np.isnan(auroc["k0"])
+    assert auroc["k1"] == pytest.approx((176 + 0.5 * 3) / 179)
+    events = run_lifecycle(scores, np.full(len(data), 5.0), data, open_after=2, close_after=3)
+    assert len(events) == 2
+    faults = [{"asset": "A", "kind": "k1", "start": START + 40, "end": START + 60}]
+    m = event_metrics(events, faults, asset_hours=2 * 100 / 3600, window_s=2.0, kinds=["k0", "k1"])
+    assert m["recall"] == 1.0 and m["false_events"] == 1 and m["recall_by_kind"]["k1"] == 1.0
+    assert m["false_per_asset_hour"] == pytest.approx(18.0)

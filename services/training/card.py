@@ -49,7 +49,7 @@ advisory and need review.
 ## Objectives (no labels)
 - Intra-modal normality: frame autoencoder (window-median residual error), density of frame feature
   statistics, log-mel autoencoder, nearest-neighbour novelty of log lines against
-  {int(model.line_bank.shape[0])} normal lines plus unseen codes, log-rate histogram.
+  {int(model.line_bank.shape[0])} normal lines plus unseen codes, log rate.
 - Cross-modal consistency ({'none: late fusion' if model.fusion is None else cfg.fusion}): replaced-modality
   detection (one modality swapped with a same-asset window) and a contrastive auxiliary loss.
 

@@ -34,7 +34,7 @@ from models.train import component_table, same_intra
 INTRA = INTRA_NAMES
 BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "frames_only": ("late", ("frames", "frame_stats")),
-    "audio_only": ("late", ("audio",)),
+    "audio_only": ("late", ("audio", "audio_band")),
     "logs_only": ("late", ("logs", "log_rate")),
     "late_fusion": ("late", INTRA),
     "concat_fusion": ("concat", COMPONENT_NAMES),

@@ -29,7 +29,7 @@ from models.data import WindowArrays
 from models.features import FeatureConfig
 from models.fusion import FusionConfig, FusionModel
 from models.train import (TrainConfig, TrainResult, clear_train_state, component_table, fit_component_stats,
-                          fit_frame_stats, fit_normalisers, train)
+                          fit_intra_statistics, fit_normalisers, train)
 from schemas.errors import ConfigError
 from services.training.dataset import SimSpec, simulate_dataset
 
@@ -69,7 +69,9 @@ RECIPES: dict[str, Recipe] = {
         description="a few minutes on 2 CPU cores; what `fusionwatch up` trains on first start"),
     "standard": Recipe(
         "standard", SimSpec(assets=10, seed=1, duration_s=480), SimSpec(assets=8, seed=2, duration_s=300),
-        SimSpec(assets=6, seed=3, duration_s=900, faults="all"),
+        # seed 3 (same size) was the validation run that design choices were checked on; the
+        # reported test seed 5 was not looked at before the final run
+        SimSpec(assets=6, seed=5, duration_s=900, faults="all"),
         steps=dict(intra_steps=600, fusion_steps=600),
         description="the evaluated recipe: <= 20 min on 2 CPU cores"),
 }
@@ -121,7 +123,7 @@ def fit_model(model: FusionModel, train_data: WindowArrays, calib_data: WindowAr
 
     result: TrainResult = train(model, train_data, cfg, p, state_dir=state_dir, phases=phases)
     if "intra" in phases:
-        fit_frame_stats(model, train_data, device=cfg.device)
+        fit_intra_statistics(model, train_data, device=cfg.device)
     train_s = time.perf_counter() - t0
     if progress:
         progress("calibrate", 0, 1, {})
@@ -202,7 +204,7 @@ def train_variants(recipe: Recipe, variants: tuple[str, ...], out_root: Path, ca
             progress(f"{phase} (shared)" if phase == "intra" else phase, step, steps, losses)
 
     train(base, data["train"], cfg, p, phases=("intra",))
-    fit_frame_stats(base, data["train"], device=device)
+    fit_intra_statistics(base, data["train"], device=device)
     intra_s = time.perf_counter() - t0
     from services.training.card import model_card
 
