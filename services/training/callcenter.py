@@ -46,7 +46,8 @@ from schemas.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SENTIMENT_CLASSES = ("negative", "neutral", "positive")
-CALLCENTER_DATASET_VERSION = 1  # bump when labelling or the call simulator changes
+CALLCENTER_DATASET_VERSION = 1  # bump when featurization or the call simulator changes (cached datasets)
+LABELS_VERSION = 2  # labels are re-derived on load; bump when they change (trained eval rows are redone)
 DEFAULT_START = 1767600000.0  # 2026-01-05 08:00 UTC, as the factory datasets
 # customer script stages whose second phrasing (index 1) is kept out of training: see module docstring
 HELD_OUT_STAGES = ("sarc_open", "sarc_more", "sarc_close")
@@ -100,8 +101,9 @@ def simulate_calls(spec: CallSpec, features: FeatureConfig, cache_dir: Path | No
 
     Labels: 'sentiment' (index into SENTIMENT_CLASSES, -1 = none), 'frustration' (NaN = none),
     'call_type' (index into CALL_TYPES), 'held_out' (window hears a held-out sarcastic phrasing),
-    'has_line' (a transcript line of the customer starts in the window). The calls' ground truth
-    is in meta['calls'].
+    'has_line' (a transcript line of the customer starts in the window), and the call's *mood*
+    for every window ('mood_sentiment', 'mood_frustration': the labels where the customer speaks,
+    else the customer's latest utterance so far). The calls' ground truth is in meta['calls'].
     """
     from services.simulator.callcenter import CALL_TYPES, CallCenter
     from services.training.dataset import featurize_stream, windows_from_records
@@ -109,7 +111,10 @@ def simulate_calls(spec: CallSpec, features: FeatureConfig, cache_dir: Path | No
     path = cache_dir / spec.name(features) if cache_dir else None
     if path is not None and (path / "meta.json").exists():
         log.info("call dataset cache hit: %s", path)
-        return WindowArrays.load(path)
+        data = WindowArrays.load(path)
+        # labels are cheap to derive from the stored ground truth: a labelling change needs no re-simulation
+        data.labels.update(call_window_labels(data, data.meta["calls"], spec.min_speech_s))
+        return data
     t0 = time.perf_counter()
     cc = CallCenter(spec.lines, seed=spec.seed, start_time=spec.start_time, mix=dict(spec.mix) or None)
     total = spec.duration_s * spec.lines
@@ -146,6 +151,9 @@ def call_window_labels(data: WindowArrays, calls: list[dict], min_speech_s: floa
     call_type = np.full(n, -1, np.int8)
     held_out = np.zeros(n, bool)
     has_line = np.zeros(n, bool)
+    mood_sentiment = np.full(n, SENTIMENT_CLASSES.index("neutral"), np.int8)
+    mood_frustration = np.zeros(n, np.float32)
+    mood_held_out = np.zeros(n, bool)  # the mood comes from a held-out phrasing: not trained on either
     by_id = {c["call_id"]: c for c in calls}
     for i in range(n):
         call = by_id.get(data.assets[data.asset_idx[i]])
@@ -169,8 +177,16 @@ def call_window_labels(data: WindowArrays, calls: list[dict], min_speech_s: floa
         if votes.sum() >= min_speech_s:
             sentiment[i] = int(votes.argmax())
             frustration[i] = peak
+            mood_sentiment[i], mood_frustration[i] = sentiment[i], peak
+        else:  # the call's mood: the customer's latest utterance by the window's end (neutral before any)
+            latest = [u for u in call["segments"] if u["speaker"] == "customer" and u["start"] < e]
+            if latest:
+                mood_sentiment[i] = SENTIMENT_CLASSES.index(latest[-1]["sentiment"])
+                mood_frustration[i] = float(latest[-1]["frustration"])
+                mood_held_out[i] = is_held_out_phrasing(latest[-1]["text"])
     return {"sentiment": sentiment, "frustration": frustration, "call_type": call_type, "held_out": held_out,
-            "has_line": has_line}
+            "has_line": has_line, "mood_sentiment": mood_sentiment, "mood_frustration": mood_frustration,
+            "mood_held_out": mood_held_out}
 
 
 # ── training ────────────────────────────────────────────────────────────────────────────────
@@ -187,6 +203,10 @@ class CallTrainConfig:
     warmup_steps: int = 30
     frustration_weight: float = 2.0  # MSE on 0..1 is small next to cross-entropy
     balance_classes: bool = True  # draw each sentiment class equally often: positive windows are rare
+    # share of each batch drawn from windows without customer speech, whose *sentiment* is trained
+    # towards the call's mood (the customer's latest utterance): the monitor scores those windows
+    # too, and the call's sentiment curve and outcome must not swing whenever the agent talks
+    mood_fraction: float = 0.25
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None = leave as is
     device: str = "cpu"
@@ -201,6 +221,7 @@ class CallTrainResult:
     seconds: float
     final_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # process CPU time: comparable on a shared machine, unlike wall time
 
 
 def keep_modalities(batch, keep: tuple[str, ...]):
@@ -222,6 +243,15 @@ def keep_modalities(batch, keep: tuple[str, ...]):
 def trainable_windows(data: WindowArrays) -> np.ndarray:
     """Labelled windows that may be trained on: never one hearing a held-out sarcastic phrasing."""
     return np.flatnonzero((data.labels["sentiment"] >= 0) & ~data.labels["held_out"])
+
+
+def mood_windows(data: WindowArrays) -> np.ndarray:
+    """Windows without (enough) customer speech, trained towards the call's mood. Never one that
+    hears a held-out phrasing, nor one whose mood comes from such an utterance."""
+    if "mood_sentiment" not in data.labels:
+        return np.zeros(0, np.int64)
+    unlabelled = (data.labels["sentiment"] < 0) & (data.labels["call_type"] >= 0)
+    return np.flatnonzero(unlabelled & ~data.labels["held_out"] & ~data.labels["mood_held_out"])
 
 
 def train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tuple[str, ...] = MODALITY_SETS["fused"],
@@ -248,9 +278,16 @@ def train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tupl
     y_all = data.labels["sentiment"]
     by_class = [pool[y_all[pool] == k] for k in range(len(SENTIMENT_CLASSES))]
     by_class = [p for p in by_class if len(p)]
+    mood_pool = mood_windows(data)
+    n_mood = int(round(cfg.batch_size * cfg.mood_fraction)) if len(mood_pool) else 0
+    n_lab = cfg.batch_size - n_mood
+    y_mood = np.where(y_all >= 0, y_all, data.labels["mood_sentiment"]).astype(np.int64)
+    # frustration is a property of the customer's voice: trained only where the customer speaks (an
+    # agent-only window cannot tell how angry the customer is, and guessing would open escalations)
+    f_all = data.labels["frustration"].astype(np.float32)
     params = [p for n, p in model.named_parameters() if not n.startswith(model.INTRA_PREFIXES)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     history: list[dict[str, float]] = []
     loss_value = float("nan")
     for step in range(cfg.steps):
@@ -258,16 +295,19 @@ def train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tupl
         for g in opt.param_groups:
             g["lr"] = lr
         if cfg.balance_classes:
-            idx = np.concatenate([p[rng.integers(len(p), size=cfg.batch_size // len(by_class))] for p in by_class])
+            idx = np.concatenate([p[rng.integers(len(p), size=n_lab // len(by_class))] for p in by_class])
         else:
-            idx = pool[rng.integers(len(pool), size=cfg.batch_size)]
+            idx = pool[rng.integers(len(pool), size=n_lab)]
+        if n_mood:
+            idx = np.concatenate([idx, mood_pool[rng.integers(len(mood_pool), size=n_mood)]])
         model.train()
         batch = keep_modalities(data.batch(idx, model.code_vocab), keep).to(cfg.device)
         _, summary, _ = model.fuse(model.tokens(batch))
-        y = torch.from_numpy(y_all[idx].astype(np.int64)).to(cfg.device)
-        f = torch.from_numpy(data.labels["frustration"][idx].astype(np.float32)).to(cfg.device)
+        y = torch.from_numpy(y_mood[idx]).to(cfg.device)
+        f = torch.from_numpy(f_all[idx]).to(cfg.device)
+        heard = ~torch.isnan(f)
         ce = F.cross_entropy(model.sentiment_head(summary), y)
-        mse = F.mse_loss(torch.sigmoid(model.frustration_head(summary)).squeeze(1), f)
+        mse = F.mse_loss(torch.sigmoid(model.frustration_head(summary)).squeeze(1)[heard], f[heard])
         loss = ce + cfg.frustration_weight * mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -279,7 +319,7 @@ def train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tupl
         if progress:
             progress(step + 1, cfg.steps, {"loss": loss_value})
     model.eval()
-    return CallTrainResult(cfg.steps, time.perf_counter() - t0, loss_value, history)
+    return CallTrainResult(cfg.steps, time.perf_counter() - t0, loss_value, history, time.process_time() - cpu0)
 
 
 def predict(model, data: WindowArrays, keep: tuple[str, ...] = MODALITY_SETS["fused"], idx: np.ndarray | None = None,
@@ -316,8 +356,14 @@ class CallRow:
     sarcastic_call_accuracy: float
     sarcastic_held_out_accuracy: float  # windows hearing a phrasing never trained on
     sarcastic_seen_accuracy: float  # sarcastic windows whose phrasing was trained on
+    # where the customer's transcript line is in the window (text has the words) and where it is
+    # not (the line is stamped at the utterance's start; later windows of it only hear it)
+    with_line_accuracy: float
+    without_line_accuracy: float
+    sarcastic_held_out_with_line_accuracy: float  # positive words never trained on, in the window
     frustration_mae: float
-    escalated: dict[str, float]  # call type -> fraction of calls with an escalation event
+    outcome_accuracy: float  # the call summary's "overall" (monitor's rule) vs the customer's last utterance
+    escalated: dict[str, float]  # call type -> fraction of complete calls with an escalation event
     confusion: list[list[int]]  # rows: true class, columns: predicted (SENTIMENT_CLASSES order)
     note: str = ""
 
@@ -380,6 +426,27 @@ def call_predictions(data: WindowArrays, probs: np.ndarray) -> dict[str, int]:
     return out
 
 
+def call_outcomes(data: WindowArrays, probs: np.ndarray, calls: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) outcome per call in `calls`: truth is the sentiment of the customer's last
+    utterance; the prediction is the monitor's call-summary rule (`services.monitor.sink`: the
+    class with the highest mean probability over the last third of *all* the call's windows)."""
+    last = {}
+    for c in data.meta.get("calls", []):
+        said = [u for u in c["segments"] if u["speaker"] == "customer"]
+        if said and c["call_id"] in calls:
+            last[c["call_id"]] = SENTIMENT_CLASSES.index(said[-1]["sentiment"])
+    true, guess = [], []
+    for a, asset in enumerate(data.assets):
+        if asset not in last:
+            continue
+        idx = np.flatnonzero(data.asset_idx == a)
+        idx = idx[np.argsort(data.start[idx])]
+        tail = idx[-max(1, len(idx) // 3):]
+        true.append(last[asset])
+        guess.append(int(probs[tail].mean(0).argmax()))
+    return np.array(true, int), np.array(guess, int)
+
+
 def escalations(data: WindowArrays, frustration: np.ndarray, threshold: float = 0.6, open_after: int = 2,
                 close_after: int = 3) -> dict[str, int]:
     """Escalation events per call: the monitor's own hysteresis lifecycle over every window of
@@ -404,6 +471,7 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
     sarc = lab & (data.labels["call_type"] == CALL_TYPES.index("sarcastic"))
     held = sarc & data.labels["held_out"]
     seen = sarc & ~data.labels["held_out"]
+    line = data.labels["has_line"]
 
     def acc(sel) -> float:
         return float(accuracy_score(y[sel], yp[sel])) if sel.any() else float("nan")
@@ -415,11 +483,14 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
     types = {c["call_id"]: c["call_type"] for c in data.meta.get("calls", [])}
     sarc_calls = np.array([types.get(i) == "sarcastic" for i in ids], bool)
     esc = escalations(data, pred.frustration, threshold)
+    run_end = float(data.start.max()) + data.features.window_s if len(data) else 0.0
+    complete = {c["call_id"] for c in data.meta.get("calls", []) if c["end"] <= run_end}  # not cut by the run's end
     escalated = {}
     for t in CALL_TYPES:
-        calls_t = [i for i in ids if types.get(i) == t]
+        calls_t = [i for i in ids if types.get(i) == t and i in complete]
         escalated[t] = float(np.mean([esc.get(i, 0) > 0 for i in calls_t])) if calls_t else float("nan")
     f_true = data.labels["frustration"]
+    outcome_true, outcome_pred = call_outcomes(data, pred.probs, complete)
     return CallRow(
         name=name, window_accuracy=acc(lab), window_macro_f1=float(f1_score(y[lab], yp[lab], average="macro")),
         call_accuracy=float(accuracy_score(ct, cp)) if len(ids) else float("nan"),
@@ -427,7 +498,10 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
         sarcastic_window_accuracy=acc(sarc),
         sarcastic_call_accuracy=float(accuracy_score(ct[sarc_calls], cp[sarc_calls])) if sarc_calls.any() else float("nan"),
         sarcastic_held_out_accuracy=acc(held), sarcastic_seen_accuracy=acc(seen),
+        with_line_accuracy=acc(lab & line), without_line_accuracy=acc(lab & ~line),
+        sarcastic_held_out_with_line_accuracy=acc(held & line),
         frustration_mae=float(np.abs(pred.frustration[lab] - f_true[lab]).mean()),
+        outcome_accuracy=float(np.mean(outcome_true == outcome_pred)) if len(outcome_true) else float("nan"),
         escalated=escalated,
         confusion=confusion_matrix(y[lab], yp[lab], labels=list(range(len(SENTIMENT_CLASSES)))).tolist(),
         note=note,
@@ -493,7 +567,7 @@ class CallRecipe:
 
 CALL_RECIPES: dict[str, CallRecipe] = {
     "tiny": CallRecipe(
-        "tiny", (CallSpec(lines=2, seed=201, duration_s=240),), CallSpec(lines=2, seed=202, duration_s=120),
+        "tiny", (CallSpec(lines=2, seed=201, duration_s=180),), CallSpec(lines=2, seed=202, duration_s=90),
         CallSpec(lines=2, seed=203, duration_s=180), tiny_model=True, steps=(("steps", 120), ("batch_size", 24)),
         description="about a minute; tests and smoke runs"),
     "quick": CallRecipe(
@@ -569,7 +643,8 @@ def train_call_checkpoint(recipe: CallRecipe, out_dir: Path, row: str = "cross_a
     result = train_call_model(model, data["train"], cfg, keep, p)
     val = score_row(row, data["validation"], Predictions(*predict(model, data["validation"], keep, device=device)))
     info = {"profile": "callcenter", "recipe": recipe.name, "row": row, "modalities": list(keep),
-            "train_seconds": round(result.seconds, 1), "steps": result.steps, "final_loss": round(result.final_loss, 4),
+            "train_seconds": round(result.seconds, 1), "train_cpu_seconds": round(result.cpu_seconds, 1),
+            "steps": result.steps, "final_loss": round(result.final_loss, 4),
             "threads": _threads(), "train_config": cfg.to_dict(), "recipe_spec": recipe.summary(),
             "train_windows": int(len(trainable_windows(data["train"]))),
             "validation": {"window_accuracy": val.window_accuracy, "window_macro_f1": val.window_macro_f1,
@@ -670,7 +745,8 @@ def replace_test(recipe: CallRecipe, test: CallSpec) -> CallRecipe:
 
 def _eval_key(recipe: CallRecipe, row: str) -> str:
     blob = json.dumps({"recipe": recipe.summary(), "model": recipe.model_config(ROWS[row][0]).to_dict(), "row": row,
-                       "v": CALLCENTER_DATASET_VERSION}, sort_keys=True, default=str)
+                       "train": recipe.train_config().to_dict(), "v": CALLCENTER_DATASET_VERSION,
+                       "labels": LABELS_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -711,21 +787,26 @@ def render_call_report(report: CallEvalReport):
 
     line(f"window accuracy ({report.windows})", lambda r: r.window_accuracy)
     line("window macro-F1", lambda r: r.window_macro_f1)
+    line("  with the customer's line", lambda r: r.with_line_accuracy)
+    line("  without it (speech only)", lambda r: r.without_line_accuracy)
     line(f"call accuracy ({sum(report.calls.values())})", lambda r: r.call_accuracy)
     line("call macro-F1", lambda r: r.call_macro_f1)
     table.add_section()
     line(f"sarcastic windows ({report.sarcastic_windows})", lambda r: r.sarcastic_window_accuracy)
     line(f"  held-out phrasing ({report.held_out_windows})", lambda r: r.sarcastic_held_out_accuracy)
+    line("    with the customer's line", lambda r: r.sarcastic_held_out_with_line_accuracy)
     line("  seen phrasing", lambda r: r.sarcastic_seen_accuracy)
     line(f"sarcastic calls ({report.calls.get('sarcastic', 0)})", lambda r: r.sarcastic_call_accuracy)
     table.add_section()
     line("frustration MAE", lambda r: r.frustration_mae)
+    line("call outcome (summary rule)", lambda r: r.outcome_accuracy)
     for t in ("calm", "frustrated", "escalating", "sarcastic"):
-        line(f"calls escalated: {t} ({report.calls.get(t, 0)})", lambda r, t=t: r.escalated.get(t))
+        line(f"calls escalated: {t}", lambda r, t=t: r.escalated.get(t))
     notes = "; ".join(f"{r.name}: {r.note}" for r in report.rows if r.note)
-    table.caption = ("Accuracy of the sentiment (negative/neutral/positive) of windows where the customer speaks, "
-                     "and of whole calls. Same model class, encoders and training steps for every row; the "
-                     "single-modality rows see the other modality masked. " + notes)
+    table.caption = ("Sentiment (negative/neutral/positive) of windows where the customer speaks, and of whole "
+                     "calls; escalations: the monitor's lifecycle on predicted frustration, complete calls only. "
+                     "Same model class, encoders and training steps for every row; the single-modality rows see "
+                     "the other modality masked. " + notes)
     return table
 
 
