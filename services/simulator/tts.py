@@ -73,15 +73,19 @@ class _Espeak:
         self.lib.espeak_SetSynthCallback(self._callback)
 
     def synth(self, text: str, voice: str, tone: Tone) -> np.ndarray:
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            self.lib.espeak_SetVoiceByName(b"en")
-        for param, value in ((_RATE, tone.rate_wpm), (_VOLUME, tone.volume), (_PITCH, tone.pitch), (_RANGE, tone.pitch_range)):
-            self.lib.espeak_SetParameter(param, int(value), 0)
-        self._chunks = []
-        data = text.encode("utf-8") + b"\0"
-        self.lib.espeak_Synth(data, len(data), 0, 0, 0, 0, None, None)
-        self.lib.espeak_Synchronize()
-        pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        from services.espeak import ESPEAK_LOCK
+
+        with ESPEAK_LOCK:  # one global engine: re-install our callback and parameters (services/espeak.py)
+            self.lib.espeak_SetSynthCallback(self._callback)
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                self.lib.espeak_SetVoiceByName(b"en")
+            for param, value in ((_RATE, tone.rate_wpm), (_VOLUME, tone.volume), (_PITCH, tone.pitch), (_RANGE, tone.pitch_range)):
+                self.lib.espeak_SetParameter(param, int(value), 0)
+            self._chunks = []
+            data = text.encode("utf-8") + b"\0"
+            self.lib.espeak_Synth(data, len(data), 0, 0, 0, 0, None, None)
+            self.lib.espeak_Synchronize()
+            pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return pcm.astype(np.float32) / 32768.0
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # espeak_AUDIO_OUTPUT / espeak_PARAMETER / flags from speak_lib.h
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_RATE = 1
+_ESPEAK_VOLUME, _ESPEAK_PITCH, _ESPEAK_RANGE = 2, 3, 4  # espeak_PARAMETER: defaults 100, 50, 50
 _ESPEAK_CHARS_UTF8 = 1
 _POS_CHARACTER = 1
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -85,12 +86,16 @@ class _LibEspeak:
         return 0  # 0 = continue synthesis
 
     def synth(self, text: str, voice: str, wpm: int) -> np.ndarray:
-        with self.lock:
-            if self._voice != (voice, wpm):
-                if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                    raise ValueError(f"espeak-ng has no voice {voice!r}; try 'en-us' or 'en'")
-                self.lib.espeak_SetParameter(_ESPEAK_RATE, int(wpm), 0)
-                self._voice = (voice, wpm)
+        from services.espeak import ESPEAK_LOCK
+
+        with self.lock, ESPEAK_LOCK:
+            # the engine is global (services/espeak.py): re-install our callback, voice and parameters
+            self.lib.espeak_SetSynthCallback(self._callback)
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise ValueError(f"espeak-ng has no voice {voice!r}; try 'en-us' or 'en'")
+            for param, value in ((_ESPEAK_RATE, int(wpm)), (_ESPEAK_VOLUME, 100), (_ESPEAK_PITCH, 50), (_ESPEAK_RANGE, 50)):
+                self.lib.espeak_SetParameter(param, value, 0)
+            self._voice = (voice, wpm)
             self._chunks = []
             data = text.encode("utf-8")
             rc = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None)
