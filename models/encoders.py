@@ -41,6 +41,15 @@ def _up(cin: int, cout: int, kernel=4, stride=2, padding=1, act: bool = True) ->
     return nn.Sequential(*layers)
 
 
+def _mean_std(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and population std over the spatial dims of (N, C, H, W), in two passes:
+    torch's CPU `std` took 17.5 ms for the first layer of 128 frames, this 4.1 ms (one thread), for
+    the same result (relative difference ~1e-7). The monitor computes it for every frame it scores."""
+    flat = h.flatten(2)  # (N, C, H*W)
+    mean = flat.mean(2, keepdim=True)
+    return mean.squeeze(2), (flat - mean).square().mean(2).sqrt()
+
+
 class FrameAutoencoder(nn.Module):
     """Single frames -> a narrow convolutional code -> the frame again. Trained on normal frames
     only, its per-pixel error marks what normal frames lack (a scratch, a missing cap, a smudge)."""
@@ -72,7 +81,7 @@ class FrameAutoencoder(nn.Module):
         recon = torch.sigmoid(self.dec[2](y)[:, :, :H, :W])  # (N, 3, H, W)
         if not with_stats:
             return recon
-        stats = torch.cat([h1.mean((2, 3)), h1.std((2, 3), correction=0), h2.mean((2, 3)), h2.std((2, 3), correction=0)], dim=1)
+        stats = torch.cat([*_mean_std(h1), *_mean_std(h2)], dim=1)
         return recon, stats
 
     @staticmethod
