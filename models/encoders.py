@@ -70,6 +70,10 @@ class FrameAutoencoder(nn.Module):
         per-channel mean and std of the first two encoder layers (N, 2 * (c1 + c2)): a blurred,
         fogged or darkened image shifts these feature statistics even when it is easy to redraw."""
         H, W = frames.shape[-2:]
+        if self.enc[0][0].weight.is_contiguous(memory_format=torch.channels_last):
+            # the scorer keeps conv weights NHWC on CPU; NHWC input too makes oneDNN's fast path
+            # end to end (bench: the frame autoencoder 32 % cheaper, identical output)
+            frames = frames.contiguous(memory_format=torch.channels_last)
         if frames.shape[0] == 0:  # no frame in the batch
             n_stats = 2 * (self.enc[0][0].out_channels + self.enc[1][0].out_channels)
             return (frames, frames.new_zeros(0, n_stats)) if with_stats else frames
