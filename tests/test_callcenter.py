@@ -270,7 +270,7 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
         elif any(u.frustration >= 0.7 for u in heard):  # the angry part was streamed
             assert call_id in escalated, f"{call.call_type} call {call_id} did not escalate"
             assert row.peak_frustration >= settings.monitor.escalation_threshold
-            assert row.overall == "negative"
+            # (row.overall follows how the call ENDS, which may be calm again; not asserted)
             checked["angry"] += 1
     assert checked["calm"] >= 1 and checked["angry"] >= 1, checked
     # evidence of an escalation is the transcript, speaker-tagged
