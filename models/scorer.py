@@ -59,10 +59,15 @@ class AnomalyScorer:
     def __init__(self, model: FusionModel, calibration: Calibration | None, version: str, device: str = "cpu",
                  bf16: bool = True):
         self.model = model.to(device).eval()
+        self.frame_memo = None
         if not device.startswith("cuda"):
             # NHWC weights for the frame autoencoder, the model's largest cost on CPU: oneDNN's
             # faster convolutions, bit-identical scores (`fusionwatch bench`; docs/performance.md)
             self.model.frames.to(memory_format=torch.channels_last)
+            # each frame is in two overlapping windows: autoencode it once (models/framememo.py)
+            from models.framememo import FrameMemo
+
+            self.frame_memo = FrameMemo(self.model.frames)
         self.device = device
         self.bf16 = bf16 and device.startswith("cuda")
         self.version = version
