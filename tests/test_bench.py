@@ -116,6 +116,33 @@ def test_bench_decode_measures_both_sides(tmp_path):
     assert json.loads(path.read_text())["summary"]["draft_speedup_320x240"] > 0
 
 
+def test_frame_memo_reuses_frames_of_overlapping_windows_exactly():
+    """The scorer's per-frame memo (models/framememo.py): same outputs, each frame encoded once."""
+    import torch
+
+    from models.fusion import FusionConfig, FusionModel
+    from models.framememo import FrameMemo
+
+    torch.manual_seed(0)
+    ae = FusionModel(FusionConfig.tiny()).frames.eval()
+    frames = torch.rand(6, 3, 60, 80)
+    with torch.inference_mode():
+        want_recon, want_stats = ae(frames, with_stats=True)
+        memo = FrameMemo(ae, max_frames=8)
+        first = ae(frames[:4])  # window 1: frames 0-3
+        recon, stats = ae(frames[2:6], with_stats=True)  # window 2 overlaps: frames 2-5
+    assert torch.equal(first, want_recon[:4])
+    assert torch.equal(recon, want_recon[2:6]) and torch.equal(stats, want_stats[2:6])
+    assert (memo.hits, memo.misses) == (2, 6) and len(memo) == 6
+    with torch.inference_mode():
+        ae(torch.rand(5, 3, 60, 80))
+    assert len(memo) == 8  # bounded: least recently used frames dropped
+    memo.max_frames = 0  # the naive baseline: no memo
+    with torch.inference_mode():
+        assert torch.equal(ae(frames[:2]), want_recon[:2])
+    assert memo.hits == 2
+
+
 def test_record_bank_replays_with_fresh_times():
     """The pipeline's producer sends simulator records with rewritten ce_time, in order."""
     from schemas.envelope import Accepted, Kind, decode, parse_time

@@ -71,7 +71,7 @@ def model_cmd(
     tiny: bool = typer.Option(False, help="Use the tiny test config instead of the default (smoke runs)."),
     text: str = typer.Option("random", help="Log-line embeddings fed to the model: 'random' (cached random unit "
                              "vectors, no MiniLM weights needed) or 'minilm' (embed simulated PLC lines once)."),
-    line_bank: int = typer.Option(2048, help="Normal-line memory bank size for a random-init model "
+    line_bank: int = typer.Option(256, help="Normal-line memory bank size for a random-init model "
                                   "(a trained checkpoint brings its own)."),
     min_time: float = typer.Option(2.0, help="Seconds measured per case (after warm-up)."),
     threads: int = typer.Option(None, help="torch intra-op threads on CPU (default: torch's choice)."),
@@ -139,6 +139,7 @@ def pipeline_cmd(
                                   "runs, optimised vs naive; 0 skips them."),
     backlog_assets: int = typer.Option(16, help="Assets in the capacity runs."),
     modes: str = typer.Option("optimised,naive", help="Which monitor modes to run: optimised, naive or both."),
+    realtime_modes: str = typer.Option(None, help="Modes of the real-time runs (default: --modes; 'none' skips them)."),
     search: bool = typer.Option(False, help="Search for the largest number of assets one monitor sustains in "
                                 "real time (lag bounded, p95 decision latency within --p95-budget)."),
     search_max: int = typer.Option(64, help="Upper bound of the search."),
@@ -166,12 +167,19 @@ def pipeline_cmd(
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     if not set(mode_list) <= {"optimised", "naive"} or not mode_list:
         raise typer.BadParameter("--modes takes optimised and/or naive")
+    rt_modes = None
+    if realtime_modes is not None:
+        rt_modes = [m.strip() for m in realtime_modes.split(",") if m.strip() and m.strip() != "none"]
+        if not set(rt_modes) <= {"optimised", "naive"}:
+            raise typer.BadParameter("--realtime-modes takes optimised, naive or none")
     cfg = PipelineBenchConfig(
         assets=_ints(assets, "--assets"), duration_s=duration, warmup_s=warmup, backlog_s=backlog, backlog_assets=backlog_assets,
-        modes=mode_list, search=search, search_max=search_max, p95_budget_s=p95_budget, processes=processes,
+        modes=mode_list, realtime_modes=rt_modes, search=search, search_max=search_max, p95_budget_s=p95_budget, processes=processes,
         partitions=partitions, checkpoint=checkpoint, random_init=random_init, tiny=tiny, threads=threads,
         bootstrap=bootstrap)
     step, status = _progress()
     with status:
         result = run_pipeline_bench(cfg, step)
-    _out(result, json_path)
+    _out(result, json_path, columns=["run", "mode", "processes", "assets", "windows", "windows/s", "windows/cpu-s",
+                                     "cpu ms/window", "model ms/window", "cpu cores", "rss MiB", "p50 s", "p95 s",
+                                     "p99 s", "max lag s", "sustained", "late", "windows by process"])

@@ -53,7 +53,7 @@ class ModelBenchConfig:
     checkpoint: Path | None = None
     tiny: bool = False
     text: str = "random"  # random | minilm
-    line_bank: int = 2048
+    line_bank: int = 256  # a trained plant model keeps tens to hundreds of distinct normal lines
     log_lines: int = 4  # lines per synthetic window (the PLC sends ~1 a second; bursts more)
     min_time_s: float = 2.0
     threads: int | None = None

@@ -301,7 +301,7 @@ class Harness:
         series: list[list[float]] = []
         try:
             deadline = time.monotonic() + cfg.start_timeout_s + max(120.0, 4.0 * n * secs / max(cfg.fps, 1))
-            t_first = cpu_first = None
+            t_first = cpu_first = model_first = None
             last_windows, stable_since = -1, None
             while time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -310,15 +310,19 @@ class Harness:
                 records = sum(s.get("records", 0) for s in st)
                 windows = sum(s.get("windows", 0) for s in st)
                 cpu, rss = workers.usage()
+                model_cpu = sum(s.get("model_cpu_s", 0.0) for s in st)
                 now = time.time()
                 if records and t_first is None:
-                    t_first, cpu_first = now, cpu
+                    t_first, cpu_first, model_first = now, cpu, model_cpu
                 if t_first is not None:
-                    series.append([round(now - t_first, 2), len(items) - records, windows, round(cpu - cpu_first, 2), round(rss, 1)])
+                    series.append([round(now - t_first, 2), len(items) - records, windows, round(cpu - cpu_first, 2),
+                                   round(rss, 1), round(model_cpu - model_first, 2)])
                 self.step(f"capacity {mode} ×{processes}: {records}/{len(items)} records, {windows} windows")
-                if records >= rep.sent and windows == last_windows and windows > 0:
+                idle = all(s.get("buffered", 1) == 0 and s.get("pending", 1) == 0 and s.get("in_flight", 1) == 0
+                           for s in st)
+                if records >= rep.sent and windows == last_windows and windows > 0 and idle:
                     stable_since = stable_since or now
-                    if now - stable_since >= 2.0:
+                    if now - stable_since >= 1.0:
                         break
                 else:
                     stable_since = None
@@ -336,7 +340,10 @@ class Harness:
                "cpu cores": cpu_used / wall, "rss MiB": max(s[4] for s in series),
                "plant s per wall s": n * secs / wall,
                "late": sum(s.get("late", 0) for s in final), "rejected": sum(s.get("rejected", 0) for s in final),
-               "windows by process": [s.get("windows", 0) for s in final]}
+               "windows by process": [s.get("windows", 0) for s in final],
+               "events": sum(s.get("events_opened", 0) for s in final),
+               "cpu ms/window": 1000 * cpu_used / max(last_windows, 1),
+               "model ms/window": 1000 * end[5] / max(last_windows, 1)}
         return RunResult("capacity", mode, processes, n, row, series)
 
     # real time: N assets at 1x
@@ -368,7 +375,9 @@ class Harness:
                 cpu, rss = workers.usage()
                 t = time.time() - origin
                 lag = max(rep.sent - records, 0)
-                series.append([round(t, 2), lag, round(lag / rate, 3), windows, round(cpu - cpu0, 2), round(rss, 1)])
+                model_cpu = sum(s.get("model_cpu_s", 0.0) for s in st)
+                series.append([round(t, 2), lag, round(lag / rate, 3), windows, round(cpu - cpu0, 2), round(rss, 1),
+                               round(model_cpu, 2)])
                 threads.append((t, _merge_threads(st)))
                 self.step(f"real time {mode}, {assets} assets: t={t:.0f}/{duration_s:.0f} s, lag {lag} records, "
                           f"{windows} windows")
@@ -385,7 +394,7 @@ class Harness:
         steady = [p for p in series if warmup <= p[0] <= duration_s]
         second_half = [p for p in steady if p[0] >= (warmup + duration_s) / 2] or steady
         max_lag_s = max((p[2] for p in second_half), default=float("nan"))
-        win_rate = cpu_cores = float("nan")
+        win_rate = cpu_cores = cpu_ms = model_ms = float("nan")
         kept_pace = False
         if len(steady) >= 2:
             dt = steady[-1][0] - steady[0][0]
@@ -393,6 +402,9 @@ class Harness:
             cpu_cores = (steady[-1][4] - steady[0][4]) / dt
             # hop 1 s: one window per asset per second; 2 s of slack for the 1 s sampling
             kept_pace = steady[-1][3] - steady[0][3] >= assets * (dt - 2.0)
+            done = max(steady[-1][3] - steady[0][3], 1)
+            cpu_ms = 1000 * (steady[-1][4] - steady[0][4]) / done
+            model_ms = 1000 * (steady[-1][6] - steady[0][6]) / done
         p95 = quantile(lat, 0.95)
         sustained = bool(lat) and p95 <= cfg.p95_budget_s and max_lag_s <= cfg.lag_budget_s and kept_pace
         split = _thread_split([x for x in threads if warmup <= x[0] <= duration_s])
@@ -401,7 +413,8 @@ class Harness:
                "windows/cpu-s": win_rate / cpu_cores if cpu_cores and cpu_cores > 0 else None,
                "cpu cores": cpu_cores, "rss MiB": max((p[5] for p in series), default=None),
                "p50 s": quantile(lat, 0.5), "p95 s": p95, "p99 s": quantile(lat, 0.99), "max lag s": max_lag_s,
-               "sustained": sustained, "cpu by thread": split,
+               "sustained": sustained, "cpu by thread": split, "cpu ms/window": cpu_ms, "model ms/window": model_ms,
+               "events": sum(s.get("events_opened", 0) for s in final),
                "windows by process": [s.get("windows", 0) for s in final]}
         return RunResult("realtime", mode, processes, assets, row, series, sustained)
 
@@ -496,7 +509,7 @@ def _run_all(cfg: PipelineBenchConfig, bootstrap: str, ckpt: Path, workdir: Path
                 r = h.capacity(mode, p)
                 capacity[(mode, p)] = r
                 result.rows.append(r.row)
-                result.series[f"capacity {mode} {p}p"] = {"columns": ["t_s", "backlog_records", "windows", "cpu_s", "rss_mb"],
+                result.series[f"capacity {mode} {p}p"] = {"columns": ["t_s", "backlog_records", "windows", "cpu_s", "rss_mb", "model_cpu_s"],
                                                           "points": r.series}
         opt, naive = capacity.get(("optimised", 1)), capacity.get(("naive", 1))
         if opt and naive:
@@ -509,7 +522,7 @@ def _run_all(cfg: PipelineBenchConfig, bootstrap: str, ckpt: Path, workdir: Path
         for mode in (cfg.modes if cfg.realtime_modes is None else cfg.realtime_modes):
             r = h.realtime(mode, n, cfg.duration_s, cfg.processes if mode == "optimised" else 1)
             result.rows.append(r.row)
-            result.series[f"realtime {mode} {n}a"] = {"columns": ["t_s", "lag_records", "lag_s", "windows", "cpu_s", "rss_mb"],
+            result.series[f"realtime {mode} {n}a"] = {"columns": ["t_s", "lag_records", "lag_s", "windows", "cpu_s", "rss_mb", "model_cpu_s"],
                                                       "points": r.series}
     if cfg.search:
         best, tried = _search(h, cfg, result)

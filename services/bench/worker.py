@@ -10,7 +10,8 @@ the producer's CPU never counts against the monitor.
 The naive mode is the same monitor and scorer with their optimisations switched off by options,
 not a second code path: one window per model call (`max_batch=1`, no wait), no overlap of the
 score/SQL stage with consumption (the consume thread waits for each commit), frames decoded at the
-camera's full size and resized by the featurizer (no JPEG draft), no text-embedding cache, and
+camera's full size and resized by the featurizer (no JPEG draft), no text-embedding cache, no
+per-frame autoencoder memo, and
 torch's default thread count (all cores; the monitor's default leaves one core to consumption).
 """
 
@@ -98,8 +99,11 @@ def build(spec: WorkerSpec):
     scorer = AnomalyScorer.load(Path(spec.checkpoint), device="cpu")
     if spec.mode == "naive":
         scorer.featurizer.text.cache_size = 0  # every line embedded again, in every window it falls in
+        if getattr(scorer, "frame_memo", None) is not None:
+            scorer.frame_memo.max_frames = 0  # every frame autoencoded again in each of its two windows
         scorer = _FullDecode(scorer, spec.camera_size)
     warm_up(scorer)
+    _time_model(scorer)
     monitor = Monitor(settings, spec.bootstrap, engine, scorer, Topics.from_settings(ks), group_id=spec.group)
     return monitor, engine
 
@@ -122,6 +126,26 @@ def warm_up(scorer) -> None:
     scorer.score([win])
 
 
+MODEL_CPU = [0.0]  # CPU seconds spent inside the fusion model's forward (score thread)
+
+
+def _time_model(scorer) -> None:
+    """Count the CPU time of the model's forward pass, so the harness can split the monitor's
+    cost into "the model" (what a GPU takes over) and "everything else" (what stays on the CPU)."""
+    inner = scorer._scorer if isinstance(scorer, _FullDecode) else scorer
+    model = inner.model
+    forward = model.forward
+
+    def timed(*args, **kwargs):
+        t0 = time.thread_time()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            MODEL_CPU[0] += time.thread_time() - t0
+
+    model.forward = timed
+
+
 def snapshot(monitor, started: float, marks: list, final: bool = False) -> dict:
     st = monitor.stats
     usage = proc_cpu_rss(os.getpid()) or (float("nan"), float("nan"))
@@ -132,7 +156,11 @@ def snapshot(monitor, started: float, marks: list, final: bool = False) -> dict:
         "records": st.records, "aligned": st.aligned, "rejected": st.rejected, "late": st.late,
         "windows": st.windows, "commits": st.commits, "events_opened": st.events_opened, "fenced": st.fenced,
         "cpu_s": usage[0], "rss_mb": usage[1], "assigned": len({p for _, p in monitor._assigned}),
-        "final": final, "latency_marks": marks,
+        # work still inside the monitor: records held for open windows, windows not yet batched,
+        # batches not yet committed (a backlog is drained when all three are zero)
+        "buffered": monitor.aligner.buffered(), "pending": len(monitor._pending),
+        "in_flight": monitor._queue.unfinished_tasks,
+        "final": final, "latency_marks": marks, "model_cpu_s": MODEL_CPU[0],
     }
     data["thread_cpu_s"] = thread_cpu()
     data["latencies"] = list(st.latencies)
