@@ -11,7 +11,8 @@ app = typer.Typer()
 def up(
     profile: str = typer.Option(None, help="factory (default) or callcenter."),
     assets: int = typer.Option(4, min=1, help="Simulated assets (stations, or concurrent calls)."),
-    faults: str = typer.Option("demo", help="Fault schedule: a preset (none, demo, all) or a JSON/JSONL file."),
+    faults: str = typer.Option(None, help="Fault schedule: a preset (none, demo, all) or a JSON/JSONL file "
+                                            "(factory profile; default demo — calls carry their own labels)."),
     speed: float = typer.Option(1.0, min=0, help="Simulation speed: 1 = real time, N = N× faster."),
     duration: float = typer.Option(None, help="Stop after this many seconds (default: run until Ctrl-C)."),
     api: bool = typer.Option(True, help="Serve the review page and API."),
@@ -28,4 +29,6 @@ def up(
     settings = get_settings()
     if profile:
         settings = settings.model_copy(update={"profile": profile})
+    if faults is None:  # the call simulator has no fault schedule and refuses one
+        faults = "none" if settings.profile == "callcenter" else "demo"
     run_up(settings, duration_s=duration, assets=assets, faults=faults, speed=speed, with_api=api)

@@ -208,7 +208,10 @@ class CallTrainConfig:
     # too, and the call's sentiment curve and outcome must not swing whenever the agent talks
     mood_fraction: float = 0.25
     seed: int = 0
-    threads: int | None = None  # torch CPU threads; None = leave as is
+    # torch CPU threads while training (restored after); None = leave as is. One by default: at
+    # these tensor sizes a second thread costs more in synchronisation than it gains (measured on
+    # the 2-core box: 300 steps took 41 CPU-s on one thread, 340 CPU-s on two)
+    threads: int | None = 1
     device: str = "cpu"
 
     def to_dict(self) -> dict:
@@ -260,14 +263,25 @@ def train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tupl
     windows. The intra-modal autoencoders are left alone (the call-centre profile does not score
     with them); log-mel normalisation and the other fitted buffers are set from `data` first."""
     import torch
+
+    if model.sentiment_head is None or model.frustration_head is None:
+        raise ConfigError("the call-centre model needs sentiment_classes and frustration_head=True in its FusionConfig")
+    previous_threads = torch.get_num_threads()
+    if cfg.threads and cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train_call_model(model, data, cfg, keep, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tuple[str, ...],
+                      progress: Callable[[int, int, dict], None] | None) -> CallTrainResult:
+    import torch
     import torch.nn.functional as F
 
     from models.train import fit_normalisers
 
-    if model.sentiment_head is None or model.frustration_head is None:
-        raise ConfigError("the call-centre model needs sentiment_classes and frustration_head=True in its FusionConfig")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     fit_normalisers(model, data)
     model.to(cfg.device)
     rng = np.random.default_rng(cfg.seed)
@@ -364,6 +378,7 @@ class CallRow:
     frustration_mae: float
     outcome_accuracy: float  # the call summary's "overall" (monitor's rule) vs the customer's last utterance
     escalated: dict[str, float]  # call type -> fraction of complete calls with an escalation event
+    events_per_escalated_call: float  # > 1: the event closes while the agent talks and opens again
     confusion: list[list[int]]  # rows: true class, columns: predicted (SENTIMENT_CLASSES order)
     note: str = ""
 
@@ -491,6 +506,7 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
         escalated[t] = float(np.mean([esc.get(i, 0) > 0 for i in calls_t])) if calls_t else float("nan")
     f_true = data.labels["frustration"]
     outcome_true, outcome_pred = call_outcomes(data, pred.probs, complete)
+    per_call = [esc[i] for i in ids if i in complete and esc.get(i, 0) > 0]
     return CallRow(
         name=name, window_accuracy=acc(lab), window_macro_f1=float(f1_score(y[lab], yp[lab], average="macro")),
         call_accuracy=float(accuracy_score(ct, cp)) if len(ids) else float("nan"),
@@ -502,7 +518,7 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
         sarcastic_held_out_with_line_accuracy=acc(held & line),
         frustration_mae=float(np.abs(pred.frustration[lab] - f_true[lab]).mean()),
         outcome_accuracy=float(np.mean(outcome_true == outcome_pred)) if len(outcome_true) else float("nan"),
-        escalated=escalated,
+        escalated=escalated, events_per_escalated_call=float(np.mean(per_call)) if per_call else float("nan"),
         confusion=confusion_matrix(y[lab], yp[lab], labels=list(range(len(SENTIMENT_CLASSES)))).tolist(),
         note=note,
     )
@@ -645,7 +661,7 @@ def train_call_checkpoint(recipe: CallRecipe, out_dir: Path, row: str = "cross_a
     info = {"profile": "callcenter", "recipe": recipe.name, "row": row, "modalities": list(keep),
             "train_seconds": round(result.seconds, 1), "train_cpu_seconds": round(result.cpu_seconds, 1),
             "steps": result.steps, "final_loss": round(result.final_loss, 4),
-            "threads": _threads(), "train_config": cfg.to_dict(), "recipe_spec": recipe.summary(),
+            "threads": cfg.threads or _threads(), "train_config": cfg.to_dict(), "recipe_spec": recipe.summary(),
             "train_windows": int(len(trainable_windows(data["train"]))),
             "validation": {"window_accuracy": val.window_accuracy, "window_macro_f1": val.window_macro_f1,
                            "call_accuracy": val.call_accuracy, "sarcastic_window_accuracy": val.sarcastic_window_accuracy,
@@ -745,7 +761,8 @@ def replace_test(recipe: CallRecipe, test: CallSpec) -> CallRecipe:
 
 def _eval_key(recipe: CallRecipe, row: str) -> str:
     blob = json.dumps({"recipe": recipe.summary(), "model": recipe.model_config(ROWS[row][0]).to_dict(), "row": row,
-                       "train": recipe.train_config().to_dict(), "v": CALLCENTER_DATASET_VERSION,
+                       "train": {k: v for k, v in recipe.train_config().to_dict().items() if k not in ("threads", "device")},
+                       "v": CALLCENTER_DATASET_VERSION,
                        "labels": LABELS_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -802,6 +819,7 @@ def render_call_report(report: CallEvalReport):
     line("call outcome (summary rule)", lambda r: r.outcome_accuracy)
     for t in ("calm", "frustrated", "escalating", "sarcastic"):
         line(f"calls escalated: {t}", lambda r, t=t: r.escalated.get(t))
+    line("events per escalated call", lambda r: r.events_per_escalated_call, "{:.2f}")
     notes = "; ".join(f"{r.name}: {r.note}" for r in report.rows if r.note)
     table.caption = ("Sentiment (negative/neutral/positive) of windows where the customer speaks, and of whole "
                      "calls; escalations: the monitor's lifecycle on predicted frustration, complete calls only. "
@@ -880,7 +898,7 @@ def train_command(recipe: str = "standard", out: Path | None = None, variant: st
     console = Console(stderr=True)
     with progress_bars(progress, console) as bar:
         trained = train_call_checkpoint(get_call_recipe(recipe), out, rows[variant], settings.var_dir / "datasets", bar,
-                                        pick_device(device), overrides={"steps": steps})
+                                        pick_device(device), overrides={"steps": steps, "threads": threads})
     v = trained.info["validation"]
     console.print(f"[bold green]call-centre model {trained.info['version']}[/] → {out}\n"
                   f"  trained {trained.info['train_seconds']:.0f} s ({trained.info['steps']} steps, "
