@@ -9,13 +9,16 @@ featurizer — exactly what the monitor will see live — and get one label per 
 - **sentiment**: the majority of the customer's labelled utterances heard in the window, each
   weighted by how long it is heard there; windows with less than `min_speech_s` of customer
   speech are unlabelled (-1): the agent's tone says nothing about the customer's mood;
-- **frustration**: the highest frustration among those utterances (NaN where unlabelled).
+- **frustration**: the highest frustration among those utterances (NaN where unlabelled);
+- the call's **mood** for every window (the customer's latest utterance so far): the monitor
+  scores agent-only windows too, so a share of each training batch teaches their *sentiment* to
+  follow the call (their frustration stays untrained: an agent-only window cannot know it).
 
 Training (`train_call_model`) is supervised and end to end over the fusion part (state encoders,
 log encoder, fusion, heads): the unsupervised consistency objective of the factory says nothing
 about tone. Every row of the evaluation uses the same model class, encoders and step budget; the
 single-modality rows train the same model with the other modality masked, the way a missing
-modality is masked live.
+modality is masked live. Measured figures and how to read them: docs/callcenter.md.
 
 Sarcasm protocol. The simulator draws every customer line from two phrasings per script stage; a
 frozen sentence encoder plus a trained head would simply memorise that "Oh wonderful, another 40
@@ -28,9 +31,11 @@ ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,22 +59,18 @@ HELD_OUT_STAGES = ("sarc_open", "sarc_more", "sarc_close")
 ProgressFn = Callable[[float, float], None]  # (done, total) in line-seconds
 
 
-def _held_out_texts() -> list[str]:
-    """Templates (with slots) of the held-out sarcastic phrasings."""
+@functools.lru_cache(maxsize=1)
+def _held_out_patterns() -> tuple["re.Pattern[str]", ...]:
+    """The held-out sarcastic phrasings as patterns: their slots ({minutes}, {product}) match anything."""
     from services.simulator.callcenter import LINES
 
-    return [LINES[s][1][0] for s in HELD_OUT_STAGES]
+    templates = [LINES[s][1][0] for s in HELD_OUT_STAGES]
+    return tuple(re.compile("^" + re.sub(r"\\\{[a-z]+\\\}", ".+?", re.escape(t)) + "$") for t in templates)
 
 
 def is_held_out_phrasing(text: str) -> bool:
-    """Does this utterance use a held-out sarcastic phrasing? (slots filled in, so compare fixed parts)"""
-    import re
-
-    for template in _held_out_texts():
-        pattern = "^" + re.sub(r"\\\{[a-z]+\\\}", ".+?", re.escape(template)) + "$"
-        if re.match(pattern, text):
-            return True
-    return False
+    """Does this utterance use a held-out sarcastic phrasing?"""
+    return any(p.match(text) for p in _held_out_patterns())
 
 
 # ── datasets ────────────────────────────────────────────────────────────────────────────────
