@@ -151,9 +151,11 @@ def same_intra(a: FusionModel, b: FusionModel) -> bool:
         and a.code_vocab == b.code_vocab
 
 
-def fit_component_stats(model: FusionModel, data: WindowArrays, device: str = "cpu") -> dict[str, dict]:
-    """Each component's survival function on held-out normal windows (`ComponentTails`)."""
-    comps, masks = component_table(model, data, device=device)
+def fit_component_stats(model: FusionModel, data: WindowArrays, device: str = "cpu",
+                        table: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict]:
+    """Each component's survival function on held-out normal windows (`ComponentTails`).
+    `table`: raw components of `data` already computed (they do not depend on the tails)."""
+    comps, masks = table if table is not None else component_table(model, data, device=device)
     info = model.tails.fit([comps[masks[:, j], j] for j in range(len(COMPONENTS))], tuple(c[0] for c in COMPONENTS))
     return {name: i for (name, _, _), i in zip(COMPONENTS, info)}
 

@@ -265,11 +265,11 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
         assert len(row.sentiment_curve) >= 5 and row.peak_time is not None
         if call.call_type == "calm":
             assert call_id not in escalated, f"calm call {call_id} escalated"
-            assert row.peak_frustration < settings.monitor.escalation_threshold
+            assert row.peak_frustration < settings.monitor.escalation_threshold, (call_id, row.peak_frustration)
             checked["calm"] += 1
         elif any(u.frustration >= 0.7 for u in heard):  # the angry part was streamed
             assert call_id in escalated, f"{call.call_type} call {call_id} did not escalate"
-            assert row.peak_frustration >= settings.monitor.escalation_threshold
+            assert row.peak_frustration >= settings.monitor.escalation_threshold, (call_id, row.peak_frustration)
             # (row.overall follows how the call ENDS, which may be calm again; not asserted)
             checked["angry"] += 1
     assert checked["calm"] >= 1 and checked["angry"] >= 1, checked

@@ -180,7 +180,7 @@ def evaluate_cmd(
     checkpoint: list[Path] = typer.Option(None, "--checkpoint", "-c", file_okay=False,
                                           help="Evaluate these checkpoint directories (repeatable; each is a row by its "
                                                "fusion variant). Default: train every variant with the recipe, same "
-                                               "encoders and budget, under var/eval/<recipe>/."),
+                                               "encoders and budget, under var/eval/RECIPE/."),
     json_path: Path = typer.Option(None, "--json", dir_okay=False, help="Also write the full report (AUROC, AUPRC, events) here."),
     retrain: bool = typer.Option(False, "--retrain", help="Retrain the recipe's models even if var/eval has them."),
     test_seed: int = typer.Option(None, "--test-seed", help="Held-out simulator seed (recipe default; never a training seed)."),

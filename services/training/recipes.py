@@ -59,7 +59,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(
         "tiny", SimSpec(assets=2, seed=101, duration_s=40), SimSpec(assets=2, seed=102, duration_s=60),
-        SimSpec(assets=4, seed=103, duration_s=120, faults="all"), tiny_model=True,
+        SimSpec(assets=4, seed=103, duration_s=95, faults="all"), tiny_model=True,
         steps=dict(intra_steps=8, fusion_steps=8, frames_per_step=8, windows_per_step=16, checkpoint_every=4),
         description="seconds; for tests and smoke runs (the model is not useful)"),
     "quick": Recipe(
@@ -127,10 +127,11 @@ def fit_model(model: FusionModel, train_data: WindowArrays, calib_data: WindowAr
     train_s = time.perf_counter() - t0
     if progress:
         progress("calibrate", 0, 1, {})
-    comp_stats = fit_component_stats(model, calib_data, device=cfg.device)
+    table = component_table(model, calib_data, device=cfg.device)  # one pass serves both fits
+    comp_stats = fit_component_stats(model, calib_data, device=cfg.device, table=table)
     calibration = calibrate_model(model, calib_data, per_asset=per_asset, budget_events=budget_events,
                                   budget_hours=budget_hours, open_after=open_after, close_after=close_after,
-                                  device=cfg.device)
+                                  device=cfg.device, table=table)
     if progress:
         progress("calibrate", 1, 1, {})
     info = {"train_seconds": round(train_s, 1), "total_seconds": round(time.perf_counter() - t0, 1),
@@ -140,8 +141,8 @@ def fit_model(model: FusionModel, train_data: WindowArrays, calib_data: WindowAr
 
 
 def calibrate_model(model: FusionModel, calib_data: WindowArrays, per_asset: bool = False, device: str = "cpu",
-                    **kw: Any) -> Calibration:
-    comps, masks = component_table(model, calib_data, device=device)
+                    table: tuple[np.ndarray, np.ndarray] | None = None, **kw: Any) -> Calibration:
+    comps, masks = table if table is not None else component_table(model, calib_data, device=device)
     raw, _, _ = model.combine_arrays(comps, masks)
     assets = np.array(calib_data.assets)[calib_data.asset_idx]
     hop = float(calib_data.meta.get("spec", {}).get("hop_s", 1.0))
