@@ -41,6 +41,34 @@ def _up(cin: int, cout: int, kernel=4, stride=2, padding=1, act: bool = True) ->
     return nn.Sequential(*layers)
 
 
+def _box3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 box mean of (N, H, W) with the window cut at the border (like avg_pool2d with
+    count_include_pad=False), as separable sums of shifted views: 4x faster than avg_pool2d on CPU."""
+    H, W = x.shape[-2:]
+    p = F.pad(x, (1, 1, 1, 1))
+    rows = p[..., :, :-2] + p[..., :, 1:-1] + p[..., :, 2:]
+    total = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    ones = torch.ones(H, W, device=x.device, dtype=x.dtype)
+    ones[0], ones[-1] = 2 / 3, 2 / 3  # fraction of the 3x3 window inside the frame
+    ones[:, 0] *= 2 / 3
+    ones[:, -1] *= 2 / 3
+    return total / (9 * ones)
+
+
+def _masked_lower_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Lower median over dim 1 of (B, T, H, W) among the frames `mask` (B, T) keeps; what
+    `nanmedian` gives with the others set to NaN, by an odd-even transposition sort of T slices
+    (T is small: 8 frames per window) — 5-7x faster than nanmedian on CPU."""
+    T = x.shape[1]
+    cols = list(x.masked_fill(~mask[:, :, None, None], float("inf")).unbind(1))
+    for r in range(T):
+        for i in range(r % 2, T - 1, 2):
+            cols[i], cols[i + 1] = torch.minimum(cols[i], cols[i + 1]), torch.maximum(cols[i], cols[i + 1])
+    ordered = torch.stack(cols, 1)  # (B, T, H, W), the kept frames first
+    k = ((mask.sum(1) - 1) // 2).clamp_min(0)  # (B,)
+    return ordered.gather(1, k[:, None, None, None].expand(-1, 1, *x.shape[2:]))
+
+
 def _mean_std(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and population std over the spatial dims of (N, C, H, W), in two passes:
     torch's CPU `std` took 17.5 ms for the first layer of 128 frames, this 4.1 ms (one thread), for
@@ -96,13 +124,11 @@ class FrameAutoencoder(nn.Module):
         draws badly (a camera it has not seen, a moved fixture). Parts move along the belt, so a
         defective part is not at the same pixel in most frames and stays; a static image fault
         (fog, blur) is the job of the feature-statistics component."""
-        B, T, _, H, W = frames.shape
-        err = (frames - recon).pow(2).sum(2).view(B * T, 1, H, W)
-        err = F.avg_pool2d(err, 3, stride=1, padding=1, count_include_pad=False).view(B, T, H, W)
-        if mask is None or T < 3:
+        d = frames - recon
+        err = _box3((d * d).sum(2))  # (B, T, H, W)
+        if mask is None or frames.shape[1] < 3:
             return err
-        filled = err.masked_fill(~mask[:, :, None, None], float("nan"))
-        base = filled.nanmedian(dim=1, keepdim=True).values.nan_to_num(0.0)  # (B, 1, H, W)
+        base = _masked_lower_median(err, mask)  # (B, 1, H, W)
         enough = (mask.sum(1) >= 3)[:, None, None, None]
         return torch.where(enough, (err - base).clamp_min(0.0), err) * mask[:, :, None, None]
 
@@ -145,7 +171,7 @@ class AudioAutoencoder(nn.Module):
         """(B,): mean of the largest cells of the 3x3-smoothed error: a narrow tone (few bands, all
         frames) and a burst (all bands, few frames) both fill the top cells."""
         B, M, T = mel_error.shape
-        sm = F.avg_pool2d(mel_error.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=False).flatten(1)
+        sm = _box3(mel_error).flatten(1)
         k = max(1, int(self.top_fraction * M * T))
         top = sm.topk(k, dim=1).values.mean(1)
         # fewer valid frames -> fewer real cells: rescale so a half-covered window is comparable
@@ -166,7 +192,9 @@ class FrameStateEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, T, C, H, W = frames.shape
-        small = F.avg_pool2d(frames.flatten(0, 1), 2).view(B, T, C, H // 2, W // 2)  # (B, T, 3, H/2, W/2)
+        # 2x2 mean as four strided views (bit-identical to avg_pool2d, a third less time on CPU)
+        small = (frames[..., 0::2, 0::2] + frames[..., 0::2, 1::2] + frames[..., 1::2, 0::2]
+                 + frames[..., 1::2, 1::2]) * 0.25  # (B, T, 3, H/2, W/2)
         # neighbour difference: frame t minus frame t-1 (frame 0 uses frame 1), zero without a neighbour
         prev = torch.cat([small[:, 1:2], small[:, :-1]], dim=1) if T > 1 else small
         prev_mask = torch.cat([mask[:, 1:2], mask[:, :-1]], dim=1) if T > 1 else mask
