@@ -86,6 +86,7 @@ def make_source(profile: str, assets: int, seed: int, start_time: float, faults:
 def run_simulation(settings: Settings, bootstrap: str | None, profile: str = "factory", assets: int = 4,
                    duration_s: float | None = 60.0, speed: float = 1.0, faults: str | list = "none", seed: int = 0,
                    ground_truth_path: str | Path | None = None, stop_event: threading.Event | None = None,
+                   on_ground_truth: Callable[[dict], None] | None = None,
                    start_time: float | None = None, on_progress: Callable[[SimulationStats], None] | None = None,
                    dry_run: bool = False) -> SimulationStats:
     """Produce a simulation to Kafka (or, with dry_run, only generate it: a throughput benchmark).
@@ -121,7 +122,7 @@ def run_simulation(settings: Settings, bootstrap: str | None, profile: str = "fa
         topics = ensure_topics(settings.kafka, bootstrap)
         topics_by_kind = {Kind.FRAME: topics.frames, Kind.AUDIO: topics.audio, Kind.LOG: topics.logs}
         producer = make_producer(settings.kafka, bootstrap)
-    gt = _GroundTruthWriter(ground_truth_path, profile)
+    gt = _GroundTruthWriter(ground_truth_path, profile, on_ground_truth)
     step = 0.25 if 0 < speed <= 4 else 1.0  # small steps keep real-time pacing smooth
     wall0, cpu0 = time.monotonic(), time.process_time()
     try:
@@ -172,8 +173,8 @@ def run_simulation(settings: Settings, bootstrap: str | None, profile: str = "fa
 class _GroundTruthWriter:
     """Appends injected faults (factory) or started calls (call centre) as JSON lines, once each."""
 
-    def __init__(self, path: str | Path | None, profile: str):
-        self.profile = profile
+    def __init__(self, path: str | Path | None, profile: str, on_row: Callable[[dict], None] | None = None):
+        self.profile, self.on_row = profile, on_row
         self.fh = open(path, "w") if path else None
         self.written = 0
 
@@ -183,9 +184,12 @@ class _GroundTruthWriter:
         else:
             due = source.calls
         new = due[self.written:]
-        if self.fh is not None:
-            for row in new:
+        for row in new:
+            if self.fh is not None:
                 self.fh.write(json.dumps(row.to_json()) + "\n")
+            if self.on_row is not None:
+                self.on_row(row.to_json())
+        if self.fh is not None:
             self.fh.flush()
         self.written += len(new)
         return len(new)

@@ -51,13 +51,37 @@ class _Part:
             self.thread.join(timeout_s)
 
 
-def print_change(change) -> None:
-    d = change.data
-    style = {"opened": "bold red", "updated": "yellow", "closed": "green"}[change.change]
-    when = d.start_time.strftime("%H:%M:%S")
-    shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(d.attribution.modality_shares.items(), key=lambda kv: -kv[1]))
-    console.print(f"[{style}]{change.change.upper():7}[/] {d.asset:8} {d.kind:28} {d.severity:8} "
-                  f"peak {d.peak_score:6.2f} / threshold {d.threshold:.2f}  since {when}  ({shares})")
+class LivePrinter:
+    """Prints events as they open and close, and the simulator's injected faults (ground truth) as
+    they start, so a newcomer can tell a caught fault from a false alarm. An open event's updates
+    print only when its peak rises."""
+
+    STYLE = {"opened": "bold red", "updated": "yellow", "closed": "green"}
+
+    def __init__(self) -> None:
+        self._peaks: dict[str, float] = {}
+        self._lock = threading.Lock()  # the monitor and the simulator call from their own threads
+
+    def change(self, change) -> None:
+        d = change.data
+        with self._lock:
+            if change.change == "updated" and d.peak_score <= self._peaks.get(d.event_id, float("-inf")):
+                return
+            self._peaks[d.event_id] = d.peak_score
+            if change.change == "closed":
+                self._peaks.pop(d.event_id, None)
+        when = d.start_time.strftime("%H:%M:%S")
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(d.attribution.modality_shares.items(), key=lambda kv: -kv[1]))
+        console.print(f"[{self.STYLE[change.change]}]{change.change.upper():7}[/] {d.asset:8} {d.kind:28} {d.severity:8} "
+                      f"peak {d.peak_score:6.2f} / threshold {d.threshold:.2f}  since {when}  ({shares})")
+
+    @staticmethod
+    def fault(row: dict) -> None:
+        if "kind" not in row or "asset" not in row:  # call-centre ground truth (calls) is not printed
+            return
+        start, end = (time.strftime("%H:%M:%S", time.gmtime(row[k])) for k in ("start", "end"))
+        console.print(f"[magenta]FAULT  [/] {row['asset']:8} {row['kind']:28} injected {start}–{end} UTC "
+                      f"({', '.join(row.get('modalities', []))}) [dim]ground truth[/]")
 
 
 def up(settings: Settings, duration_s: float | None = None, assets: int = 4, faults: str = "demo",
@@ -115,11 +139,13 @@ def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faul
     from services.simulator.run import run_simulation
 
     gt = settings.var_dir / "ground_truth.jsonl"
+    printer = LivePrinter()
     parts = [
         _Part("simulator", lambda stop: run_simulation(settings, bootstrap, profile=settings.profile, assets=assets,
                                                        duration_s=duration_s, speed=speed, faults=faults, seed=0,
-                                                       ground_truth_path=gt, stop_event=stop)),
-        _Part("monitor", lambda stop: run_monitor(settings, bootstrap=bootstrap, stop=stop, on_change=print_change)),
+                                                       ground_truth_path=gt, stop_event=stop,
+                                                       on_ground_truth=printer.fault)),
+        _Part("monitor", lambda stop: run_monitor(settings, bootstrap=bootstrap, stop=stop, on_change=printer.change)),
     ]
     try:
         from services.summarizer.service import SummarizerService
