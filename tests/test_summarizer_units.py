@@ -187,3 +187,22 @@ def test_which_fw_events_records_get_a_summary(sqlite_url, tmp_path):
         s.get(Summary, "e-1").rendered_at = datetime.now(timezone.utc)
     assert not service._wanted(data), "a replayed close after its summary is skipped"
     assert service.handle(b"not a cloud event") is None
+
+
+def test_sweep_removes_only_old_partial_files(tmp_path):
+    import os
+    import time
+
+    from services.summarizer.media import sweep_partial_files
+
+    (tmp_path / "events").mkdir()
+    old = tmp_path / "events" / ".a.mp4.1234abcd.part"
+    fresh = tmp_path / "events" / ".b.mp4.5678abcd.part"
+    final = tmp_path / "events" / "a.mp4"
+    for p in (old, fresh, final):
+        p.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    os.utime(final, (two_hours_ago, two_hours_ago))
+    assert sweep_partial_files(tmp_path) == [old]
+    assert not old.exists() and fresh.exists() and final.exists()

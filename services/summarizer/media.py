@@ -67,6 +67,23 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def sweep_partial_files(root: Path, older_than_s: float = 3600.0) -> list[Path]:
+    """Delete `atomic_path` leftovers (`.NAME.XXXXXXXX.part`) a killed writer never renamed nor
+    removed; only old ones, so a replica writing right now keeps its file. Returns what it deleted."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    removed = []
+    for path in Path(root).rglob(".*.part"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # another replica swept it first
+            pass
+    return removed
+
+
 def write_text_atomic(final: Path, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -22,6 +22,7 @@ from schemas.events import AnomalyCloudEvent
 from services.kafka import Topics, make_consumer
 from services.settings import Settings
 from services.summarizer import facts as facts_mod
+from services.summarizer import media
 from services.summarizer.evidence import EvidenceReader
 from services.summarizer.pipeline import Summarizer, SummaryResult
 from services.summarizer.render import Layout
@@ -103,6 +104,9 @@ class SummarizerService:
         consumer = make_consumer(self.settings.kafka, self.bootstrap, self.settings.summarizer.group_id,
                                  max_poll_records=10, max_poll_interval_ms=600_000)
         self._consumer = consumer
+        swept = media.sweep_partial_files(self.settings.media_dir) if self.settings.media_dir.exists() else []
+        if swept:
+            log.warning("removed %d partial media file(s) left by a writer that was killed mid-write", len(swept))
         consumer.subscribe([self.topics.events])
         log.info("summarizer consuming %s as group %s", self.topics.events, self.settings.summarizer.group_id)
         try:

@@ -6,7 +6,8 @@ events (published to fw.events through the monitor's outbox relay) and its evide
 - SIGKILL while the first MP4 is being encoded: the final file name must not exist (the renderer
   writes a hidden `.NAME.part` file and renames it into place), no `summaries` row may point at
   anything, and a restarted service must render every event again (its Kafka offset was never
-  committed), each MP4 decoding end to end with PyAV.
+  committed), each MP4 decoding end to end with PyAV; the restart sweeps the killed render's old
+  `.part` file.
 - media on a full filesystem (a 160 KiB tmpfs mounted over the media root — needs root; skipped
   with the reason otherwise): every render fails with ENOSPC, the service records `failed` rows
   saying so and keeps consuming (no crash), no partial file is left visible, and once there is
@@ -104,6 +105,9 @@ def test_summarizer_killed_mid_render_leaves_no_half_file_and_renders_again(brok
     assert leftovers and all(p.name.startswith(".") for p in leftovers)  # hidden, never a final name
     assert not [p for p in visible_files(media) if p.suffix == ".mp4"], "a half-written MP4 is visible"
     assert not any(r.video_path for r in summaries(url).values())
+    old = time.time() - 2 * 3600  # as if the kill was two hours ago: the restart sweeps it
+    for p in leftovers:
+        os.utime(p, (old, old))
 
     proc = start_summarizer(broker, reference, url, media, group, log)  # same group: the record comes again
     try:
@@ -121,9 +125,8 @@ def test_summarizer_killed_mid_render_leaves_no_half_file_and_renders_again(brok
         mp4 = read_mp4(media / row.video_path)
         assert len(mp4["video_frames"]) > 10 and len(mp4["audio"]) > 0 and mp4["cues"]
         assert mp4["duration"] and abs(mp4["duration"] - row.duration_s) < 1.0
-    # the killed render's temporary file stays behind (hidden); nothing refers to it
-    stale = [p for p in media.rglob("*.part")]
-    assert all(p.name.startswith(".") for p in stale)
+    # the restart removed the killed render's (old) temporary file; nothing referred to it
+    assert not any(p.exists() for p in leftovers)
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
