@@ -77,6 +77,7 @@ class MonitorSettings(BaseModel):
     open_after: int = Field(2, ge=1, description="windows over threshold before an event opens")
     close_after: int = Field(3, ge=1, description="windows under threshold before it closes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # per asset and input topic, per second of event time (a backlog read fast is not a flood)
     per_asset_max_records_per_s: float = 200.0
     # False: the consume thread waits for each batch's score + SQL commit before reading on (the
     # naive baseline of `fusionwatch bench pipeline`); True overlaps consumption with scoring

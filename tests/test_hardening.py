@@ -240,14 +240,29 @@ def test_rate_limiter_unit_one_flooder_does_not_starve_the_others():
 
     rl = AssetRateLimiter(rate_per_s=10, burst_s=2.0)
     t = 1000.0
-    flood_ok = sum(rl.allow("FLOOD", t + i / 10_000) for i in range(10_000))  # 10k records in 1 s
-    quiet_ok = sum(rl.allow(f"Q{i % 5}", t + 0.5 + i / 100) for i in range(50))
+    flood_ok = sum(rl.allow("FLOOD", t + i / 10_000, t + 1) for i in range(10_000))  # 10k records in 1 s
+    quiet_ok = sum(rl.allow(f"Q{i % 5}", t + 0.5 + i / 100, t + 1) for i in range(50))
     assert flood_ok <= 10 * 2 + 10 + 1  # burst + one second of rate
     assert quiet_ok == 50
+    same_stamp = sum(rl.allow("STUCK", t, t + s) for s in range(100))  # a repeated timestamp gets no refill
+    assert same_stamp == 20
+    ahead = sum(rl.allow("AHEAD", t + 1000 + i, t + i / 1000) for i in range(1000))  # stamped ahead of real time
+    assert ahead <= 20 + 10 + 1  # burst + one second of wall time at the rate
     many = AssetRateLimiter(rate_per_s=1, max_assets=100)
     for i in range(10_000):  # a flood of new keys keeps memory bounded
-        many.allow(f"K{i}", t)
+        many.allow(f"K{i}", t, t)
     assert len(many._buckets) <= 100
+
+
+def test_rate_limiter_lets_a_backlog_through_at_the_plants_own_rate():
+    """Catching up (after an outage or a restart): ten minutes of a 7-records/s asset read in a
+    second of wall time is not a flood, and out-of-order event times across topics do not refill."""
+    from services.monitor.ratelimit import AssetRateLimiter
+
+    rl = AssetRateLimiter(rate_per_s=10, burst_s=2.0)
+    now = 10_000.0
+    stamps = [now - 600 + i / 7 + (0.3 if i % 3 == 0 else 0.0) for i in range(7 * 600)]
+    assert all(rl.allow("L1-S1", ts, now + i / 5000) for i, ts in enumerate(stamps))
 
 
 @pytest.mark.slow
@@ -267,11 +282,12 @@ def test_flooding_asset_is_rate_limited_and_the_others_still_get_their_events(br
     ks, topics = make_topics(partitions=2)
     start = time.time() - 120
     stream = bright_fault_stream(["L1-S1", "L1-S2"], start, 30, {"L1-S2": (10, 18)})
-    flood = [(Kind.LOG, encode_log("FLOOD-1", "/flood", start + i / 200, f"spam {i}")) for i in range(3000)]
+    flood = [(Kind.LOG, encode_log("FLOOD-1", "/flood", start + i / 300, f"spam {i}")) for i in range(3000)]
     # interleave: the flood competes with the real assets for the same consumer
     mixed = sorted(stream + flood, key=lambda kr: dict(kr[1].headers)["ce_time"])
     produce(make_producer(ks, broker.bootstrap), topics, mixed)
-    # 50 records/s with a 5 s burst (250): each real asset sends 210 records, the flooder 3000
+    # 50 records per event-second with a 5 s burst (250): each real asset sends 7 records per
+    # event-second (210 in all), the flooder 3000 in 10 event-seconds (at most 250 + 500 pass)
     settings = Settings(kafka=ks, monitor=MonitorSettings(per_asset_max_records_per_s=50))
     engine = db.make_engine(sqlite_url)
     limited_before = {a: m.RATE_LIMITED_RECORDS.labels(asset=a)._value.get() for a in ("FLOOD-1", "L1-S1", "L1-S2")}

@@ -166,10 +166,10 @@ class Monitor:
         if not isinstance(res, Accepted):
             return self._dead_letter(tp, rec, res.reason, res.detail)
         env = res.envelope
-        if not self.rate.allow(env.asset, now):
+        if not self.rate.allow((env.asset, kind), env.time, now):
             m.RATE_LIMITED_RECORDS.labels(asset=m.asset_labels(env.asset)).inc()
-            return self._dead_letter(tp, rec, "rate_limited",
-                                     f"asset {env.asset} exceeds {self.cfg.per_asset_max_records_per_s:g} records/s")
+            return self._dead_letter(tp, rec, "rate_limited", f"asset {env.asset} exceeds "
+                                     f"{self.cfg.per_asset_max_records_per_s:g} records per event-second on {tp.topic}")
         if self.aligner.add(env, res.payload, Position(tp.topic, tp.partition, rec.offset)):
             self.stats.aligned += 1
             m.observe_record(env.asset, kind.value, now)
