@@ -10,9 +10,11 @@ order: producers first, then consumers (which commit), then the broker.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
@@ -85,7 +87,8 @@ class LivePrinter:
 
 
 def up(settings: Settings, duration_s: float | None = None, assets: int = 4, faults: str = "demo",
-       speed: float = 1.0, with_api: bool = True, stop: threading.Event | None = None) -> None:
+       speed: float = 1.0, with_api: bool = True, stop: threading.Event | None = None,
+       train_first: bool = False) -> None:
     stop = stop or install_stop_handlers()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -106,7 +109,7 @@ def up(settings: Settings, duration_s: float | None = None, assets: int = 4, fau
 
     db.upgrade(settings.database.url)
     console.print(f"Database: [bold]{_safe_url(settings.database.url)}[/] (migrated)")
-    _ensure_model(settings)
+    _ensure_model(settings, train_first)
 
     parts = _parts(settings, bootstrap, topics, assets, faults, speed, duration_s, with_api)
     for p in parts:
@@ -180,10 +183,18 @@ def _serve_api(settings: Settings, stop: threading.Event) -> None:
     server.run()
 
 
-def _ensure_model(settings: Settings) -> None:
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "pretrained" / "factory-standard"
+
+
+def _ensure_model(settings: Settings, train_first: bool = False) -> None:
     ckpt = settings.checkpoint_dir
     if (ckpt / "config.json").exists():
         console.print(f"Model: [bold]{ckpt}[/]")
+        return
+    if settings.profile == "factory" and not train_first and (SHIPPED_MODEL / "config.json").exists():
+        shutil.copytree(SHIPPED_MODEL, ckpt, dirs_exist_ok=True)
+        console.print(f"Model: the shipped standard-recipe checkpoint → {ckpt} (models/pretrained/README.md; "
+                      "its evaluation: docs/model.md). Train your own with `fusionwatch train`.")
         return
     from services.training.quick import train_quick
 
