@@ -142,7 +142,7 @@ def return_level(u: float, xi: float, sigma: float, rate_u: float, target_rate: 
 
 
 def calibrate(raw: np.ndarray, assets: np.ndarray | list[str], starts: np.ndarray, budget_events: float = 1.0,
-              budget_hours: float = 8.0, hop_s: float = 1.0, open_after: int = 2, close_after: int = 3,
+              budget_hours: float = 8.0, hop_s: float = 1.0, open_after: int = 3, close_after: int = 3,
               per_asset: bool = True, prior_windows: int = 300, u_quantile: float = 0.99, min_clusters: int = 30,
               min_threshold: float = 3.0) -> Calibration:
     """Fit normalisation and the budget threshold on raw scores of normal operation.

@@ -30,6 +30,7 @@ from models.calibration import Calibration, calibrate
 from models.data import WindowArrays
 from models.fusion import COMPONENT_NAMES, INTRA_NAMES, FusionModel
 from models.train import component_table, same_intra
+from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
 
 INTRA = INTRA_NAMES
 BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -112,8 +113,8 @@ def window_metrics(scores: np.ndarray, data: WindowArrays, kinds: list[str]) -> 
     return auroc, auprc, positives, int(neg.sum())
 
 
-def run_lifecycle(scores: np.ndarray, thresholds: np.ndarray, data: WindowArrays, open_after: int = 2,
-                  close_after: int = 3) -> list[tuple[str, float, float]]:
+def run_lifecycle(scores: np.ndarray, thresholds: np.ndarray, data: WindowArrays, open_after: int = OPEN_AFTER,
+                  close_after: int = CLOSE_AFTER) -> list[tuple[str, float, float]]:
     """Events (asset, start, end) from the monitor's hysteresis lifecycle over each asset's windows."""
     from services.monitor.lifecycle import EventLifecycle, ScoredWindow
 
@@ -152,7 +153,7 @@ def event_metrics(events: list[tuple[str, float, float]], faults: list[dict], as
 
 
 def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowArrays, budget_events: float = 1.0,
-             budget_hours: float = 8.0, open_after: int = 2, close_after: int = 3, per_asset: bool = False,
+             budget_hours: float = 8.0, open_after: int = OPEN_AFTER, close_after: int = CLOSE_AFTER, per_asset: bool = False,
              rows: dict[str, tuple[str, tuple[str, ...]]] | None = None, device: str = "cpu") -> EvalReport:
     """Score every row on `test`, calibrated on `calib` (normal operation, another seed).
 

@@ -31,6 +31,7 @@ from models.fusion import FusionConfig, FusionModel
 from models.train import (TrainConfig, TrainResult, clear_train_state, component_table, fit_component_stats,
                           fit_intra_statistics, fit_normalisers, train)
 from schemas.errors import ConfigError
+from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
 from services.training.dataset import SimSpec, simulate_dataset
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def load_datasets(recipe: Recipe, features: FeatureConfig, cache_dir: Path | Non
 def fit_model(model: FusionModel, train_data: WindowArrays, calib_data: WindowArrays, cfg: TrainConfig,
               progress: ProgressFn | None = None, state_dir: Path | None = None, phases=("intra", "fusion"),
               per_asset: bool = False, budget_events: float = 1.0, budget_hours: float = 8.0,
-              open_after: int = 2, close_after: int = 3, skip_normalisers: bool = False) -> tuple[Calibration, dict]:
+              open_after: int = OPEN_AFTER, close_after: int = CLOSE_AFTER, skip_normalisers: bool = False) -> tuple[Calibration, dict]:
     """Train `model` on normal windows and calibrate it on other normal windows."""
     t0 = time.perf_counter()
     if not skip_normalisers:
