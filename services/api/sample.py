@@ -109,13 +109,19 @@ def write_thumbnail(path: Path, size: tuple[int, int] = (160, 90)) -> None:
 
 def score_timeline(start: datetime, peak: float, threshold: float, rng: random.Random,
                    windows: int = 12) -> list[list]:
-    """A bump over the threshold, then the windows under it that close the event."""
+    """A bump over the threshold, then the windows under it that close the event. At least
+    `OPEN_AFTER` consecutive windows are over the threshold: the monitor would not have opened the
+    event otherwise (and recalibration reasons about the windows that opened it)."""
+    from services.monitor.lifecycle import OPEN_AFTER
+
     points = []
     for i in range(windows):
         x = i / (windows - 1)
         bump = math.exp(-((x - 0.35) ** 2) / 0.04)
         score = threshold * 0.6 + (peak - threshold * 0.6) * bump + rng.uniform(-0.03, 0.03)
         points.append([(start + timedelta(seconds=i + 2)).isoformat().replace("+00:00", "Z"), round(score, 4)])
+    for i in range(2, 2 + OPEN_AFTER):
+        points[i][1] = max(points[i][1], round(threshold + 0.2 * (peak - threshold), 4))
     points[3][1] = peak  # the exact peak on the record
     return points
 
