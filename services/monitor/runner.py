@@ -75,7 +75,7 @@ def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str |
     _configure_asset_labels(settings, engine)
     set_torch_threads(settings.monitor.torch_threads)
     scorer = load_scorer(checkpoint or settings.checkpoint_dir, device or settings.monitor.device)
-    calibrated_for = getattr(scorer.calibration, "open_after", settings.monitor.open_after)
+    calibrated_for = getattr(getattr(scorer, "calibration", None), "open_after", settings.monitor.open_after)
     if calibrated_for != settings.monitor.open_after:
         log.warning("the checkpoint's threshold was calibrated for events opening after %d windows, the monitor "
                     "opens after %d (monitor.open_after): its false-event budget does not hold as stated",
