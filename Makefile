@@ -18,9 +18,8 @@ help:            ## show this help
 run: venv        ## set up and run the whole stack on the embedded defaults (Ctrl-C stops it)
 	$(BIN)/fusionwatch up
 
-test: venv sysdeps  ## set up and run the test suite, then the fault-injection suite (its ledger report last)
+test: venv sysdeps  ## set up and run the default test suite
 	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q -m faults
 
 faults: venv sysdeps  ## the fault-injection suite
 	$(BIN)/python -m pytest -q -m faults
