@@ -11,9 +11,11 @@ settings from FW_* (e.g. FW_MONITOR__PER_ASSET_MAX_RECORDS_PER_S).
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from dataclasses import asdict
@@ -42,7 +44,8 @@ def main() -> None:
     partitions = int(sys.argv[6]) if len(sys.argv) > 6 else 4
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("kafka").setLevel(getattr(logging, os.environ.get("FW_TEST_KAFKA_LOG", "ERROR")))
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: every thread's stack into the log (a stall)
     base = Settings()  # FW_* from the environment (e.g. FW_KAFKA__MAX_POLL_RECORDS, FW_MONITOR__MAX_BATCH)
     ks = base.kafka.model_copy(update={"topic_prefix": prefix, "partitions": partitions})
     settings = base.model_copy(update={"kafka": ks})
