@@ -107,3 +107,19 @@ def test_a_silence_is_skipped_not_filled_with_empty_windows():
     assert len(wins) < 10
     assert all(w.inputs.frames for w in wins)  # no empty window was emitted
     assert wins[-1].inputs.end == 3603.0
+
+
+def test_an_older_record_before_the_first_window_moves_the_grid_back_instead_of_being_late():
+    """Joining a live stream: the first record seen may be a frame newer than an audio chunk still
+    on its way (audio is sent when its chunk ends). Until the asset's first window is emitted, the
+    older record extends the grid backwards; afterwards the grid is fixed and older records are late."""
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.5, idle_timeout_s=5.0, clock=Clock())
+    assert feed(al, Kind.FRAME, 10.2, 0)
+    assert feed(al, Kind.AUDIO, 8.6, 0)  # 1.6 s older than the first frame: accepted, not late
+    assert al.snapshot("A1")[0] == 7.0  # the first window that contains 8.6
+    feed(al, Kind.LOG, 8.7, 0)
+    for i, k in enumerate((Kind.FRAME, Kind.AUDIO, Kind.LOG)):
+        feed(al, k, 14.0, i + 1)
+    wins = al.ready()
+    assert wins and wins[0].inputs.start == 7.0 and wins[0].inputs.audio  # windows emitted: the grid is fixed
+    assert not feed(al, Kind.AUDIO, 5.0, 9)

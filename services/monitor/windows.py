@@ -62,6 +62,9 @@ class _AssetStream:
     last_arrival: dict[Kind, float] = field(default_factory=dict)  # monotonic clock
     expected: set[Kind] = field(default_factory=set)  # modalities this asset has sent before
     created: float = 0.0  # monotonic clock
+    # the window grid's start is provisional until the first window is emitted: a stream joined
+    # mid-flight may show a frame before an older audio chunk (audio is sent when its chunk ends)
+    provisional: bool = True
 
 
 class WindowAligner:
@@ -80,7 +83,7 @@ class WindowAligner:
     def restore(self, asset: str, partition: int | None, next_start: float, expected: Iterable[str] = ()) -> None:
         """Continue an asset from committed state: windows before `next_start` are done."""
         now = self.clock()
-        s = _AssetStream(partition, next_start, created=now)
+        s = _AssetStream(partition, next_start, created=now, provisional=False)
         s.expected = {Kind(m) for m in expected}
         s.last_arrival = {m: now for m in s.expected}  # wait up to the idle timeout for each of them
         self._assets[asset] = s
@@ -136,9 +139,9 @@ class WindowAligner:
         if s is None:
             s = self._assets[env.asset] = _AssetStream(pos.partition if pos else None, created=self.clock())
         kind, t = env.kind, env.time
-        if s.next_start is None:
-            # first window that contains t
-            s.next_start = (math.floor((t - self.window_s) / self.hop_s) + 1) * self.hop_s
+        first = (math.floor((t - self.window_s) / self.hop_s) + 1) * self.hop_s  # first window that contains t
+        if s.next_start is None or (s.provisional and first < s.next_start):
+            s.next_start = first
         if math.floor(t / self.hop_s) * self.hop_s < s.next_start - 1e-9:
             return False
         s.items[kind].append(_Item(t, payload, pos))
@@ -190,6 +193,7 @@ class WindowAligner:
         return min(s.max_time[k] for k in active) - self.lateness_s
 
     def _emit(self, asset: str, s: _AssetStream) -> AlignedWindow:
+        s.provisional = False
         start, end = s.next_start, s.next_start + self.window_s
         win = WindowInputs(asset=asset, start=start, end=end)
         evidence: dict[str, list[EvidenceRange]] = {}
