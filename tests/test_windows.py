@@ -113,7 +113,7 @@ def test_an_older_record_before_the_first_window_moves_the_grid_back_instead_of_
     """Joining a live stream: the first record seen may be a frame newer than an audio chunk still
     on its way (audio is sent when its chunk ends). Until the asset's first window is emitted, the
     older record extends the grid backwards; afterwards the grid is fixed and older records are late."""
-    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.5, idle_timeout_s=5.0, clock=Clock())
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=2.0, idle_timeout_s=5.0, clock=Clock())
     assert feed(al, Kind.FRAME, 10.2, 0)
     assert feed(al, Kind.AUDIO, 8.6, 0)  # 1.6 s older than the first frame: accepted, not late
     assert al.snapshot("A1")[0] == 7.0  # the first window that contains 8.6
@@ -123,3 +123,10 @@ def test_an_older_record_before_the_first_window_moves_the_grid_back_instead_of_
     wins = al.ready()
     assert wins and wins[0].inputs.start == 7.0 and wins[0].inputs.audio  # windows emitted: the grid is fixed
     assert not feed(al, Kind.AUDIO, 5.0, 9)
+
+
+def test_the_provisional_grid_moves_back_only_within_the_allowed_lateness():
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=2.0, idle_timeout_s=5.0, clock=Clock())
+    assert feed(al, Kind.FRAME, 110.2, 0)
+    assert not feed(al, Kind.LOG, 10.0, 0)  # 100 s older than the asset's first record: late, as before
+    assert feed(al, Kind.AUDIO, 108.4, 0)  # within the 2 s allowed lateness: on time

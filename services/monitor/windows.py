@@ -63,8 +63,10 @@ class _AssetStream:
     expected: set[Kind] = field(default_factory=set)  # modalities this asset has sent before
     created: float = 0.0  # monotonic clock
     # the window grid's start is provisional until the first window is emitted: a stream joined
-    # mid-flight may show a frame before an older audio chunk (audio is sent when its chunk ends)
+    # mid-flight may show a frame before an older audio chunk (audio is sent when its chunk ends),
+    # and a record within the allowed lateness of the first one seen moves the grid back
     provisional: bool = True
+    first_time: float | None = None  # event time of the first record seen
 
 
 class WindowAligner:
@@ -140,7 +142,9 @@ class WindowAligner:
             s = self._assets[env.asset] = _AssetStream(pos.partition if pos else None, created=self.clock())
         kind, t = env.kind, env.time
         first = (math.floor((t - self.window_s) / self.hop_s) + 1) * self.hop_s  # first window that contains t
-        if s.next_start is None or (s.provisional and first < s.next_start):
+        if s.next_start is None:
+            s.next_start, s.first_time = first, t
+        elif s.provisional and first < s.next_start and t >= (s.first_time or t) - self.lateness_s:
             s.next_start = first
         if math.floor(t / self.hop_s) * self.hop_s < s.next_start - 1e-9:
             return False
