@@ -17,6 +17,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.errors import ConfigError
+from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
 
 
 class KafkaSettings(BaseModel):
@@ -74,10 +75,9 @@ class MonitorSettings(BaseModel):
     max_batch: int = Field(64, ge=1)
     max_wait_ms: int = Field(50, ge=0)
     max_pending_windows: int = Field(512, ge=1, description="backpressure: pause partitions above this")
-    # defaults: services.monitor.lifecycle.OPEN_AFTER / CLOSE_AFTER (the checkpoint's threshold is
-    # calibrated for them; its calibration.json records which)
-    open_after: int = Field(3, ge=1, description="windows over threshold before an event opens")
-    close_after: int = Field(3, ge=1, description="windows under threshold before it closes")
+    # the checkpoint's threshold is calibrated for these (its calibration.json records which)
+    open_after: int = Field(OPEN_AFTER, ge=1, description="windows over threshold before an event opens")
+    close_after: int = Field(CLOSE_AFTER, ge=1, description="windows under threshold before it closes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # per asset and input topic, per second of event time (a backlog read fast is not a flood)
     per_asset_max_records_per_s: float = 200.0

@@ -66,7 +66,7 @@ class _AssetStream:
     # mid-flight may show a frame before an older audio chunk (audio is sent when its chunk ends),
     # and a record within the allowed lateness of the first one seen moves the grid back
     provisional: bool = True
-    first_time: float | None = None  # event time of the first record seen
+    first_time: float = 0.0  # event time of the first record seen (set with next_start)
 
 
 class WindowAligner:
@@ -144,7 +144,7 @@ class WindowAligner:
         first = (math.floor((t - self.window_s) / self.hop_s) + 1) * self.hop_s  # first window that contains t
         if s.next_start is None:
             s.next_start, s.first_time = first, t
-        elif s.provisional and first < s.next_start and t >= (s.first_time or t) - self.lateness_s:
+        elif s.provisional and first < s.next_start and t >= s.first_time - self.lateness_s:
             s.next_start = first
         if math.floor(t / self.hop_s) * self.hop_s < s.next_start - 1e-9:
             return False

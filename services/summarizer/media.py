@@ -10,6 +10,7 @@ or the new one, never half of one. SQL stores paths relative to the media root.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,8 +71,6 @@ def atomic_path(final: Path) -> Iterator[Path]:
 def sweep_partial_files(root: Path, older_than_s: float = 3600.0) -> list[Path]:
     """Delete `atomic_path` leftovers (`.NAME.XXXXXXXX.part`) a killed writer never renamed nor
     removed; only old ones, so a replica writing right now keeps its file. Returns what it deleted."""
-    import time
-
     cutoff = time.time() - older_than_s
     removed = []
     for path in Path(root).rglob(".*.part"):

@@ -104,7 +104,7 @@ class SummarizerService:
         consumer = make_consumer(self.settings.kafka, self.bootstrap, self.settings.summarizer.group_id,
                                  max_poll_records=10, max_poll_interval_ms=600_000)
         self._consumer = consumer
-        swept = media.sweep_partial_files(self.settings.media_dir) if self.settings.media_dir.exists() else []
+        swept = media.sweep_partial_files(self.settings.media_dir)  # nothing to sweep when it does not exist yet
         if swept:
             log.warning("removed %d partial media file(s) left by a writer that was killed mid-write", len(swept))
         consumer.subscribe([self.topics.events])

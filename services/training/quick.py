@@ -20,16 +20,9 @@ def train_quick(out_dir: Path, profile: str = "factory", progress: bool = True, 
     from services.settings import get_settings
 
     if profile != "factory":
-        # the call-centre recipe lives in services/training/callcenter.py (issue 11's engineer)
-        from services.training import callcenter
+        from services.training.callcenter import train_quick_callcenter
 
-        quick = getattr(callcenter, "train_quick_callcenter", None)
-        if quick is None:
-            from schemas.errors import ConfigError
-
-            raise ConfigError("no quick call-centre recipe yet (services.training.callcenter.train_quick_callcenter); "
-                              "train one with `fusionwatch train --profile callcenter` or use --profile factory")
-        return quick(Path(out_dir), progress=progress, cache_dir=cache_dir, device=device)
+        return train_quick_callcenter(Path(out_dir), progress=progress, cache_dir=cache_dir, device=device)
     out_dir = Path(out_dir)
     cache_dir = cache_dir or get_settings().var_dir / "datasets"
     with progress_bars(progress) as bar:
