@@ -10,6 +10,12 @@ Two threads, one job each:
 An outbox relay thread publishes committed event changes to fw.events at least once.
 
 Offsets live in SQL (seek there on assignment); Kafka commits are made afterwards for lag tools only.
+
+Rebalances: kafka-python 3 runs the group protocol on its own I/O thread. Revocation runs there
+while the consume thread is blocked inside poll(), so it may change the consume state; it waits for
+the batch in flight without blocking the I/O loop (heartbeats go on). Assignment completes in a
+background task that can finish after poll() has returned, so it is only recorded there and applied
+by the consume thread between polls.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kafka import TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.net.selector import KernelEvent
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, IntegrityError, DBAPIError
@@ -42,6 +49,8 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
 PAST_END_GRACE_S = 5.0
+MAX_QUEUED_BATCHES = 4  # batches cut but not yet scored: beyond this, consumption pauses
+REVOKE_WAIT_S = 30.0  # a revocation waits this long for the batch in flight (a database outage)
 
 
 class Scorer(Protocol):
@@ -56,6 +65,7 @@ class _Batch:
     windows: list[AlignedWindow]
     offsets: dict[TP, tuple[int, int]]
     assets: dict[str, tuple[int, float, list[str]]]  # asset -> (partition, next_start, expected modalities)
+    epochs: dict[TP, int]  # the sink's ownership epochs at cut time
 
 
 @dataclass
@@ -101,7 +111,9 @@ class Monitor:
         self.stats = MonitorStats()
         self.on_change = on_change  # callback(EventChange) after commit, e.g. to print events live
         self.call_centre = settings.profile == "callcenter"
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        # unbounded so that control items (restore/forget) never block; batches are capped by
+        # MAX_QUEUED_BATCHES through backpressure
+        self._queue: queue.Queue = queue.Queue()
         self._committed: queue.Queue = queue.Queue()  # offsets the score thread made durable
         self._fenced: queue.Queue = queue.Queue()
         self._writer_error: BaseException | None = None
@@ -114,6 +126,8 @@ class Monitor:
         self._thresholds: dict[str, float] = {}
         self._thresholds_at = 0.0
         self._assigned: set[TP] = set()
+        self._incoming: list[list[TP]] = []  # assignments recorded by the I/O thread, not applied yet
+        self._incoming_lock = threading.Lock()
         self._paused = False
         self._lag_reported = 0.0
         self._past_end: dict[TP, float] = {}  # when a position was first seen past the log end
@@ -126,7 +140,7 @@ class Monitor:
     def run(self, stop: threading.Event) -> MonitorStats:
         self.dlq = make_producer(self.settings.kafka, self.bootstrap)
         self.consumer = make_consumer(self.settings.kafka, self.bootstrap, self.group_id)
-        self.consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
+        self.consumer.subscribe(list(self.topics.inputs), listener=_RebalanceListener(self))
         writer = threading.Thread(target=self._score_loop, name="fw-score", daemon=True)
         writer.start()
         try:
@@ -135,10 +149,14 @@ class Monitor:
                     raise self._writer_error
                 self._drain_feedback()
                 polled = self.consumer.poll(timeout_ms=50, max_records=self.settings.kafka.max_poll_records)
+                # records fetched before an assignment was applied were read from Kafka's position,
+                # not ours: they are read again after the seek to the stored offset
+                fresh = self._apply_assignments()
                 now = time.time()
                 for tp, records in polled.items():
-                    for rec in records:
-                        self._handle(tp, rec, now)
+                    if (tp.topic, tp.partition) not in fresh:
+                        for rec in records:
+                            self._handle(tp, rec, now)
                 positions = self._positions()
                 self._hold_behind(positions)
                 self._pending.extend(self.aligner.ready())
@@ -206,7 +224,7 @@ class Monitor:
         due = (len(self._pending) >= self.cfg.max_batch
                or (self._pending and not busy and now - self._pending_since >= self.cfg.max_wait_ms / 1000)
                or (not self._pending and now - self._last_cut >= 1.0 and self._last_seen != self._cut_seen))
-        if not (due or force) or (self._queue.full() and not force):
+        if not (due or force) or (self._queue_full() and not force):
             return
         low = self.aligner.low_water()
         offsets = {}
@@ -224,14 +242,14 @@ class Monitor:
                 assets[a] = (part if part is not None else -1, nxt, expected)
         windows, self._pending, self._pending_since = self._pending, [], 0.0
         self._cut_seen = dict(self._last_seen)
-        self._queue.put(_Batch(windows, offsets, assets))
+        self._queue.put(_Batch(windows, offsets, assets, self.sink.epochs(self._assigned)))
         self._last_cut = now
         if not self.cfg.overlap and not force:
             self._wait_writer_idle()  # naive mode: consume, then score and commit, strictly in turn
 
     def _backpressure(self) -> None:
         """Pause every partition while the score stage is full; resume when it drains."""
-        full = self._queue.full() or len(self._pending) > self.cfg.max_pending_windows \
+        full = self._queue_full() or len(self._pending) > self.cfg.max_pending_windows \
             or self.aligner.buffered() > 40 * self.cfg.max_pending_windows
         if full and not self._paused:
             self.consumer.pause(*[TopicPartition(*tp) for tp in self._assigned])
@@ -241,6 +259,9 @@ class Monitor:
             self.consumer.resume(*[TopicPartition(*tp) for tp in self._assigned])
             self._paused = False
             m.PAUSED_PARTITIONS.set(0)
+
+    def _queue_full(self) -> bool:
+        return self._queue.qsize() >= MAX_QUEUED_BATCHES
 
     def _drain_feedback(self) -> None:
         committed = {}
@@ -328,28 +349,49 @@ class Monitor:
         for (topic, part), (hw, pos) in positions.items():
             m.set_lag(topic, part, hw, pos)
 
-    # ── rebalance (called inside poll) ─────────────────────────────────────────────────────
-    def on_revoked(self, revoked: list[TopicPartition]) -> None:
-        tps = [(tp.topic, tp.partition) for tp in revoked]
-        self._wait_writer_idle()
+    # ── rebalance ──────────────────────────────────────────────────────────────────────────
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """I/O thread, consume thread blocked in poll(): let the batch in flight commit, then
+        drop everything held for these partitions (their next owner starts from SQL)."""
+        tps = {(tp.topic, tp.partition) for tp in revoked}
+        with self._incoming_lock:  # assignments of these partitions not applied yet are moot
+            self._incoming = [[tp for tp in a if tp not in tps] for a in self._incoming]
+        deadline = time.monotonic() + REVOKE_WAIT_S
+        while self._writer_busy() and not self._writer_error and time.monotonic() < deadline:
+            await KernelEvent("_sleep", 0.01)  # the I/O loop's own sleep: heartbeats keep flowing
+        if self._writer_busy():
+            log.warning("revoking partitions with a batch still uncommitted after %.0f s; "
+                        "its commit will be fenced", REVOKE_WAIT_S)
         parts = {p for _, p in tps}
         self._forget_partitions(parts)
-        self._assigned -= set(tps)
-        self.sink.release(tps)
-        m.forget_partitions(tps)
+        self._assigned -= tps
+        self.sink.release(list(tps))
+        m.forget_partitions(list(tps))
         log.info("partitions revoked: %s", sorted(parts))
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._assigned |= {(tp.topic, tp.partition) for tp in assigned}
-        self._reload(assigned)
-        self.ready.set()
-        log.info("partitions assigned: %s", sorted({tp.partition for tp in assigned}))
+        """I/O thread, possibly after poll() returned: record only (see the module docstring)."""
+        with self._incoming_lock:
+            self._incoming.append([(tp.topic, tp.partition) for tp in assigned])
+
+    def _apply_assignments(self) -> set[TP]:
+        """Consume thread: take on the partitions the group gave us since the last poll."""
+        with self._incoming_lock:
+            incoming, self._incoming = self._incoming, []
+        fresh = {tp for a in incoming for tp in a} - self._assigned
+        if fresh:
+            self._assigned |= fresh
+            self._reload([TopicPartition(*tp) for tp in sorted(fresh)])
+            log.info("partitions assigned: %s", sorted({p for _, p in fresh}))
+        if incoming:
+            self.ready.set()
+        return fresh
 
     def _reload(self, tps: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in tps]
         parts = {p for _, p in keys}
         self._forget_partitions(parts)
-        stored = self.sink.load_offsets(keys)
+        stored, states = self.sink.claim(keys)
         for tp in tps:
             key = (tp.topic, tp.partition)
             self._last_seen.pop(key, None)
@@ -366,7 +408,6 @@ class Monitor:
             else:
                 self.consumer.seek_to_beginning(tp)
                 self._processed[key] = -1
-        states = self.sink.load_states(sorted(parts))
         for st in states:
             self.aligner.restore(st.asset_id, st.partition, st.last_window_start, st.lifecycle.get("expected", []))
         self._queue.put(_Restore({st.asset_id: st.lifecycle for st in states}))
@@ -390,9 +431,12 @@ class Monitor:
         if assets:
             self._queue.put(_Forget(assets))
 
+    def _writer_busy(self) -> bool:
+        return bool(self._queue.unfinished_tasks or not self._queue.empty())
+
     def _wait_writer_idle(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while (self._queue.unfinished_tasks or not self._queue.empty()) and time.monotonic() < deadline:
+        while self._writer_busy() and time.monotonic() < deadline:
             if self._writer_error:
                 return
             time.sleep(0.01)
@@ -445,7 +489,7 @@ class Monitor:
                         CallPoint(w.inputs.end, s.sentiment, float(s.frustration), w.inputs.start))
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
             a: AssetSnapshot(part, nxt, expected, copy.deepcopy(self.lifecycle.state(a)))
-            for a, (part, nxt, expected) in batch.assets.items()})
+            for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs)
         self.dlq.flush()  # dead letters must be durable before the offsets that skip them
         self._commit_with_retry(snapshot)
         now = time.time()
@@ -476,7 +520,8 @@ class Monitor:
                 return
             except Fenced as f:
                 # drop this batch: its windows are re-done by whoever owns the partition now
-                self._fenced.put([tp for tp in batch.offsets])
+                if not f.stale:  # a stale batch's partitions were already claimed again or released
+                    self._fenced.put([tp for tp in batch.offsets])
                 for asset in batch.assets:
                     self.lifecycle.forget(asset)
                 log.warning("%s", f)
@@ -527,12 +572,17 @@ def _iso(t: float) -> str:
     return format_time(t)
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _RebalanceListener(AsyncConsumerRebalanceListener):
+    """Async, so that waiting for the batch in flight does not stop the I/O loop's heartbeats."""
+
     def __init__(self, monitor: Monitor):
         self.monitor = monitor
 
-    def on_partitions_revoked(self, revoked):
-        self.monitor.on_revoked(list(revoked))
+    async def on_partitions_revoked(self, revoked):
+        await self.monitor.on_revoked(list(revoked))
 
-    def on_partitions_assigned(self, assigned):
+    async def on_partitions_lost(self, lost):  # evicted (e.g. a zombie): the same cleanup
+        await self.monitor.on_revoked(list(lost))
+
+    async def on_partitions_assigned(self, assigned):
         self.monitor.on_assigned(list(assigned))

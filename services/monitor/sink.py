@@ -1,14 +1,20 @@
 """Sink hop: events, outbox rows, per-asset stream state and the next Kafka offsets, written in
 ONE SQL transaction — the exactly-once effect of the monitor.
 
-Offsets are fenced: a row is only advanced from the value this process last read or wrote.
-A zombie (a monitor paused past its session timeout while another member took its partitions)
-finds the row moved on, and its whole transaction is rolled back (`Fenced`).
+Offsets are fenced twice:
+- across processes, a row is only advanced from the value this process last read or wrote: a zombie
+  (a monitor paused past its session timeout while another member took its partitions) finds the
+  row moved on, and its whole transaction is rolled back (`Fenced`);
+- within the process, each partition has an ownership epoch, bumped whenever it is claimed (offsets
+  read at assignment or after a fence) or released; a batch carries the epochs it was cut under,
+  and one cut under an older epoch is refused (`Fenced`, stale). Without it, a batch cut before a
+  reload passed the fresh token and moved offsets and states back (found by the zombie scenario).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +36,11 @@ TP = tuple[str, int]
 class Fenced(FusionwatchError):
     """Another group member advanced these offsets: this process no longer owns the partition."""
 
-    def __init__(self, tp: TP, expected: int | None, found: int | None):
-        super().__init__(f"offsets of {tp[0]}[{tp[1]}] moved to {found} (expected {expected}); partition lost")
-        self.tp = tp
+    def __init__(self, tp: TP, expected: int | None, found: int | None, stale: bool = False):
+        super().__init__(f"batch for {tp[0]}[{tp[1]}] was cut before its partition was claimed again or released"
+                         if stale else
+                         f"offsets of {tp[0]}[{tp[1]}] moved to {found} (expected {expected}); partition lost")
+        self.tp, self.stale = tp, stale
 
 
 @dataclass
@@ -59,6 +67,7 @@ class CommitBatch:
     calls: dict[str, list[CallPoint]] = field(default_factory=dict)
     offsets: dict[TP, tuple[int, int]] = field(default_factory=dict)  # tp -> (next_offset, processed_through)
     assets: dict[str, AssetSnapshot] = field(default_factory=dict)
+    epochs: dict[TP, int] = field(default_factory=dict)  # ownership epochs the batch was cut under
 
 
 class SqlSink:
@@ -66,26 +75,56 @@ class SqlSink:
         self.engine, self.group_id = engine, group_id
         self.sessions = session_factory(engine)
         self.expected: dict[TP, int | None] = {}  # fencing token per owned partition
+        self._epoch: dict[TP, int] = {}  # ownership epoch per partition (see the module docstring)
+        self._ownership = threading.Lock()  # a claim or release never interleaves with a commit
 
     # ── reads at assignment ────────────────────────────────────────────────────────────────
-    def load_offsets(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
-        with self.sessions() as s:
-            rows = s.scalars(select(ConsumerOffset).where(ConsumerOffset.group_id == self.group_id)).all()
-        stored = {(r.topic, r.partition): (r.next_offset, r.processed_through) for r in rows}
+    def claim(self, tps: list[TP]) -> tuple[dict[TP, tuple[int, int]], list[MonitorState]]:
+        """Own `tps` from now on: a new epoch, and their stored offsets and the stream states of
+        their partitions, as of ONE commit.
+
+        Both are written in one transaction, but two plain reads can straddle another member's
+        commit: states newer than offsets made the records in between look late (dead-lettered,
+        lost) after a zombie's rebalance. Offsets never move backwards, so reading them again
+        after the states and finding them unchanged proves no commit came in between."""
+        parts = sorted({p for _, p in tps})
+        with self._ownership:
+            return self._claim(tps, parts)
+
+    def _claim(self, tps: list[TP], parts: list[int]):
+        for _ in range(50):
+            before = self._read_offsets()
+            states = self._read_states(parts)
+            stored = self._read_offsets()
+            if stored == before:
+                break
+        else:  # a partition busy enough to win 50 races is not ours: the commit will be fenced
+            log.warning("stored offsets kept moving while being read; using the latest read")
         for tp in tps:
             self.expected[tp] = stored[tp][0] if tp in stored else None
-        return {tp: stored[tp] for tp in tps if tp in stored}
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+        return {tp: stored[tp] for tp in tps if tp in stored}, states
 
-    def release(self, tps: list[TP]) -> None:
-        for tp in tps:
-            self.expected.pop(tp, None)
+    def _read_offsets(self) -> dict[TP, tuple[int, int]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(ConsumerOffset).where(ConsumerOffset.group_id == self.group_id)).all()
+            return {(r.topic, r.partition): (r.next_offset, r.processed_through) for r in rows}
 
-    def load_states(self, partitions: list[int]) -> list[MonitorState]:
+    def _read_states(self, partitions: list[int]) -> list[MonitorState]:
         if not partitions:
             return []
         with self.sessions() as s:
             return list(s.scalars(select(MonitorState).where(MonitorState.group_id == self.group_id,
                                                              MonitorState.partition.in_(partitions))))
+
+    def release(self, tps: list[TP]) -> None:
+        with self._ownership:
+            for tp in tps:
+                self.expected.pop(tp, None)
+                self._epoch[tp] = self._epoch.get(tp, 0) + 1
+
+    def epochs(self, tps) -> dict[TP, int]:
+        return {tp: self._epoch.get(tp, 0) for tp in tps}
 
     def load_thresholds(self) -> dict[str, float]:
         with self.sessions() as s:
@@ -95,6 +134,14 @@ class SqlSink:
     def commit(self, batch: CommitBatch) -> float:
         """Write the batch atomically; returns seconds spent. Raises Fenced or a DB error."""
         t0 = time.perf_counter()
+        with self._ownership:
+            self._commit(batch)
+        return time.perf_counter() - t0
+
+    def _commit(self, batch: CommitBatch) -> None:
+        for tp, epoch in batch.epochs.items():
+            if self._epoch.get(tp, 0) != epoch:
+                raise Fenced(tp, None, None, stale=True)
         with self.sessions() as s, s.begin():
             self._advance_offsets(s, batch.offsets)
             for change in batch.changes:
@@ -107,7 +154,6 @@ class SqlSink:
         faultpoints.hit("after_commit")  # fault tests: committed, nobody told
         for tp, (next_offset, _) in batch.offsets.items():
             self.expected[tp] = next_offset
-        return time.perf_counter() - t0
 
     def _advance_offsets(self, s: Session, offsets: dict[TP, tuple[int, int]]) -> None:
         for tp in offsets:
