@@ -129,6 +129,7 @@ class Monitor:
         self._incoming: list[list[TP]] = []  # assignments recorded by the I/O thread, not applied yet
         self._incoming_lock = threading.Lock()
         self._paused = False
+        self._assignment_changed = False  # backpressure re-checks the consumer's pause set after a rebalance
         self._lag_reported = 0.0
         self._past_end: dict[TP, float] = {}  # when a position was first seen past the log end
         self._topic_ids: dict[TP, Any] = {}  # topic id when last assigned: detects re-created topics
@@ -248,17 +249,27 @@ class Monitor:
             self._wait_writer_idle()  # naive mode: consume, then score and commit, strictly in turn
 
     def _backpressure(self) -> None:
-        """Pause every partition while the score stage is full; resume when it drains."""
+        """Pause every partition while the score stage is full; resume when it drains.
+
+        Reconciled with the consumer's own pause set each time rather than a flag: kafka-python 3
+        keeps a partition's pause across a rebalance when the partition stays assigned, so a
+        pause made before a revocation outlived the resume that ran while nothing was assigned
+        (found by the slow-database fault scenario: the remaining member stalled for good)."""
         full = self._queue_full() or len(self._pending) > self.cfg.max_pending_windows \
             or self.aligner.buffered() > 40 * self.cfg.max_pending_windows
-        if full and not self._paused:
-            self.consumer.pause(*[TopicPartition(*tp) for tp in self._assigned])
-            self._paused = True
-            m.PAUSED_PARTITIONS.set(len(self._assigned))
-        elif not full and self._paused:
-            self.consumer.resume(*[TopicPartition(*tp) for tp in self._assigned])
-            self._paused = False
-            m.PAUSED_PARTITIONS.set(0)
+        if full:
+            paused = self.consumer.paused() if self._paused else set()
+            todo = [tp for tp in (TopicPartition(*k) for k in self._assigned) if tp not in paused]
+            if todo:
+                self.consumer.pause(*todo)
+        elif self._paused or self._assignment_changed:
+            paused = self.consumer.paused()
+            if paused:
+                self.consumer.resume(*paused)
+        self._assignment_changed = False
+        if full != self._paused:
+            self._paused = full
+            m.PAUSED_PARTITIONS.set(len(self._assigned) if full else 0)
 
     def _queue_full(self) -> bool:
         return self._queue.qsize() >= MAX_QUEUED_BATCHES
@@ -380,6 +391,7 @@ class Monitor:
             incoming, self._incoming = self._incoming, []
         fresh = {tp for a in incoming for tp in a} - self._assigned
         if fresh:
+            self._assignment_changed = True
             self._assigned |= fresh
             self._reload([TopicPartition(*tp) for tp in sorted(fresh)])
             log.info("partitions assigned: %s", sorted({p for _, p in fresh}))

@@ -39,6 +39,23 @@ def write_stats(monitor: Monitor, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def dump_state(monitor: Monitor) -> None:
+    """What a stalled consumer looks like from inside: assignment, pauses, positions, buffers."""
+    c = monitor.consumer
+    try:
+        tps = sorted(c.assignment())
+        state = {"assignment": [f"{tp.topic}[{tp.partition}]" for tp in tps],
+                 "paused": [f"{tp.topic}[{tp.partition}]" for tp in c.paused()],
+                 "positions": {f"{tp.topic}[{tp.partition}]": (c.position(tp, timeout_ms=0), c.highwater(tp))
+                               for tp in tps},
+                 "monitor_paused": monitor._paused, "pending": len(monitor._pending),
+                 "buffered": monitor.aligner.buffered(), "queue": monitor._queue.qsize(),
+                 "assigned": len(monitor._assigned), "incoming": monitor._incoming}
+    except Exception as e:  # a diagnostic must not kill the process
+        state = {"error": repr(e)}
+    print("STATE", json.dumps(state, default=str), file=sys.stderr, flush=True)
+
+
 def main() -> None:
     bootstrap, url, prefix, group, stats_path = sys.argv[1:6]
     partitions = int(sys.argv[6]) if len(sys.argv) > 6 else 4
@@ -53,6 +70,7 @@ def main() -> None:
     stop = install_stop_handlers()
     monitor = Monitor(settings, bootstrap, engine, BrightnessScorer(), Topics.from_settings(ks), group_id=group)
     path = Path(stats_path)
+    signal.signal(signal.SIGUSR2, lambda *_: dump_state(monitor))  # `kill -USR2 PID`: consumer state
     logging.getLogger(__name__).info("monitor pid %d, fault points %s", os.getpid(), faultpoints.armed() or "none")
 
     def sampler() -> None:
