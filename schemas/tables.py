@@ -88,6 +88,9 @@ class ConsumerOffset(Base):
     # highest offset already processed when this row was written: on replay, records between
     # next_offset and here that fall only into finished windows are skipped, not re-counted as late
     processed_through: Mapped[int] = mapped_column(BigInteger, default=-1)
+    # the topic id (KIP-516) of the log these offsets count records of: a topic deleted and
+    # re-created (an embedded broker restarted empty) starts a new log, and its offsets start at 0
+    log_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

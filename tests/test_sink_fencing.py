@@ -36,11 +36,11 @@ def test_a_batch_cut_before_a_reclaim_is_refused_even_with_a_fresh_token(db_url,
         sink.commit(_batch(sink, 12, 6.0))
     assert not lost.value.stale  # the cross-process fence: the row moved on
     offsets, states = sink.claim([TP])  # reload: the token is now 20 again
-    assert offsets[TP] == (20, 19) and states[0].last_window_start == 12.0
+    assert offsets[TP][:2] == (20, 19) and states[0].last_window_start == 12.0
     with pytest.raises(Fenced) as refused:
         sink.commit(stale)  # would pass the token check (20) and move the offset back to 8
     assert refused.value.stale
-    assert sink.claim([TP])[0][TP] == (20, 19)
+    assert sink.claim([TP])[0][TP][:2] == (20, 19)
     sink.commit(_batch(sink, 25, 14.0))  # a batch cut after the claim goes through
     sink.release([TP])
     with pytest.raises(Fenced):
@@ -64,5 +64,19 @@ def test_claim_reads_offsets_and_states_of_the_same_commit(db_url, unique_group,
 
     monkeypatch.setattr(reader, "_read_states", states_after_a_commit)
     offsets, states = reader.claim([TP])
-    assert raced and offsets[TP] == (20, 19) and states[0].last_window_start == 12.0
+    assert raced and offsets[TP][:2] == (20, 19) and states[0].last_window_start == 12.0
+    engine.dispose()
+
+
+def test_offsets_remember_the_log_they_count(db_url, unique_group):
+    """The topic id goes into SQL with the offsets: after a re-created topic (an embedded broker
+    restarted empty), any process can tell that the stored offsets belong to the old log."""
+    engine, group = db.make_engine(db_url), unique_group()
+    sink = SqlSink(engine, group)
+    sink.claim([TP])
+    batch = _batch(sink, 10, 5.0)
+    batch.log_ids = {TP: "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}
+    sink.commit(batch)
+    sink.commit(_batch(sink, 12, 6.0))  # a batch without an id keeps the stored one
+    assert SqlSink(engine, group).claim([TP])[0][TP] == (12, 11, "1b4e28ba-2fa1-11d2-883f-0016d3cca427")
     engine.dispose()

@@ -66,6 +66,7 @@ class _Batch:
     offsets: dict[TP, tuple[int, int]]
     assets: dict[str, tuple[int, float, list[str]]]  # asset -> (partition, next_start, expected modalities)
     epochs: dict[TP, int]  # the sink's ownership epochs at cut time
+    log_ids: dict[TP, str]  # topic ids of the logs the offsets count records of
 
 
 @dataclass
@@ -243,7 +244,8 @@ class Monitor:
                 assets[a] = (part if part is not None else -1, nxt, expected)
         windows, self._pending, self._pending_since = self._pending, [], 0.0
         self._cut_seen = dict(self._last_seen)
-        self._queue.put(_Batch(windows, offsets, assets, self.sink.epochs(self._assigned)))
+        log_ids = {tp: str(self._topic_ids[tp]) for tp in offsets if self._topic_ids.get(tp) is not None}
+        self._queue.put(_Batch(windows, offsets, assets, self.sink.epochs(self._assigned), log_ids))
         self._last_cut = now
         if not self.cfg.overlap and not force:
             self._wait_writer_idle()  # naive mode: consume, then score and commit, strictly in turn
@@ -408,15 +410,20 @@ class Monitor:
             key = (tp.topic, tp.partition)
             self._last_seen.pop(key, None)
             recreated = self._recreated(key)  # remember every assigned partition's topic id
-            if key in stored and recreated:
+            log_id = self._topic_ids.get(key)
+            # the stored offsets count records of another log: re-created since this process (or,
+            # from the id stored with them, any process) last committed them
+            old_log = key in stored and log_id is not None and (
+                recreated or stored[key].log_id not in (None, str(log_id)))
+            if old_log:
                 log.error("%s[%d] was re-created (new topic id; e.g. the embedded broker restarted empty): "
                           "its stored offset %d belongs to the old log; reading it from offset 0",
-                          tp.topic, tp.partition, stored[key][0])
+                          tp.topic, tp.partition, stored[key].next_offset)
                 self.consumer.seek(tp, 0)
                 self._processed[key] = -1
             elif key in stored:
-                self.consumer.seek(tp, stored[key][0])
-                self._processed[key] = stored[key][1]
+                self.consumer.seek(tp, stored[key].next_offset)
+                self._processed[key] = stored[key].processed_through
             else:
                 self.consumer.seek_to_beginning(tp)
                 self._processed[key] = -1
@@ -501,7 +508,7 @@ class Monitor:
                         CallPoint(w.inputs.end, s.sentiment, float(s.frustration), w.inputs.start))
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
             a: AssetSnapshot(part, nxt, expected, copy.deepcopy(self.lifecycle.state(a)))
-            for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs)
+            for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids)
         self.dlq.flush()  # dead letters must be durable before the offsets that skip them
         self._commit_with_retry(snapshot)
         now = time.time()

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.orm import Session
@@ -41,6 +41,12 @@ class Fenced(FusionwatchError):
                          if stale else
                          f"offsets of {tp[0]}[{tp[1]}] moved to {found} (expected {expected}); partition lost")
         self.tp, self.stale = tp, stale
+
+
+class StoredOffset(NamedTuple):
+    next_offset: int
+    processed_through: int
+    log_id: str | None  # topic id of the log the offsets belong to (None: written before it was kept)
 
 
 @dataclass
@@ -68,6 +74,7 @@ class CommitBatch:
     offsets: dict[TP, tuple[int, int]] = field(default_factory=dict)  # tp -> (next_offset, processed_through)
     assets: dict[str, AssetSnapshot] = field(default_factory=dict)
     epochs: dict[TP, int] = field(default_factory=dict)  # ownership epochs the batch was cut under
+    log_ids: dict[TP, str] = field(default_factory=dict)  # topic ids of the logs the offsets count
 
 
 class SqlSink:
@@ -79,7 +86,7 @@ class SqlSink:
         self._ownership = threading.Lock()  # a claim or release never interleaves with a commit
 
     # ── reads at assignment ────────────────────────────────────────────────────────────────
-    def claim(self, tps: list[TP]) -> tuple[dict[TP, tuple[int, int]], list[MonitorState]]:
+    def claim(self, tps: list[TP]) -> tuple[dict[TP, StoredOffset], list[MonitorState]]:
         """Own `tps` from now on: a new epoch, and their stored offsets and the stream states of
         their partitions, as of ONE commit.
 
@@ -105,10 +112,10 @@ class SqlSink:
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
         return {tp: stored[tp] for tp in tps if tp in stored}, states
 
-    def _read_offsets(self) -> dict[TP, tuple[int, int]]:
+    def _read_offsets(self) -> dict[TP, StoredOffset]:
         with self.sessions() as s:
             rows = s.scalars(select(ConsumerOffset).where(ConsumerOffset.group_id == self.group_id)).all()
-            return {(r.topic, r.partition): (r.next_offset, r.processed_through) for r in rows}
+            return {(r.topic, r.partition): StoredOffset(r.next_offset, r.processed_through, r.log_id) for r in rows}
 
     def _read_states(self, partitions: list[int]) -> list[MonitorState]:
         if not partitions:
@@ -143,7 +150,7 @@ class SqlSink:
             if self._epoch.get(tp, 0) != epoch:
                 raise Fenced(tp, None, None, stale=True)
         with self.sessions() as s, s.begin():
-            self._advance_offsets(s, batch.offsets)
+            self._advance_offsets(s, batch.offsets, batch.log_ids)
             for change in batch.changes:
                 self._write_event(s, change)
             for call_id, points in batch.calls.items():
@@ -155,7 +162,7 @@ class SqlSink:
         for tp, (next_offset, _) in batch.offsets.items():
             self.expected[tp] = next_offset
 
-    def _advance_offsets(self, s: Session, offsets: dict[TP, tuple[int, int]]) -> None:
+    def _advance_offsets(self, s: Session, offsets: dict[TP, tuple[int, int]], log_ids: dict[TP, str]) -> None:
         for tp in offsets:
             if tp not in self.expected:
                 raise Fenced(tp, None, None)  # revoked while this batch was in flight
@@ -170,11 +177,12 @@ class SqlSink:
             found = row.next_offset if row else None
             if found != self.expected[tp]:
                 raise Fenced(tp, self.expected[tp], found)
+            log_id = log_ids.get(tp) or (row.log_id if row else None)
             if row is None:
                 s.add(ConsumerOffset(group_id=self.group_id, topic=tp[0], partition=tp[1],
-                                     next_offset=next_offset, processed_through=processed))
+                                     next_offset=next_offset, processed_through=processed, log_id=log_id))
             else:
-                row.next_offset, row.processed_through = next_offset, processed
+                row.next_offset, row.processed_through, row.log_id = next_offset, processed, log_id
         s.flush()  # a concurrent insert of the same row fails here, inside the transaction
 
     def _write_states(self, s: Session, assets: dict[str, AssetSnapshot]) -> None:

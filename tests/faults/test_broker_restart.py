@@ -72,3 +72,40 @@ def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
 
 def new_events(url: str, before: list[tuple], after_t: float) -> list[tuple]:
     return [e for e in ledger.event_rows(url) if e not in before and e[2].timestamp() >= after_t and e[4] == "closed"]
+
+
+def test_broker_restarted_empty_while_the_monitor_was_down(tmp_path):
+    """The whole embedded stack restarted (`fusionwatch up` again): the broker comes back empty
+    while SQL keeps the offsets. A fresh monitor process has never seen the old topic ids; only
+    the id stored with the offsets tells that they count records of a log that is gone. The new
+    log is exactly as long as the old one, so nothing else would tell: without the stored id the
+    monitor would sit at the end of the new log and skip all of it."""
+    port = free_port()
+    ks = KafkaSettings(topic_prefix=f"d{uuid.uuid4().hex[:8]}.", partitions=fault_inputs.PARTITIONS)
+    url = f"sqlite:///{tmp_path / 'down.db'}"
+    db.upgrade(url)
+    group = f"down-{uuid.uuid4().hex[:8]}"
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-1.log").start()
+    monitor = None
+    try:
+        _, before = fault_inputs.produce(ks, broker.bootstrap)
+        monitor = MonitorProc(tmp_path, "first", broker.bootstrap, url, ks.topic_prefix, group)
+        wait_for(lambda: ledger.finished(url, group, fault_inputs.ends(before)), 120, "the first stream",
+                 procs=[monitor])
+        assert monitor.stop() == 0
+        events_before = ledger.event_rows(url)
+        broker.stop()
+
+        broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
+        later = fault_inputs.START + 120
+        _, after = fault_inputs.produce(ks, broker.bootstrap, start=later)
+        assert ledger.committed(url, group)[0] == fault_inputs.ends(after)  # same offsets, other log
+        monitor = MonitorProc(tmp_path, "second", broker.bootstrap, url, ks.topic_prefix, group)
+        wait_for(lambda: len(new_events(url, events_before, later)) == len(fault_inputs.FAULTS), 120,
+                 "events from the data after the restart", procs=[monitor])
+        assert monitor.stop() == 0
+        assert "belongs to the old log" in monitor.log()
+    finally:
+        if monitor is not None:
+            monitor.kill()
+        broker.stop()
