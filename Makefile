@@ -18,10 +18,11 @@ help:            ## show this help
 run: venv        ## set up and run the whole stack on the embedded defaults (Ctrl-C stops it)
 	$(BIN)/fusionwatch up
 
-test: venv sysdeps  ## set up and run the default test suite
+test: venv sysdeps  ## set up and run the tests: the default suite, then the fault-injection suite
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m faults
 
-faults: venv sysdeps  ## the fault-injection suite
+faults: venv sysdeps  ## the fault-injection suite alone (real processes killed, frozen, cut off)
 	$(BIN)/python -m pytest -q -m faults
 
 venv: $(STAMP)   ## create .venv and install fusionwatch with pinned dependencies
