@@ -58,6 +58,13 @@ def parse(spec: str) -> dict[str, tuple[int, str]]:
 
 _targets: dict[str, tuple[int, str]] = parse(os.environ.get(ENV, ""))
 _hits: dict[str, int] = {}
+_before_action: list = []  # callables run just before the action (a test harness saves its counters)
+
+
+def on_reached(callback) -> None:
+    """Run `callback()` right before an armed point acts: what a test reads of a SIGKILLed process
+    must be as of the moment of death, not of the last periodic snapshot."""
+    _before_action.append(callback)
 
 
 def hit(name: str) -> None:
@@ -70,11 +77,12 @@ def hit(name: str) -> None:
         # Say it on stderr first, so a test can tell an injected death from a real crash.
         sys.stderr.write(f"fault point {name} reached ({count}): {action}\n")
         sys.stderr.flush()
+        for callback in _before_action:
+            callback()
         if action in ACTIONS:
             os.kill(os.getpid(), ACTIONS[action])
         else:
             time.sleep(_sleep_s(action))
-
 
 
 def armed() -> dict[str, tuple[int, str]]:

@@ -2,8 +2,8 @@
 
 python -m tests.faults.monitor_proc BOOTSTRAP DB_URL TOPIC_PREFIX GROUP STATS_JSON [PARTITIONS]
 
-Like tests/support/run_monitor.py, but it rewrites STATS_JSON (atomically, every 0.3 s and at exit)
-with the monitor's counters, so a test can read how many records a process fetched, aligned,
+Like tests/support/run_monitor.py, but it rewrites STATS_JSON (atomically, every 0.3 s, at exit and
+right before an armed fault point acts) with the monitor's counters, so a test can read how many records a process fetched, aligned,
 dead-lettered, re-read after a restart, and how often it was fenced — even for a process that is
 SIGKILLed later (the last snapshot survives). Fault points come from FW_FAULT_POINTS; other
 settings from FW_* (e.g. FW_MONITOR__PER_ASSET_MAX_RECORDS_PER_S).
@@ -71,6 +71,7 @@ def main() -> None:
     monitor = Monitor(settings, bootstrap, engine, BrightnessScorer(), Topics.from_settings(ks), group_id=group)
     path = Path(stats_path)
     signal.signal(signal.SIGUSR2, lambda *_: dump_state(monitor))  # `kill -USR2 PID`: consumer state
+    faultpoints.on_reached(lambda: write_stats(monitor, path))  # counters as of a SIGKILL, not 0.3 s before
     logging.getLogger(__name__).info("monitor pid %d, fault points %s", os.getpid(), faultpoints.armed() or "none")
 
     def sampler() -> None:
