@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -27,22 +28,48 @@ from tests.faults.procs import MonitorProc, wait_for
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
-    port = free_port()
-    ks = KafkaSettings(topic_prefix=f"b{uuid.uuid4().hex[:8]}.", partitions=fault_inputs.PARTITIONS)
-    url = f"sqlite:///{tmp_path / 'restart.db'}"
+@dataclass
+class Stack:
+    """A broker of our own on a fixed port (so it can come back at the same address) and a SQLite file."""
+
+    port: int
+    kafka: KafkaSettings
+    url: str
+    group: str
+
+
+def _stack(tmp_path, tag: str) -> Stack:
+    url = f"sqlite:///{tmp_path / (tag + '.db')}"
     db.upgrade(url)
-    group = f"restart-{uuid.uuid4().hex[:8]}"
-    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-1.log").start()
+    ks = KafkaSettings(topic_prefix=f"{tag[0]}{uuid.uuid4().hex[:8]}.", partitions=fault_inputs.PARTITIONS)
+    return Stack(free_port(), ks, url, f"{tag}-{uuid.uuid4().hex[:8]}")
+
+
+def _first_stream(st: Stack, tmp_path, name: str) -> tuple[EmbeddedBroker, MonitorProc, list[tuple]]:
+    """Broker up, the scenario input produced, a monitor run through all of it; returns its events."""
+    broker = EmbeddedBroker(port=st.port, log_path=tmp_path / "tansu-1.log").start()
     monitor = None
     try:
-        topics, before = fault_inputs.produce(ks, broker.bootstrap)
-        monitor = MonitorProc(tmp_path, "monitor", broker.bootstrap, url, ks.topic_prefix, group)
-        wait_for(lambda: ledger.finished(url, group, fault_inputs.ends(before)), 120, "the first stream",
+        _, before = fault_inputs.produce(st.kafka, broker.bootstrap)
+        monitor = MonitorProc(tmp_path, name, broker.bootstrap, st.url, st.kafka.topic_prefix, st.group)
+        wait_for(lambda: ledger.finished(st.url, st.group, fault_inputs.ends(before)), 120, "the first stream",
                  procs=[monitor])
-        events_before = ledger.event_rows(url)
-        assert {e[1] for e in events_before} == set(fault_inputs.FAULTS)
+        events = ledger.event_rows(st.url)
+        assert {e[1] for e in events} == set(fault_inputs.FAULTS)
+        return broker, monitor, events
+    except BaseException:
+        if monitor is not None:
+            monitor.kill()
+        broker.stop()
+        raise
 
+
+def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
+    st = _stack(tmp_path, "restart")
+    port, ks, url, group = st.port, st.kafka, st.url, st.group
+    broker = monitor = None
+    try:
+        broker, monitor, events_before = _first_stream(st, tmp_path, "monitor")
         broker.stop()  # all topics, records and group state are gone
         time.sleep(8.0)  # longer than a session timeout: the monitor sees a dead broker, not a blip
         assert monitor.proc.poll() is None, "the monitor exited while the broker was down:\n" + monitor.log()[-3000:]
@@ -67,7 +94,8 @@ def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
     finally:
         if monitor is not None:
             monitor.kill()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
 
 
 def new_events(url: str, before: list[tuple], after_t: float) -> list[tuple]:
@@ -80,20 +108,12 @@ def test_broker_restarted_empty_while_the_monitor_was_down(tmp_path):
     the id stored with the offsets tells that they count records of a log that is gone. The new
     log is exactly as long as the old one, so nothing else would tell: without the stored id the
     monitor would sit at the end of the new log and skip all of it."""
-    port = free_port()
-    ks = KafkaSettings(topic_prefix=f"d{uuid.uuid4().hex[:8]}.", partitions=fault_inputs.PARTITIONS)
-    url = f"sqlite:///{tmp_path / 'down.db'}"
-    db.upgrade(url)
-    group = f"down-{uuid.uuid4().hex[:8]}"
-    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-1.log").start()
-    monitor = None
+    st = _stack(tmp_path, "down")
+    port, ks, url, group = st.port, st.kafka, st.url, st.group
+    broker = monitor = None
     try:
-        _, before = fault_inputs.produce(ks, broker.bootstrap)
-        monitor = MonitorProc(tmp_path, "first", broker.bootstrap, url, ks.topic_prefix, group)
-        wait_for(lambda: ledger.finished(url, group, fault_inputs.ends(before)), 120, "the first stream",
-                 procs=[monitor])
+        broker, monitor, events_before = _first_stream(st, tmp_path, "first")
         assert monitor.stop() == 0
-        events_before = ledger.event_rows(url)
         broker.stop()
 
         broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
@@ -108,4 +128,5 @@ def test_broker_restarted_empty_while_the_monitor_was_down(tmp_path):
     finally:
         if monitor is not None:
             monitor.kill()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
