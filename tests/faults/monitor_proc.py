@@ -30,13 +30,17 @@ from services.settings import Settings
 from tests.support.scorers import BrightnessScorer
 
 
+_stats_lock = threading.Lock()  # the sampler and a fault point's callback both write the file
+
+
 def write_stats(monitor: Monitor, path: Path) -> None:
     data = {k: v for k, v in asdict(monitor.stats).items() if k != "latencies"}
     data["pid"] = os.getpid()
     data["assigned"] = sorted(f"{t}:{p}" for t, p in monitor._assigned)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    with _stats_lock:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
 
 def dump_state(monitor: Monitor) -> None:
