@@ -42,6 +42,19 @@ def new_input(bootstrap: str) -> ScenarioInput:
     return ScenarioInput(ks, topics, records, fault_inputs.ends(records))
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_monitors():
+    """A test that fails half-way leaves its monitors running (a SIGSTOPped zombie forever):
+    kill whatever is still alive, so it cannot load or disturb the next scenario."""
+    from tests.faults.procs import STARTED
+
+    yield
+    for p in STARTED:
+        if p.proc.poll() is None:
+            p.kill()
+    STARTED.clear()
+
+
 @pytest.fixture
 def scenario_input(broker) -> ScenarioInput:
     return new_input(broker.bootstrap)

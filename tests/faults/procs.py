@@ -13,6 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+STARTED: list["MonitorProc"] = []  # every process of the running test: a failed test's leftovers are killed
+
+
 class MonitorProc:
     """`python -m tests.faults.monitor_proc` with its stderr in a file and a stats snapshot file."""
 
@@ -27,6 +30,7 @@ class MonitorProc:
             [sys.executable, "-m", "tests.faults.monitor_proc", bootstrap, url, prefix, group, str(self.stats_path)],
             cwd=ROOT, env=clean | {"PYTHONPATH": str(ROOT)} | (env or {}),
             stdout=self._log, stderr=subprocess.STDOUT)
+        STARTED.append(self)
 
     @property
     def pid(self) -> int:
