@@ -1,65 +1,73 @@
-"""Frame autoencoder results remembered per frame, for scoring overlapping windows.
+"""Per-frame results of the fusion model, remembered for scoring overlapping windows.
 
-Where it sits: installed by the scorer (`models.scorer.AnomalyScorer`) on the fusion model's frame
-autoencoder, on CPU. Windows overlap (2 s windows every 1 s), so every frame is scored in two
-consecutive windows, and the frame autoencoder — about half the model's cost on CPU — would run
-twice on the same pixels. Its output for a frame depends on that frame alone, so it is kept in a
-small LRU keyed by the frame's content (128 bits of a SHA-256 of its pixels): the second window reuses
-it. As the text encoder's line cache, `max_frames=0` turns it off (the naive baseline of
-`fusionwatch bench pipeline`). Not used on CUDA: hashing on the host would cost more than the
-GPU spends recomputing.
+Where it sits: installed by the scorer (`models.scorer.AnomalyScorer`) as `FusionModel.frame_memo`,
+on CPU. Windows overlap (2 s windows every 1 s), so every frame is scored in two consecutive
+windows, and the frame autoencoder — about half the model's cost on CPU — would run twice on the
+same pixels. What scoring needs of a frame (`FrameAutoencoder.residual`: its error map and feature
+statistics) depends on that frame alone, so it is kept in a small LRU keyed by content (128 bits
+of a SHA-256 of the pixels): the second window reuses it. As the text encoder's line cache,
+`max_frames=0` turns it off (the naive baseline of `fusionwatch bench pipeline`). Not used on CUDA:
+hashing on the host would cost more than the GPU spends recomputing.
+
+The frame-state encoder's tokens were memoised the same way, per (frame, neighbour) pair, and
+measured: no gain (its convolutions are small next to the Python bookkeeping), so they are not.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 from torch import nn
 
+Entry = tuple[torch.Tensor, ...]
+
 
 class FrameMemo:
-    """Wraps `FrameAutoencoder.forward` (N, 3, H, W) -> recon[, stats] with a per-frame LRU."""
-
-    def __init__(self, autoencoder: nn.Module, max_frames: int = 1024):
-        # 1024 frames x (3 x 60 x 80 float32) = 59 MB; a frame is needed again within ~1-2 s, so
+    def __init__(self, max_frames: int = 1024):
+        # 1024 frames x (60 x 80 float32) = 20 MB; a frame is needed again within ~1-2 s, so
         # this covers a few hundred 4 fps cameras per monitor process
         self.max_frames = max_frames
         self.hits = self.misses = 0
-        self._cache: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._forward = autoencoder.forward
-        self._autoencoder = autoencoder
-        autoencoder.forward = self  # nn.Module.__call__ looks `forward` up on the instance first
+        self._residuals: OrderedDict[bytes, Entry] = OrderedDict()
 
-    def __call__(self, frames: torch.Tensor, with_stats: bool = False):
-        if self.max_frames <= 0 or self._autoencoder.training or frames.shape[0] == 0 or frames.device.type != "cpu":
-            return self._forward(frames, with_stats=with_stats)
+    def active(self, frames: torch.Tensor) -> bool:
+        return self.max_frames > 0 and frames.device.type == "cpu" and not torch.is_grad_enabled()
+
+    @staticmethod
+    def keys(frames: torch.Tensor) -> list[bytes]:
+        """One content key per frame of (N, 3, H, W)."""
         pixels = frames.detach().contiguous().numpy()
-        # SHA-256 (hardware-accelerated on current x86 and ARM CPUs) hashed 128 frames in 5 ms
-        # here, BLAKE2b in 10 ms: either is small next to autoencoding them (~110 ms)
-        keys = [hashlib.sha256(pixels[i].data).digest()[:16] for i in range(len(pixels))]
-        todo = {}
+        # SHA-256 (hardware-accelerated on current x86 and ARM CPUs): ~50 us per 80x60 frame here,
+        # a fraction of autoencoding it; BLAKE2b and CRC32+Adler-32 measured slower
+        return [hashlib.sha256(pixels[i].data).digest()[:16] for i in range(len(pixels))]
+
+    def residual(self, autoencoder: nn.Module, frames: torch.Tensor) -> Entry:
+        """`autoencoder.residual(frames)` for (N, 3, H, W), computed only for frames not seen before."""
+        if not self.active(frames) or len(frames) == 0:
+            return autoencoder.residual(frames)
+        return self._lookup(self._residuals, self.keys(frames), lambda idx: autoencoder.residual(frames[idx]))
+
+    def _lookup(self, cache: OrderedDict[bytes, Entry], keys: list[bytes], compute: Callable[[torch.Tensor], Entry]) -> Entry:
+        todo: dict[bytes, int] = {}
         for i, key in enumerate(keys):
-            if key in self._cache:
-                self._cache.move_to_end(key)
+            if key in cache:
+                cache.move_to_end(key)
             elif key not in todo:
                 todo[key] = i
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         if todo:
-            idx = torch.tensor(list(todo.values()))
-            recon, stats = self._forward(frames[idx], with_stats=True)
+            fresh = compute(torch.tensor(list(todo.values())))
             for j, key in enumerate(todo):
-                self._cache[key] = (recon[j].clone(), stats[j].clone())  # own copies: no whole batch kept alive
-            while len(self._cache) > self.max_frames:
-                self._cache.popitem(last=False)
-        if any(key not in self._cache for key in keys):  # pragma: no cover - a batch larger than the cache
-            return self._forward(frames, with_stats=with_stats)
-        recon = torch.stack([self._cache[key][0] for key in keys])
-        if not with_stats:
-            return recon
-        return recon, torch.stack([self._cache[key][1] for key in keys])
+                cache[key] = tuple(x[j].clone() for x in fresh)  # own copies: no whole batch kept alive
+            while len(cache) > self.max_frames:
+                cache.popitem(last=False)
+        if any(key not in cache for key in keys):  # pragma: no cover - a batch larger than the cache
+            return compute(torch.arange(len(keys)))
+        return tuple(torch.stack([cache[key][n] for key in keys]) for n in range(len(cache[keys[0]])))
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._residuals)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from torch import nn
 
 from models.encoders import AudioAutoencoder, AudioStateEncoder, FrameAutoencoder, FrameStateEncoder, LogEncoder, time_features
 from models.features import MODALITIES, FeatureConfig, WindowBatch
+
+if TYPE_CHECKING:
+    from models.framememo import FrameMemo
 
 # Score components: (name, modality, cross-modal?). Order is the order of FusionOutput.components.
 COMPONENTS: tuple[tuple[str, str, bool], ...] = (
@@ -141,7 +144,7 @@ class FusionOutput:
     consistency_logits: torch.Tensor  # (B, 3) "this modality does not belong" logits (zeros for late)
     summary: torch.Tensor  # (B, D) window summary (for optional heads)
     frame_error: torch.Tensor  # (B, T_f, H, W) per-pixel reconstruction error (smoothed)
-    frame_recon: torch.Tensor  # (B, T_f, 3, H, W)
+    frame_scores: torch.Tensor  # (B, T_f) per-frame score: mean of the frame's top-k pixel errors
     mel_error: torch.Tensor  # (B, n_mels, T_a) per-bin reconstruction error of normalised log-mel
     line_novelty: torch.Tensor  # (B, L) per-line novelty (0 for padding)
     attention_to: dict[str, torch.Tensor] = field(default_factory=dict)  # key modality -> (B, T_key) received attention
@@ -327,6 +330,9 @@ class FusionModel(nn.Module):
         # per component: the survival function on held-out normal windows (see `ComponentTails`)
         self.tails = ComponentTails(len(COMPONENTS))
         self.code_vocab: frozenset[str] = frozenset()
+        # per-frame results kept across overlapping windows (`models/framememo.py`); the scorer
+        # installs one on CPU, training and evaluation never do
+        self.frame_memo: FrameMemo | None = None
 
     # buffers whose size depends on the data are resized on load
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -346,21 +352,27 @@ class FusionModel(nn.Module):
     def normalise_mel(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.mel_mean[None, :, None]) / self.mel_std[None, :, None]
 
-    def reconstruct(self, batch: WindowBatch, decode: torch.Tensor | None = None):
-        """Frame and log-mel reconstructions. `decode` (B, T_f) bool limits which frames go
-        through the frame autoencoder (training samples a few per window: it is the cost).
-        Returns frame_recon (B, T_f, 3, H, W) (zeros where not decoded), mel (B, M, T) normalised,
-        mel_recon (B, M, T)."""
+    def reconstruct(self, batch: WindowBatch):
+        """Per-frame residual error maps (B, T_f, H, W) and feature statistics (B, T_f, S) of the
+        frame autoencoder (zeros for missing frames), the normalised log-mel (B, M, T) and its
+        reconstruction (B, M, T)."""
         B, T, C, H, W = batch.frames.shape
-        sel = (batch.frame_mask if decode is None else decode).flatten()
-        recon, stats = self.frames(batch.frames.flatten(0, 1)[sel], with_stats=True)  # (n, 3, H, W), (n, S)
-        frame_recon = batch.frames.new_zeros(B * T, C, H, W)
-        frame_recon[sel] = recon.to(frame_recon.dtype)
-        frame_stats = batch.frames.new_zeros(B * T, stats.shape[1])
-        frame_stats[sel] = stats.to(frame_stats.dtype)
+        sel = batch.frame_mask.flatten()
+        frames = batch.frames.flatten(0, 1)[sel]
+        if self.frame_memo is not None and not self.training:
+            err, stats = self.frame_memo.residual(self.frames, frames)
+        else:
+            err, stats = self.frames.residual(frames)  # (n, H, W), (n, S)
+        if bool(sel.all()):
+            frame_err, frame_stats = err, stats
+        else:
+            frame_err = err.new_zeros(B * T, H, W)
+            frame_err[sel] = err
+            frame_stats = stats.new_zeros(B * T, stats.shape[1])
+            frame_stats[sel] = stats
         mel = self.normalise_mel(batch.mel)
         mel_recon = self.audio(mel, batch.audio_mask)
-        return frame_recon.view(B, T, C, H, W), frame_stats.view(B, T, -1), mel, mel_recon
+        return frame_err.reshape(B, T, H, W), frame_stats.reshape(B, T, -1), mel, mel_recon
 
     def window_frame_stats(self, frame_stats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, S): the frames' feature statistics averaged over the window's frames."""
@@ -417,10 +429,11 @@ class FusionModel(nn.Module):
     # ── scoring ──────────────────────────────────────────────────────────────────────────────
     def forward(self, batch: WindowBatch, want_weights: bool = False) -> FusionOutput:
         B = batch.batch_size
-        frame_recon, frame_stats, mel, mel_recon = self.reconstruct(batch)
+        frame_residual, frame_stats, mel, mel_recon = self.reconstruct(batch)
         # error maths in float32 even under bf16 autocast
-        frame_error = self.frames.error_map(batch.frames.float(), frame_recon.float(), batch.frame_mask)  # (B, T_f, H, W)
-        frame_comp = _masked_max(self.frames.frame_scores(frame_error), batch.frame_mask)  # (B,)
+        frame_error = self.frames.error_map(frame_residual.float(), batch.frame_mask)  # (B, T_f, H, W)
+        frame_scores = self.frames.frame_scores(frame_error)  # (B, T_f)
+        frame_comp = _masked_max(frame_scores, batch.frame_mask)  # (B,)
         stats_comp = self.stats_distance(self.window_frame_stats(frame_stats, batch.frame_mask))  # (B,)
         mel_error = (mel.float() - mel_recon.float()).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
         audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
@@ -447,7 +460,7 @@ class FusionModel(nn.Module):
                                  for _, modality, is_cross in COMPONENTS], dim=1)  # (B, C)
         out = FusionOutput(
             components=comps.float(), component_mask=comp_mask, consistency_logits=logits, summary=summary,
-            frame_error=frame_error, frame_recon=frame_recon.float(), mel_error=mel_error, line_novelty=novelty,
+            frame_error=frame_error, frame_scores=frame_scores, mel_error=mel_error, line_novelty=novelty,
             attention_to=attention_to,
         )
         if self.kind_head is not None:

@@ -64,10 +64,10 @@ class AnomalyScorer:
             # NHWC weights for the frame autoencoder, the model's largest cost on CPU: oneDNN's
             # faster convolutions, bit-identical scores (`fusionwatch bench`; docs/performance.md)
             self.model.frames.to(memory_format=torch.channels_last)
-            # each frame is in two overlapping windows: autoencode it once (models/framememo.py)
+            # each frame is in two overlapping windows: encode it once (models/framememo.py)
             from models.framememo import FrameMemo
 
-            self.frame_memo = FrameMemo(self.model.frames)
+            self.frame_memo = self.model.frame_memo = FrameMemo()
         self.device = device
         self.bf16 = bf16 and device.startswith("cuda")
         self.version = version
@@ -101,10 +101,9 @@ class AnomalyScorer:
         with torch.inference_mode(), self._autocast():
             out = self.model(batch, want_weights=True)
             raw, _, weights = self.model.combine(out)
-            frame_scores = self.model.frames.frame_scores(out.frame_error)
         raw_np = raw.float().cpu().numpy()
         weights_np = weights.float().cpu().numpy()
-        fs, fe, me, nov = (x.float().cpu().numpy() for x in (frame_scores, out.frame_error, out.mel_error, out.line_novelty))
+        fs, fe, me, nov = (x.float().cpu().numpy() for x in (out.frame_scores, out.frame_error, out.mel_error, out.line_novelty))
         att = {k: v.cpu().numpy() for k, v in out.attention_to.items()}
         kinds = out.kind_logits.softmax(-1).cpu().numpy() if out.kind_logits is not None else None
         sent = out.sentiment_logits.softmax(-1).cpu().numpy() if out.sentiment_logits is not None else None

@@ -117,30 +117,57 @@ def test_bench_decode_measures_both_sides(tmp_path):
 
 
 def test_frame_memo_reuses_frames_of_overlapping_windows_exactly():
-    """The scorer's per-frame memo (models/framememo.py): same outputs, each frame encoded once."""
+    """The scorer's per-frame memo (models/framememo.py): the model's outputs are the same with and
+    without it, and a frame seen in the previous window is not encoded again."""
     import torch
 
-    from models.fusion import FusionConfig, FusionModel
     from models.framememo import FrameMemo
+    from models.fusion import FusionConfig, FusionModel
+    from services.bench.model import ModelBenchConfig, make_batch, synthetic_features
 
     torch.manual_seed(0)
-    ae = FusionModel(FusionConfig.tiny()).frames.eval()
-    frames = torch.rand(6, 3, 60, 80)
+    model = FusionModel(FusionConfig.tiny()).eval()
+    feats = synthetic_features(model, ModelBenchConfig(), n=3)
+    # window 2 starts where window 1's second half is: its first four frames are window 1's last four
+    feats[1].frames[:4] = feats[0].frames[4:]
+    feats[2].frames, feats[2].frame_times = feats[2].frames[:5], feats[2].frame_times[:5]  # missing frames
+    batches = [make_batch(model, [f], 1) for f in feats]
     with torch.inference_mode():
-        want_recon, want_stats = ae(frames, with_stats=True)
-        memo = FrameMemo(ae, max_frames=8)
-        first = ae(frames[:4])  # window 1: frames 0-3
-        recon, stats = ae(frames[2:6], with_stats=True)  # window 2 overlaps: frames 2-5
-    assert torch.equal(first, want_recon[:4])
-    assert torch.equal(recon, want_recon[2:6]) and torch.equal(stats, want_stats[2:6])
-    assert (memo.hits, memo.misses) == (2, 6) and len(memo) == 6
-    with torch.inference_mode():
-        ae(torch.rand(5, 3, 60, 80))
-    assert len(memo) == 8  # bounded: least recently used frames dropped
+        want = [model(b, want_weights=True) for b in batches]
+        model.frame_memo = memo = FrameMemo(max_frames=64)
+        got = [model(b, want_weights=True) for b in batches]
+    for w, g in zip(want, got):
+        assert torch.equal(w.components, g.components) and torch.equal(w.frame_error, g.frame_error)
+        assert torch.equal(w.summary, g.summary)
+    assert (memo.misses, memo.hits) == (8 + 4 + 5, 4) and len(memo) == 17  # missing frames are not encoded
     memo.max_frames = 0  # the naive baseline: no memo
     with torch.inference_mode():
-        assert torch.equal(ae(frames[:2]), want_recon[:2])
-    assert memo.hits == 2
+        assert torch.equal(model(batches[0]).components, want[0].components)
+    assert memo.hits == 4
+
+
+def test_frame_residual_is_the_reconstruction_error():
+    """`residual` computes the last decoder layer as output phases without assembling the
+    image; it must equal the smoothed squared error of `forward`'s reconstruction."""
+    import torch
+
+    from models.encoders import _box3
+    from models.fusion import FusionConfig, FusionModel
+
+    torch.manual_seed(0)
+    ae = FusionModel(FusionConfig()).frames.eval()
+    frames = torch.rand(5, 3, 60, 80)
+    with torch.inference_mode():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            ae.to(memory_format=layout)
+            recon, want_stats = ae(frames, with_stats=True)
+            err, stats = ae.residual(frames)
+            want = _box3(((frames - recon) ** 2).sum(1))
+            assert err.shape == (5, 60, 80)
+            assert torch.allclose(err, want, atol=1e-6, rtol=1e-5) and torch.equal(stats, want_stats)
+        odd = torch.rand(2, 3, 59, 79)  # odd sizes take the cropped path
+        recon = ae(odd)
+        assert torch.allclose(ae.residual(odd)[0], _box3(((odd - recon) ** 2).sum(1)), atol=1e-6)
 
 
 def test_record_bank_replays_with_fresh_times():
