@@ -253,10 +253,13 @@ class Featurizer:
         h = cfg.hop_length
         centres = np.arange(cfg.audio_frames) * h
         lo, hi = np.clip(centres - h // 2, 0, cfg.audio_samples), np.clip(centres + h // 2, 0, cfg.audio_samples)
+        covered = np.stack([canvases[i][1] for i in todo])  # (b, samples)
+        csum = np.zeros((len(todo), covered.shape[1] + 1), np.int32)
+        np.cumsum(covered, axis=1, dtype=np.int32, out=csum[:, 1:])
+        masks = (csum[:, hi] - csum[:, lo]) >= 0.5 * (hi - lo)  # (b, audio_frames)
         out = list(out)
         for j, i in enumerate(todo):
-            csum = np.concatenate([[0], np.cumsum(canvases[i][1])])
-            out[i] = (logmel[j], (csum[hi] - csum[lo]) >= 0.5 * (hi - lo))
+            out[i] = (logmel[j], masks[j])
         return out
 
 

@@ -39,7 +39,8 @@ class FrameMemo:
     @staticmethod
     def keys(frames: torch.Tensor) -> list[bytes]:
         """One content key per frame of (N, 3, H, W)."""
-        pixels = frames.detach().contiguous().numpy()
+        # pixel order (N, H, W, C): `collate`'s frames are NHWC in memory, so this is a view
+        pixels = frames.detach().permute(0, 2, 3, 1).contiguous().numpy()
         # SHA-256 (hardware-accelerated on current x86 and ARM CPUs): ~50 us per 80x60 frame here,
         # a fraction of autoencoding it; BLAKE2b and CRC32+Adler-32 measured slower
         return [hashlib.sha256(pixels[i].data).digest()[:16] for i in range(len(pixels))]

@@ -358,12 +358,13 @@ class FusionModel(nn.Module):
         reconstruction (B, M, T)."""
         B, T, C, H, W = batch.frames.shape
         sel = batch.frame_mask.flatten()
-        frames = batch.frames.flatten(0, 1)[sel]
+        every = bool(sel.all())  # the common case: no copy of the frames
+        frames = batch.frames.flatten(0, 1) if every else batch.frames.flatten(0, 1)[sel]
         if self.frame_memo is not None and not self.training:
             err, stats = self.frame_memo.residual(self.frames, frames)
         else:
             err, stats = self.frames.residual(frames)  # (n, H, W), (n, S)
-        if bool(sel.all()):
+        if every:
             frame_err, frame_stats = err, stats
         else:
             frame_err = err.new_zeros(B * T, H, W)

@@ -135,9 +135,12 @@ def pipeline_cmd(
     duration: float = typer.Option(60.0, help="Seconds of real time per real-time run."),
     warmup: float = typer.Option(10.0, help="Seconds at the start of a real-time run left out of its figures "
                                  "(at most a third of --duration)."),
-    backlog: float = typer.Option(30.0, help="Seconds of plant time per asset for the capacity (backlog drain) "
+    backlog: float = typer.Option(60.0, help="Seconds of plant time per asset for the capacity (backlog drain) "
                                   "runs, optimised vs naive; 0 skips them."),
     backlog_assets: int = typer.Option(16, help="Assets in the capacity runs."),
+    repeats: int = typer.Option(1, help="Capacity runs per mode, interleaved (optimised, naive, optimised, …); "
+                                "ratios are the median over neighbouring pairs. Use 3+ on a shared or "
+                                "throttled machine, whose speed drifts by tens of percent within a minute."),
     modes: str = typer.Option("optimised,naive", help="Which monitor modes to run: optimised, naive or both."),
     realtime_modes: str = typer.Option(None, help="Modes of the real-time runs (default: --modes; 'none' skips them)."),
     search: bool = typer.Option(False, help="Search for the largest number of assets one monitor sustains in "
@@ -174,12 +177,12 @@ def pipeline_cmd(
             raise typer.BadParameter("--realtime-modes takes optimised, naive or none")
     cfg = PipelineBenchConfig(
         assets=_ints(assets, "--assets"), duration_s=duration, warmup_s=warmup, backlog_s=backlog, backlog_assets=backlog_assets,
-        modes=mode_list, realtime_modes=rt_modes, search=search, search_max=search_max, p95_budget_s=p95_budget, processes=processes,
+        capacity_repeats=repeats, modes=mode_list, realtime_modes=rt_modes, search=search, search_max=search_max, p95_budget_s=p95_budget, processes=processes,
         partitions=partitions, checkpoint=checkpoint, random_init=random_init, tiny=tiny, threads=threads,
         bootstrap=bootstrap)
     step, status = _progress()
     with status:
         result = run_pipeline_bench(cfg, step)
-    _out(result, json_path, columns=["run", "mode", "processes", "assets", "windows", "windows/s", "windows/cpu-s",
+    _out(result, json_path, columns=["run", "mode", "repeat", "processes", "assets", "windows", "windows/s", "windows/cpu-s",
                                      "cpu ms/window", "model ms/window", "cpu cores", "rss MiB", "p50 s", "p95 s",
                                      "p99 s", "max lag s", "sustained", "late", "windows by process"])

@@ -212,6 +212,7 @@ def render(result: BenchResult, columns: list[str] | None = None, console=None) 
              f"load {m.get('load_average_1_5_15')} → {m.get('load_average_at_end', '?')}")
     if result.rows:
         cols = columns or list(dict.fromkeys(k for r in result.rows for k in r))
+        cols = [c for c in cols if any(r.get(c) is not None for r in result.rows)]  # no all-empty column
         table = Table(*cols, title=title, title_justify="left")
         for r in result.rows:
             table.add_row(*[_fmt(r.get(c)) for c in cols])

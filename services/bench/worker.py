@@ -146,7 +146,25 @@ def _time_model(scorer) -> None:
     model.forward = timed
 
 
-def snapshot(monitor, started: float, marks: list, final: bool = False) -> dict:
+class DrainMarks:
+    """This process's CPU time at its first record and at its latest new window, polled every
+    20 ms: a capacity run's figures come from these. The harness reads the stats file every
+    0.5 s, which on a drain of a few seconds put ±10 % of noise into CPU per window."""
+
+    def __init__(self, monitor):
+        self.monitor = monitor
+        self.first: list | None = None  # [wall, process CPU s, model CPU s, {thread: CPU s}]
+        self.last: list | None = None  # [wall, process CPU s, model CPU s, {thread: CPU s}, windows]
+
+    def poll(self) -> None:
+        st = self.monitor.stats
+        if self.first is None and st.records:
+            self.first = [time.time(), time.process_time(), MODEL_CPU[0], thread_cpu()]
+        if st.windows and (self.last is None or st.windows != self.last[4]):
+            self.last = [time.time(), time.process_time(), MODEL_CPU[0], thread_cpu(), st.windows]
+
+
+def snapshot(monitor, started: float, marks: list, final: bool = False, drain: DrainMarks | None = None) -> dict:
     st = monitor.stats
     usage = proc_cpu_rss(os.getpid()) or (float("nan"), float("nan"))
     now = time.time()
@@ -162,6 +180,7 @@ def snapshot(monitor, started: float, marks: list, final: bool = False) -> dict:
         "in_flight": monitor._queue.unfinished_tasks,
         "final": final, "latency_marks": marks, "model_cpu_s": MODEL_CPU[0],
     }
+    data["drain"] = {"first": drain.first, "last": drain.last} if drain else None
     data["thread_cpu_s"] = thread_cpu()
     data["latencies"] = list(st.latencies)
     return data
@@ -204,16 +223,22 @@ def main(argv: list[str] | None = None) -> None:
     monitor, engine = build(spec)
     path = Path(args.stats)
     marks: list = []
+    drain = DrainMarks(monitor)
 
     def sampler() -> None:
-        while not stop.wait(0.5):
-            write_json(path, snapshot(monitor, started, marks))
+        n = 0
+        while not stop.wait(0.02):
+            drain.poll()
+            n += 1
+            if n % 25 == 0:
+                write_json(path, snapshot(monitor, started, marks, drain=drain))
 
     threading.Thread(target=sampler, daemon=True, name="fw-bench-stats").start()
     try:
         monitor.run(stop)
     finally:
-        write_json(path, snapshot(monitor, started, marks, final=True))
+        drain.poll()
+        write_json(path, snapshot(monitor, started, marks, final=True, drain=drain))
         engine.dispose()
 
 
