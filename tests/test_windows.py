@@ -126,18 +126,22 @@ def test_an_older_record_before_the_first_window_moves_the_grid_back_instead_of_
 
 
 def test_a_backlog_read_one_topic_before_another_moves_the_provisional_grid_back():
-    """A consumer catching up a backlog reads one topic before another: all of an asset's log lines
-    may arrive before its first frame, which is older than any of them. Until the asset's first
-    window is emitted nothing is late, however old (the grid used to move back only within the
-    allowed lateness, and `fusionwatch bench pipeline` saw ~20 valid records per backlog drain
-    dead-lettered as late)."""
+    """A consumer catching up a backlog reads one topic before another: an asset's log lines may
+    arrive before its first frame, which is older than any of them. Until the asset's first window
+    is emitted, a modality's first record moves the grid back however old (it used to move only
+    within the allowed lateness, and `fusionwatch bench pipeline` saw ~20 valid records per
+    backlog drain dead-lettered as late). A record of a modality already seen still is late when
+    it is older than the first record by more than the allowed lateness (a delayed line behind
+    its stream's newer ones)."""
     al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=2.0, idle_timeout_s=5.0, clock=Clock())
     assert feed(al, Kind.LOG, 110.2, 0)
     assert feed(al, Kind.FRAME, 10.3, 0)  # 100 s older than the first record seen: on time
     assert feed(al, Kind.AUDIO, 10.5, 0)
     assert al.snapshot("A1")[0] == 9.0  # the first window that contains 10.3
+    assert not feed(al, Kind.LOG, 5.0, 1)  # logs were seen, from 110.2 on: this one is late
+    assert feed(al, Kind.FRAME, 9.4, 1)  # the grid stays, but window [9, 11) holds it: kept
     for i, k in enumerate((Kind.FRAME, Kind.AUDIO, Kind.LOG)):
-        feed(al, k, 114.0, i + 1)
+        feed(al, k, 114.0, i + 2)
     wins = al.ready()
     assert wins[0].inputs.start == 9.0 and wins[0].inputs.frames and wins[0].inputs.audio
     assert [w.inputs.start for w in wins] == [9.0, 10.0, 109.0, 110.0]  # the silence between is skipped

@@ -64,9 +64,11 @@ class _AssetStream:
     created: float = 0.0  # monotonic clock
     # the window grid's start is provisional until the first window is emitted: a stream joined
     # mid-flight may show a frame before an older audio chunk (audio is sent when its chunk ends),
-    # and a consumer catching up a backlog reads one topic's records before another's (seconds
-    # or hours apart); an older record moves the grid back, since no window it belongs to is out
+    # and a consumer catching up a backlog reads one topic's records before another's. An older
+    # record moves the grid back when it is within the allowed lateness of the first record seen,
+    # or the first of its modality (however old: that topic's backlog was simply read later)
     provisional: bool = True
+    first_time: float = 0.0  # event time of the first record seen (set with next_start)
 
 
 class WindowAligner:
@@ -142,7 +144,10 @@ class WindowAligner:
             s = self._assets[env.asset] = _AssetStream(pos.partition if pos else None, created=self.clock())
         kind, t = env.kind, env.time
         first = (math.floor((t - self.window_s) / self.hop_s) + 1) * self.hop_s  # first window that contains t
-        if s.next_start is None or (s.provisional and first < s.next_start):
+        if s.next_start is None:
+            s.next_start, s.first_time = first, t
+        elif (s.provisional and first < s.next_start
+              and (kind not in s.expected or t >= s.first_time - self.lateness_s)):
             s.next_start = first  # (a gap up to the next record is skipped when windows are emitted)
         if math.floor(t / self.hop_s) * self.hop_s < s.next_start - 1e-9:
             return False
