@@ -204,9 +204,13 @@ def test_bench_pipeline_end_to_end_with_two_monitor_processes(broker):
     assert {(murmur2(a.encode()) & 0x7FFFFFFF) % 2 for a in asset_names(4)} == {0, 1}
     cfg = PipelineBenchConfig(assets=[4], duration_s=8.0, warmup_s=2.0, backlog_s=6.0, backlog_assets=4,
                               modes=["optimised", "naive"], realtime_modes=["optimised"], processes=2,
-                              capacity_processes=[1], partitions=2, random_init=True, tiny=True,
-                              bootstrap=broker.bootstrap, threads=1)
+                              capacity_processes=[1], capacity_repeats=2, partitions=2, random_init=True,
+                              tiny=True, bootstrap=broker.bootstrap, threads=1)
     res = run_pipeline_bench(cfg)
+    # capacity runs interleaved: optimised, naive, optimised, naive; the ratio is the pairs' median
+    assert [(r["mode"], r.get("repeat")) for r in res.rows if r["run"] == "capacity"] == [
+        ("optimised", 1), ("naive", 1), ("optimised", 2), ("naive", 2)]
+    assert len(res.summary["capacity_ratio_windows_per_cpu_s_runs"]) == 2
     rows = {(r["run"], r["mode"], r["processes"]): r for r in res.rows}
     assert set(rows) == {("capacity", "optimised", 1), ("capacity", "naive", 1), ("real time", "optimised", 2)}
     for key in [k for k in rows if k[0] == "capacity"]:
@@ -214,6 +218,7 @@ def test_bench_pipeline_end_to_end_with_two_monitor_processes(broker):
         # 4 assets x 6 s, hop 1 s: about 7 windows each, every record aligned, none late or rejected
         assert r["windows"] >= 4 * 6 and r["late"] == 0 and r["rejected"] == 0, r
         assert r["windows/s"] > 0 and r["windows/cpu-s"] > 0 and r["rss MiB"] > 50
+        assert r["cpu by thread"] and "score" in r["cpu by thread"]  # from the monitor's own 20 ms marks
     assert res.summary["capacity_ratio_windows_per_cpu_s"] > 0
     rt = rows[("real time", "optimised", 2)]
     assert rt["p50 s"] is not None and rt["p50 s"] <= rt["p95 s"] <= rt["p99 s"]
