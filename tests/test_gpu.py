@@ -42,3 +42,35 @@ def test_bf16_scores_match_fp32_on_cuda():
     assert np.quantile(rel, 0.99) <= MAX_P99_REL_ERR
     assert _spearman(a, b) >= MIN_SPEARMAN
     assert torch.cuda.is_available()
+
+
+def test_bf16_scores_of_the_shipped_model_match_fp32_on_cuda():
+    """The same tolerance on the shipped model and simulator windows, whose reconstruction errors
+    are small (random-init noise frames above have large ones, which hide bf16's rounding). Needs
+    the full install (PyAV for the simulator's frames, MiniLM for log lines); the CPU twin of this
+    test runs in every `make test` (tests/test_models.py)."""
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    import torch
+
+    from models.features import collate
+    from models.scorer import AnomalyScorer
+    from services.monitor.windows import offline_windows
+    from services.simulator.plant import Fault, Plant
+    from services.stack.up import SHIPPED_MODEL
+
+    scorer = AnomalyScorer.load(SHIPPED_MODEL, device="cuda")
+    start = 1767600000.0
+    plant = Plant(4, seed=22, start_time=start, faults=[Fault("L1-S2", "cavitation", start + 15, start + 30)])
+    windows = list(offline_windows(plant.records(60), options=scorer.decode_options))
+    model = scorer.model
+    batch = collate(scorer.featurizer.featurize_many(windows), model.cfg.features, model.code_vocab).to("cuda")
+    with torch.inference_mode():
+        a = model.combine(model(batch))[0].float().cpu().numpy()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            b = model.combine(model(batch))[0].float().cpu().numpy()
+    rel = np.abs(a - b) / np.maximum(np.abs(a), 1e-3)
+    print(f"shipped model, bf16 vs fp32 raw score: median rel err {np.median(rel):.4f}, "
+          f"p99 {np.quantile(rel, 0.99):.4f}, spearman {_spearman(a, b):.5f}")
+    assert np.median(rel) <= MAX_MEDIAN_REL_ERR and np.quantile(rel, 0.99) <= MAX_P99_REL_ERR
+    assert _spearman(a, b) >= MIN_SPEARMAN
