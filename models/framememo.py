@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Callable
 
 import torch
 from torch import nn
-
-Entry = tuple[torch.Tensor, ...]
 
 
 class FrameMemo:
@@ -31,7 +28,7 @@ class FrameMemo:
         # this covers a few hundred 4 fps cameras per monitor process
         self.max_frames = max_frames
         self.hits = self.misses = 0
-        self._residuals: OrderedDict[bytes, Entry] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def active(self, frames: torch.Tensor) -> bool:
         return self.max_frames > 0 and frames.device.type == "cpu" and not torch.is_grad_enabled()
@@ -45,30 +42,29 @@ class FrameMemo:
         # a fraction of autoencoding it; BLAKE2b and CRC32+Adler-32 measured slower
         return [hashlib.sha256(pixels[i].data).digest()[:16] for i in range(len(pixels))]
 
-    def residual(self, autoencoder: nn.Module, frames: torch.Tensor) -> Entry:
+    def residual(self, autoencoder: nn.Module, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`autoencoder.residual(frames)` for (N, 3, H, W), computed only for frames not seen before."""
         if not self.active(frames) or len(frames) == 0:
             return autoencoder.residual(frames)
-        return self._lookup(self._residuals, self.keys(frames), lambda idx: autoencoder.residual(frames[idx]))
-
-    def _lookup(self, cache: OrderedDict[bytes, Entry], keys: list[bytes], compute: Callable[[torch.Tensor], Entry]) -> Entry:
+        keys = self.keys(frames)
         todo: dict[bytes, int] = {}
         for i, key in enumerate(keys):
-            if key in cache:
-                cache.move_to_end(key)
+            if key in self._cache:
+                self._cache.move_to_end(key)
             elif key not in todo:
                 todo[key] = i
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         if todo:
-            fresh = compute(torch.tensor(list(todo.values())))
+            err, stats = autoencoder.residual(frames[torch.tensor(list(todo.values()))])
             for j, key in enumerate(todo):
-                cache[key] = tuple(x[j].clone() for x in fresh)  # own copies: no whole batch kept alive
-            while len(cache) > self.max_frames:
-                cache.popitem(last=False)
-        if any(key not in cache for key in keys):  # pragma: no cover - a batch larger than the cache
-            return compute(torch.arange(len(keys)))
-        return tuple(torch.stack([cache[key][n] for key in keys]) for n in range(len(cache[keys[0]])))
+                self._cache[key] = (err[j].clone(), stats[j].clone())  # own copies: no whole batch kept alive
+            while len(self._cache) > self.max_frames:
+                self._cache.popitem(last=False)
+        if any(key not in self._cache for key in keys):  # pragma: no cover - a batch larger than the cache
+            return autoencoder.residual(frames)
+        return (torch.stack([self._cache[key][0] for key in keys]),
+                torch.stack([self._cache[key][1] for key in keys]))
 
     def __len__(self) -> int:
-        return len(self._residuals)
+        return len(self._cache)

@@ -59,7 +59,6 @@ class AnomalyScorer:
     def __init__(self, model: FusionModel, calibration: Calibration | None, version: str, device: str = "cpu",
                  bf16: bool = True):
         self.model = model.to(device).eval()
-        self.frame_memo = None
         if not device.startswith("cuda"):
             # NHWC weights for the frame autoencoder, the model's largest cost on CPU: oneDNN's
             # faster convolutions, bit-identical scores (`fusionwatch bench`; docs/performance.md)
@@ -67,7 +66,7 @@ class AnomalyScorer:
             # each frame is in two overlapping windows: encode it once (models/framememo.py)
             from models.framememo import FrameMemo
 
-            self.frame_memo = self.model.frame_memo = FrameMemo()
+            self.model.frame_memo = FrameMemo()
         self.device = device
         self.bf16 = bf16 and device.startswith("cuda")
         self.version = version
@@ -79,6 +78,11 @@ class AnomalyScorer:
         from models.text import TextEncoder
 
         self.featurizer = Featurizer(self.cfg, TextEncoder(device=device))
+
+    @property
+    def frame_memo(self):
+        """The model's per-frame memo (None on CUDA); `max_frames = 0` turns it off."""
+        return self.model.frame_memo
 
     @classmethod
     def load(cls, checkpoint_dir: Path, device: str = "auto") -> "AnomalyScorer":

@@ -8,8 +8,11 @@ simulated plant ──► embedded broker ──► monitor process(es) ──�
 Two kinds of run:
 - **capacity**: a backlog (N assets × S seconds of plant time) is produced first, then the monitor
   drains it as fast as it can. Windows per wall second and per CPU-second of the monitor process
-  (the "equal CPU" figure) for the optimised and the naive mode, and their ratio. With several
-  processes in one group, the scale-out figure.
+  (the "equal CPU" figure) for the optimised and the naive mode, and their ratio. CPU is counted
+  from each monitor's first record to its last window, by the monitor itself every 20 ms
+  (`worker.DrainMarks`). `--repeats` interleaves the modes and reports the median ratio of
+  neighbouring pairs (a machine's speed drifts). With several processes in one group, the
+  scale-out figure.
 - **real time**: N assets are replayed at 1x (4 fps 320x240 JPEG, 16 kHz audio in 0.5 s chunks,
   PLC log lines, as the simulator makes them); consumer lag is sampled every second and decision
   latency (window close → committed, `Monitor.stats.latencies`) is taken after a warm-up. The run
