@@ -435,18 +435,21 @@ class FusionModel(nn.Module):
     # ── scoring ──────────────────────────────────────────────────────────────────────────────
     def forward(self, batch: WindowBatch, want_weights: bool = False) -> FusionOutput:
         B = batch.batch_size
-        frame_residual, frame_stats, mel, mel_recon = self.reconstruct(batch)
-        # error maths in float32 even under bf16 autocast
-        frame_error = self.frames.error_map(frame_residual.float(), batch.frame_mask)  # (B, T_f, H, W)
-        frame_scores = self.frames.frame_scores(frame_error)  # (B, T_f)
-        frame_comp = _masked_max(frame_scores, batch.frame_mask)  # (B,)
-        stats_comp = self.stats_distance(self.window_frame_stats(frame_stats, batch.frame_mask))  # (B,)
-        mel_error = (mel.float() - mel_recon.float()).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
-        audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
-        band_comp = self.band_z(mel_error, batch.audio_mask).max(1).values  # (B,)
-        novelty = self.line_novelty(batch)  # (B, L)
-        log_comp = novelty.max(1).values  # (B,); 0 when no line
-        rate_comp = torch.log1p(batch.log_count.float())  # (B,); how unusual it is comes from its normal tail
+        # The intra-modal evidence in float32 even under bf16 autocast: the components are small
+        # differences (reconstruction errors, 1 - cosine, Mahalanobis distances) whose normal tails
+        # are fitted in float32; bf16's rounding is of their size. Only the fusion below runs in bf16.
+        with torch.autocast(batch.mel.device.type, enabled=False):
+            frame_residual, frame_stats, mel, mel_recon = self.reconstruct(batch)
+            frame_error = self.frames.error_map(frame_residual.float(), batch.frame_mask)  # (B, T_f, H, W)
+            frame_scores = self.frames.frame_scores(frame_error)  # (B, T_f)
+            frame_comp = _masked_max(frame_scores, batch.frame_mask)  # (B,)
+            stats_comp = self.stats_distance(self.window_frame_stats(frame_stats, batch.frame_mask))  # (B,)
+            mel_error = (mel.float() - mel_recon.float()).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
+            audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
+            band_comp = self.band_z(mel_error, batch.audio_mask).max(1).values  # (B,)
+            novelty = self.line_novelty(batch)  # (B, L)
+            log_comp = novelty.max(1).values  # (B,); 0 when no line
+            rate_comp = torch.log1p(batch.log_count.float())  # (B,); how unusual it is comes from its normal tail
         present = batch.present()  # (B, 3)
         if self.fusion is not None:
             logits, summary, attention_to = self.fuse(self.tokens(batch), want_weights)

@@ -155,6 +155,8 @@ def pipeline_cmd(
                                      "cost as a trained one; its events mean nothing)."),
     tiny: bool = typer.Option(False, help="With --random-init: the tiny test config (smoke runs)."),
     threads: int = typer.Option(None, help="torch intra-op threads in each monitor process (default: torch's choice)."),
+    device: str = typer.Option("cpu", help="Where each monitor scores: cpu, cuda (bf16 autocast) or auto. With cuda, "
+                               "several --processes share the GPU: the figure for one GPU server."),
     bootstrap: str = typer.Option(None, help="Use this Kafka cluster instead of starting an embedded broker."),
     json_path: Path = typer.Option(None, "--json", help="Write the full result (with lag time series) as JSON here."),
 ) -> None:
@@ -179,7 +181,7 @@ def pipeline_cmd(
         assets=_ints(assets, "--assets"), duration_s=duration, warmup_s=warmup, backlog_s=backlog, backlog_assets=backlog_assets,
         capacity_repeats=repeats, modes=mode_list, realtime_modes=rt_modes, search=search, search_max=search_max, p95_budget_s=p95_budget, processes=processes,
         partitions=partitions, checkpoint=checkpoint, random_init=random_init, tiny=tiny, threads=threads,
-        bootstrap=bootstrap)
+        device=device, bootstrap=bootstrap)
     step, status = _progress()
     with status:
         result = run_pipeline_bench(cfg, step)

@@ -66,6 +66,7 @@ class PipelineBenchConfig:
     random_init: bool = False
     tiny: bool = False
     threads: int | None = None
+    device: str = "cpu"  # the monitors' scorer: cpu, cuda or auto (a GPU server's figure)
     bootstrap: str | None = None
     database_url: str | None = None  # default: a fresh SQLite file per run
     seed: int = 0
@@ -285,7 +286,8 @@ class Harness:
         group = f"bench-{uuid.uuid4().hex[:8]}"
         return [WorkerSpec(bootstrap=self.bootstrap, database_url=url, topic_prefix=ks.topic_prefix,
                            partitions=ks.partitions, group=group, checkpoint=str(self.checkpoint), mode=mode,
-                           threads=self.cfg.threads, camera_size=tuple(self.cfg.frame_size))
+                           threads=self.cfg.threads, camera_size=tuple(self.cfg.frame_size),
+                           device=self.cfg.device)
                 for _ in range(processes)]
 
     # capacity: drain a backlog as fast as possible
@@ -493,7 +495,7 @@ def _checkpoint(cfg: PipelineBenchConfig, workdir: Path) -> tuple[Path, str]:
 def run_pipeline_bench(cfg: PipelineBenchConfig, progress=None) -> BenchResult:
     step = progress or (lambda msg: None)
     workdir = Path(tempfile.mkdtemp(prefix="fw-bench-"))
-    result = BenchResult("pipeline", machine_info("cpu"), {
+    result = BenchResult("pipeline", machine_info(cfg.device), {
         k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()})
     try:
         ckpt, desc = _checkpoint(cfg, workdir)

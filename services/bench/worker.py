@@ -41,6 +41,7 @@ class WorkerSpec:
     mode: str = "optimised"  # optimised | naive
     threads: int | None = None  # torch intra-op threads (None: the monitor's default / torch's for naive)
     camera_size: tuple[int, int] = (320, 240)  # what the naive mode decodes to
+    device: str = "cpu"  # where the scorer runs: cpu, cuda (bf16 autocast) or auto
     monitor: dict = field(default_factory=dict)  # extra MonitorSettings overrides
 
     def to_json(self) -> str:
@@ -96,7 +97,7 @@ def build(spec: WorkerSpec):
     ms = MonitorSettings(**(MonitorSettings().model_dump() | overrides))
     settings = Settings(kafka=ks, monitor=ms)
     engine = db.make_engine(spec.database_url)
-    scorer = AnomalyScorer.load(Path(spec.checkpoint), device="cpu")
+    scorer = AnomalyScorer.load(Path(spec.checkpoint), device=spec.device)
     if spec.mode == "naive":
         scorer.featurizer.text.cache_size = 0  # every line embedded again, in every window it falls in
         if getattr(scorer, "frame_memo", None) is not None:
