@@ -19,6 +19,9 @@ Two kinds of run:
   is *sustained* when lag stays bounded, p95 is within budget and windows keep pace with the plant.
   `--search` finds the largest N that is sustained (doubling, then bisection).
 
+`--device cuda` has the monitors score on the GPU (bf16 autocast): with several `--processes`
+sharing it, the capacity run is the figure for one GPU server (docs/performance.md).
+
 The producer runs in this process and each monitor in its own, so a monitor's CPU and memory
 (read from /proc) are its own. Records are generated once by the factory simulator and replayed
 with rewritten `ce_time`, so generating them never competes with the monitor for the CPU.
