@@ -355,22 +355,17 @@ class FusionModel(nn.Module):
     def reconstruct(self, batch: WindowBatch):
         """Per-frame residual error maps (B, T_f, H, W) and feature statistics (B, T_f, S) of the
         frame autoencoder (zeros for missing frames), the normalised log-mel (B, M, T) and its
-        reconstruction (B, M, T)."""
+        reconstruction (B, M, T). `forward` runs it with autocast off (float32 evidence)."""
         B, T, C, H, W = batch.frames.shape
         sel = batch.frame_mask.flatten()
         every = bool(sel.all())  # the common case: no copy of the frames
         frames = batch.frames.flatten(0, 1) if every else batch.frames.flatten(0, 1)[sel]
-        # The autoencoders run in float32 even under bf16 autocast: their reconstruction errors
-        # are the anomaly evidence, and of the size of bf16's rounding (the whole model in bf16
-        # moved the shipped model's calibrated scores by up to 6 units, ranks Spearman 0.979; with
-        # this, 0.45 units and 0.9996: tests/test_models.py, bf16 test)
-        with torch.autocast(frames.device.type, enabled=False):
-            if self.frame_memo is not None and not self.training:
-                err, stats = self.frame_memo.residual(self.frames, frames.float())
-            else:
-                err, stats = self.frames.residual(frames.float())  # (n, H, W), (n, S)
-            mel = self.normalise_mel(batch.mel.float())
-            mel_recon = self.audio(mel, batch.audio_mask)
+        if self.frame_memo is not None and not self.training:
+            err, stats = self.frame_memo.residual(self.frames, frames)
+        else:
+            err, stats = self.frames.residual(frames)  # (n, H, W), (n, S)
+        mel = self.normalise_mel(batch.mel)
+        mel_recon = self.audio(mel, batch.audio_mask)
         if every:
             frame_err, frame_stats = err, stats
         else:
@@ -437,14 +432,15 @@ class FusionModel(nn.Module):
         B = batch.batch_size
         # The intra-modal evidence in float32 even under bf16 autocast: the components are small
         # differences (reconstruction errors, 1 - cosine, Mahalanobis distances) whose normal tails
-        # are fitted in float32; bf16's rounding is of their size. Only the fusion below runs in bf16.
+        # are fitted in float32; bf16's rounding is of their size (docs/model.md, "GPU and bf16";
+        # tests/test_models.py, the bf16 tests). Only the fusion below runs in bf16.
         with torch.autocast(batch.mel.device.type, enabled=False):
             frame_residual, frame_stats, mel, mel_recon = self.reconstruct(batch)
-            frame_error = self.frames.error_map(frame_residual.float(), batch.frame_mask)  # (B, T_f, H, W)
+            frame_error = self.frames.error_map(frame_residual, batch.frame_mask)  # (B, T_f, H, W)
             frame_scores = self.frames.frame_scores(frame_error)  # (B, T_f)
             frame_comp = _masked_max(frame_scores, batch.frame_mask)  # (B,)
             stats_comp = self.stats_distance(self.window_frame_stats(frame_stats, batch.frame_mask))  # (B,)
-            mel_error = (mel.float() - mel_recon.float()).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
+            mel_error = (mel - mel_recon).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
             audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
             band_comp = self.band_z(mel_error, batch.audio_mask).max(1).values  # (B,)
             novelty = self.line_novelty(batch)  # (B, L)

@@ -436,9 +436,9 @@ def test_bf16_autocast_keeps_the_evidence_of_near_duplicate_log_lines():
 def test_bf16_autocast_keeps_the_shipped_models_scores():
     """Under bf16 autocast (the monitor's mode on CUDA) the shipped model's raw scores match float32
     within the tolerance `tests/test_gpu.py` states — on real simulator windows, whose
-    reconstruction errors are small: the autoencoders run in float32 under autocast because their
-    errors are the evidence (the whole model in bf16 moved calibrated scores by up to 6 units and
-    ranked windows with Spearman 0.979). Checked on CPU, where autocast runs the same code."""
+    reconstruction errors are small: the intra-modal evidence runs in float32 under autocast (the
+    whole model in bf16 moved calibrated scores by up to 6 units and ranked windows with Spearman
+    0.979). Checked on CPU, where autocast runs the same code."""
     from models.scorer import AnomalyScorer
     from services.monitor.windows import offline_windows
     from services.simulator.plant import Fault, Plant
