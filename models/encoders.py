@@ -28,17 +28,59 @@ def time_features(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
+# oneDNN's convolution with a fused activation, as inductor uses it on CPU (absent from builds
+# without oneDNN, where the layers simply run one after the other)
+_MKLDNN = getattr(torch.ops, "mkldnn", None)
+_HAS_FUSED = torch.backends.mkldnn.is_available() and hasattr(_MKLDNN, "_convolution_pointwise")
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """CPU inference in float32: where the fused call gives the same numbers as the layers."""
+    return (_HAS_FUSED and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def conv_act(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, act: str = "relu") -> torch.Tensor:
+    """`act(conv(x))` (act: "relu" or "sigmoid") as one oneDNN call when `_fusable`: the separate
+    activation pass over a batch's NHWC activations cost about a third of the convolution's time
+    (the frame autoencoder: ~20 % less in all, the same output)."""
+    if not _fusable(x) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return _ACTIVATIONS[act](conv(x))
+    if isinstance(conv, nn.ConvTranspose2d):
+        return _MKLDNN._convolution_transpose_pointwise(
+            x, conv.weight, conv.bias, list(conv.padding), list(conv.output_padding), list(conv.stride),
+            list(conv.dilation), conv.groups, act, [], "")
+    return _MKLDNN._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                                          list(conv.dilation), conv.groups, act, [], "")
+
+
+def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: str, padding: int = 0) -> torch.Tensor:
+    """`act(F.conv2d(x, weight, bias, padding=padding))`, fused as `conv_act`."""
+    if not _fusable(x):
+        return _ACTIVATIONS[act](F.conv2d(x, weight, bias, padding=padding))
+    return _MKLDNN._convolution_pointwise(x, weight, bias, [padding, padding], [1, 1], [1, 1], 1, act, [], "")
+
+
+_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid}
+
+
+class ConvReLU(nn.Sequential):
+    """(convolution or transposed convolution, ReLU); the same parameters and state-dict keys as
+    the plain `nn.Sequential` of the two, run as one fused call at CPU inference (`conv_act`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_act(self[0], x, "relu")
+
+
 def _conv(cin: int, cout: int, stride=1) -> nn.Sequential:
     # no normalisation layers: on CPU they cost more than the convolutions at these sizes, and
     # inputs are already on a fixed scale (pixels in [0, 1], standardised log-mel)
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
+    return ConvReLU(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
 
 
 def _up(cin: int, cout: int, kernel=4, stride=2, padding=1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=padding)]
-    if act:
-        layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    up = nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=padding)
+    return ConvReLU(up, nn.ReLU()) if act else nn.Sequential(up)
 
 
 def _box3(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +150,7 @@ class FrameAutoencoder(nn.Module):
         self.enc = nn.Sequential(_conv(3, c1, 2), _conv(c1, c2, 2), _conv(c2, c3, 2),
                                  nn.Conv2d(c3, bottleneck, 1))  # (bottleneck, H/8, W/8)
         # transposed convolutions: each doubles the size, computed at the smaller resolution
-        self.dec_in = nn.Sequential(nn.Conv2d(bottleneck, c3, 1), nn.ReLU())
+        self.dec_in = ConvReLU(nn.Conv2d(bottleneck, c3, 1), nn.ReLU())
         self.dec = nn.ModuleList([_up(c3, c2), _up(c2, c1), _up(c1, 3, act=False)])
         self.topk = 32  # pixels per frame whose error makes the frame score (a defect is small)
 
@@ -167,12 +209,13 @@ class FrameAutoencoder(nn.Module):
             d = frames - torch.sigmoid(self.dec[2](y)[:, :, :H, :W])
             return _box3((d * d).sum(1)), stats
         weight, bias = _phase_weights(self.dec[2][0])
-        phases = torch.sigmoid(F.conv2d(y, weight.to(y.dtype), bias.to(y.dtype), padding=1))  # (N, 4*3, h, w)
+        phases = conv2d_act(y, weight.to(y.dtype), bias.to(y.dtype), "sigmoid", padding=1)  # (N, 4*3, h, w)
         # (N, h, a, w, b, c) views of both: the reconstruction's phases, the frame's pixels
         recon = phases.permute(0, 2, 3, 1).reshape(N, h, w, 2, 2, 3).permute(0, 1, 3, 2, 4, 5)
         pixels = frames.permute(0, 2, 3, 1).reshape(N, h, 2, w, 2, 3)
         d = pixels - recon
-        return _box3((d * d).sum(-1).reshape(N, H, W)), stats
+        d = d * d  # summed over colour as three slices: torch's reduction over a last dim of 3 is 3x slower
+        return _box3((d[..., 0] + d[..., 1] + d[..., 2]).reshape(N, H, W)), stats
 
     @staticmethod
     def error_map(frame_residual: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -120,9 +120,13 @@ class WindowBatch:
     log_mask: "Any"  # (B, L) bool
     log_count: "Any"  # (B,) float32, all lines in the window
     log_present: "Any"  # (B,) bool
+    # (B, T_f, H, W, 3) uint8: the bytes behind `frames`, where the batch was made from them (the
+    # frame memo hashes these, a quarter of the float32 pixels); None after `to` another device
+    frame_pixels: "Any" = None
 
     def to(self, device) -> "WindowBatch":
-        return WindowBatch(**{k: v.to(device, non_blocking=True) for k, v in self.__dict__.items()})
+        moved = {k: v.to(device, non_blocking=True) for k, v in self.__dict__.items() if k != "frame_pixels"}
+        return WindowBatch(**moved, frame_pixels=self.frame_pixels if self.frames.device == moved["frames"].device else None)
 
     @property
     def batch_size(self) -> int:
@@ -296,7 +300,8 @@ def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set
         log_present[i] = f.log_present
     t = torch.from_numpy
     return WindowBatch(
-        frames=t(frames).permute(0, 1, 4, 2, 3).float().div_(255.0), frame_mask=t(frame_mask), frame_times=t(frame_times),
+        frames=t(frames).permute(0, 1, 4, 2, 3).float().div_(255.0), frame_pixels=t(frames),
+        frame_mask=t(frame_mask), frame_times=t(frame_times),
         mel=t(mel), audio_mask=t(audio_mask), log_emb=t(log_emb), log_levels=t(log_levels), log_code_state=t(log_state),
         log_times=t(log_times), log_mask=t(log_mask), log_count=t(log_count), log_present=t(log_present),
     )

@@ -361,7 +361,10 @@ class FusionModel(nn.Module):
         every = bool(sel.all())  # the common case: no copy of the frames
         frames = batch.frames.flatten(0, 1) if every else batch.frames.flatten(0, 1)[sel]
         if self.frame_memo is not None and not self.training:
-            err, stats = self.frame_memo.residual(self.frames, frames)
+            pixels = batch.frame_pixels
+            if pixels is not None:
+                pixels = pixels.flatten(0, 1) if every else pixels.flatten(0, 1)[sel]
+            err, stats = self.frame_memo.residual(self.frames, frames, pixels)
         else:
             err, stats = self.frames.residual(frames)  # (n, H, W), (n, S)
         mel = self.normalise_mel(batch.mel)

@@ -144,6 +144,44 @@ def test_frame_memo_reuses_frames_of_overlapping_windows_exactly():
     with torch.inference_mode():
         assert torch.equal(model(batches[0]).components, want[0].components)
     assert memo.hits == 4
+    # keyed by the frames' bytes (collate's) or, without them, by their float pixels: the same hits
+    assert batches[0].frame_pixels is not None
+    model.frame_memo = memo = FrameMemo(max_frames=64)
+    with torch.inference_mode():
+        for b, w in zip(batches, want):
+            b.frame_pixels = None
+            assert torch.equal(model(b).components, w.components)
+    assert (memo.misses, memo.hits) == (8 + 4 + 5, 4)
+
+
+def test_fused_convolutions_give_the_layers_numbers():
+    """At CPU inference the encoders' convolution + activation run as one oneDNN call
+    (`models.encoders.conv_act`); every output of the model matches the layers run one by one."""
+    import torch
+
+    import models.encoders as encoders
+    from models.fusion import FusionConfig, FusionModel
+    from services.bench.model import ModelBenchConfig, make_batch, synthetic_features
+
+    if not encoders._HAS_FUSED:
+        pytest.skip("this torch has no oneDNN fused convolutions")
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig()).eval()
+    model.frames.to(memory_format=torch.channels_last)  # as the scorer runs it, and NCHW below
+    batch = make_batch(model, synthetic_features(model, ModelBenchConfig(), n=3), 3)
+    outs = {}
+    try:
+        for fused in (True, False):
+            encoders._HAS_FUSED = fused
+            with torch.inference_mode():
+                outs[fused] = (model(batch), model.frames.residual(batch.frames.flatten(0, 1).contiguous()))
+    finally:
+        encoders._HAS_FUSED = True
+    (a, ra), (b, rb) = outs[True], outs[False]
+    for name in ("components", "frame_error", "mel_error", "summary"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
+    for x, y in zip(ra, rb):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_frame_residual_is_the_reconstruction_error():
