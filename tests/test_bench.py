@@ -96,6 +96,7 @@ def test_bench_model_checkpoint_and_compile_paths(tmp_path):
 
 
 def test_bench_decode_measures_both_sides(tmp_path):
+    from schemas import envelope
     from services.bench.decode import DecodeBenchConfig, run_decode_bench
 
     res = run_decode_bench(DecodeBenchConfig(frame_sizes=[(320, 240), (640, 480)], frames=4, audio_windows=3,
@@ -110,6 +111,8 @@ def test_bench_decode_measures_both_sides(tmp_path):
     draft = [r for r in res.rows if r["variant"].startswith("draft")]
     # the draft picture is the same picture: a small mean difference to full decode + resize
     assert all(float(r["note"].split("|Δ| ")[1].split("/")[0]) < 12 for r in draft)
+    if envelope._simplejpeg is not None:  # the same draft decode through Pillow, for comparison
+        assert sum(r["variant"].startswith("Pillow draft decode") for r in res.rows) == 2
     cached = next(r for r in res.rows if r["variant"] == "normalised-line cache")
     assert "hit rate" in cached["note"]
     path = res.write(tmp_path / "decode.json")
