@@ -258,20 +258,22 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
     escalated = {e.asset_id for e in events}
     assert all(e.kind == "escalation" and e.threshold == pytest.approx(settings.monitor.escalation_threshold)
                for e in events)
-    checked = {"calm": 0, "angry": 0}
+    peaks = {"calm": [], "angry": []}
     for call_id, call in calls.items():
         row = summaries[call_id]
         heard = [u for u in call.utterances if u.speaker == "customer" and u.end <= start + duration]
         assert len(row.sentiment_curve) >= 5 and row.peak_time is not None
         if call.call_type == "calm":
+            # an escalation needs frustration *sustained* over the threshold; a tiny model may
+            # cross it for a window (its numbers move with the last bit of its training data)
             assert call_id not in escalated, f"calm call {call_id} escalated"
-            assert row.peak_frustration < settings.monitor.escalation_threshold, (call_id, row.peak_frustration)
-            checked["calm"] += 1
+            peaks["calm"].append(row.peak_frustration)
         elif any(u.frustration >= 0.7 for u in heard):  # the angry part was streamed
             assert call_id in escalated, f"{call.call_type} call {call_id} did not escalate"
             assert row.peak_frustration >= settings.monitor.escalation_threshold, (call_id, row.peak_frustration)
             # (row.overall follows how the call ENDS, which may be calm again; not asserted)
-            checked["angry"] += 1
-    assert checked["calm"] >= 1 and checked["angry"] >= 1, checked
+            peaks["angry"].append(row.peak_frustration)
+    assert peaks["calm"] and peaks["angry"], peaks
+    assert max(peaks["calm"]) < min(peaks["angry"]), peaks  # the curve ranks the calls
     # evidence of an escalation is the transcript, speaker-tagged
     assert events and any(line.startswith("customer: ") for e in events for line in e.log_lines)
