@@ -32,6 +32,7 @@ def time_features(t: torch.Tensor) -> torch.Tensor:
 # without oneDNN, where the layers simply run one after the other)
 _MKLDNN = getattr(torch.ops, "mkldnn", None)
 _HAS_FUSED = torch.backends.mkldnn.is_available() and hasattr(_MKLDNN, "_convolution_pointwise")
+_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid}
 
 
 def _fusable(x: torch.Tensor) -> bool:
@@ -61,12 +62,10 @@ def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: s
     return _MKLDNN._convolution_pointwise(x, weight, bias, [padding, padding], [1, 1], [1, 1], 1, act, [], "")
 
 
-_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid}
-
-
 class ConvReLU(nn.Sequential):
-    """(convolution or transposed convolution, ReLU); the same parameters and state-dict keys as
-    the plain `nn.Sequential` of the two, run as one fused call at CPU inference (`conv_act`)."""
+    """A convolution or transposed convolution followed by ReLU (`conv_act`: one fused call at CPU
+    inference). The convolution is element 0, as in the plain `nn.Sequential(conv, nn.ReLU())`
+    this replaced, so state-dict keys and checkpoints are unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_act(self[0], x, "relu")
@@ -75,12 +74,12 @@ class ConvReLU(nn.Sequential):
 def _conv(cin: int, cout: int, stride=1) -> nn.Sequential:
     # no normalisation layers: on CPU they cost more than the convolutions at these sizes, and
     # inputs are already on a fixed scale (pixels in [0, 1], standardised log-mel)
-    return ConvReLU(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
+    return ConvReLU(nn.Conv2d(cin, cout, 3, stride=stride, padding=1))
 
 
 def _up(cin: int, cout: int, kernel=4, stride=2, padding=1, act: bool = True) -> nn.Sequential:
     up = nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=padding)
-    return ConvReLU(up, nn.ReLU()) if act else nn.Sequential(up)
+    return ConvReLU(up) if act else nn.Sequential(up)
 
 
 def _box3(x: torch.Tensor) -> torch.Tensor:
@@ -117,13 +116,11 @@ def _mean_std(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     matters (relative difference to the two-pass formula ~5e-6). A subtraction of the mean
     broadcast over an NHWC tensor is slow in torch on CPU: this is 5x faster (0.8 -> 0.15 ms per
     8 frames), and the monitor computes it for every frame it scores."""
+    dims: int | tuple[int, int] = (2, 3)
     if h.is_contiguous(memory_format=torch.channels_last):  # the scorer's layout: reduce a (N, HW, C) view
-        h = h.permute(0, 2, 3, 1).flatten(1, 2)  # 25 % faster than over dims (2, 3), the same numbers
-        mean = h.mean(1)
-        var = (h * h).mean(1) - mean * mean
-    else:
-        mean = h.mean((2, 3))
-        var = (h * h).mean((2, 3)) - mean * mean
+        h, dims = h.permute(0, 2, 3, 1).flatten(1, 2), 1  # 25 % faster than over dims (2, 3), the same numbers
+    mean = h.mean(dims)
+    var = (h * h).mean(dims) - mean * mean
     return mean, var.clamp_min(0.0).sqrt()
 
 
@@ -155,7 +152,7 @@ class FrameAutoencoder(nn.Module):
         self.enc = nn.Sequential(_conv(3, c1, 2), _conv(c1, c2, 2), _conv(c2, c3, 2),
                                  nn.Conv2d(c3, bottleneck, 1))  # (bottleneck, H/8, W/8)
         # transposed convolutions: each doubles the size, computed at the smaller resolution
-        self.dec_in = ConvReLU(nn.Conv2d(bottleneck, c3, 1), nn.ReLU())
+        self.dec_in = ConvReLU(nn.Conv2d(bottleneck, c3, 1))
         self.dec = nn.ModuleList([_up(c3, c2), _up(c2, c1), _up(c1, 3, act=False)])
         self.topk = 32  # pixels per frame whose error makes the frame score (a defect is small)
 

@@ -43,10 +43,11 @@ def main() -> None:
     kind, overlap = val.labels["fault_kind"], val.labels["fault_overlap"]
     neg = overlap <= 0
 
-    def auroc(score: np.ndarray, name: str) -> float:
-        pos = (kind == kinds.index(name)) & (overlap >= val.features.window_s / 2)
-        y = np.r_[np.ones(pos.sum()), np.zeros(neg.sum())]
-        return round(float(roc_auc_score(y, np.r_[score[pos], score[neg]])), 3)
+    def auroc(score: np.ndarray, name: str) -> float:  # windows without a score (NaN) left out
+        scored = np.isfinite(score)
+        pos = scored & (kind == kinds.index(name)) & (overlap >= val.features.window_s / 2)
+        y = np.r_[np.ones(pos.sum()), np.zeros((neg & scored).sum())]
+        return round(float(roc_auc_score(y, np.r_[score[pos], score[neg & scored]])), 3)
 
     maps, fmask, comps = [], [], []
     with torch.inference_mode():
@@ -122,9 +123,6 @@ def main() -> None:
             d = torch.cdist(p, bank[None]).min(-1).values.max(-1).values  # worst patch per frame
             per_window = d.view(-1, val.features.max_frames).masked_fill(~m.view(-1, val.features.max_frames), -1)
             scores[later[i:i + len(per_window)]] = per_window.max(1).values.numpy()
-    kept = np.isfinite(scores)
-    neg &= kept
-    kind[~kept] = -1
     print("  ", {k: auroc(scores, k) for k in ("surface_defect", "missing_component", "misaligned_part")})
 
 
