@@ -30,6 +30,26 @@ class WindowAttribution:
     log_codes: list[str]
 
 
+@dataclass
+class DetailEvidence:
+    """One window's detail view: per-frame scores (T_f,), error maps (T_f, h, W) over the rows
+    `rows` of a frame `height` rows high."""
+
+    scores: np.ndarray
+    error: np.ndarray
+    rows: tuple[int, int]
+    height: int
+
+    def region(self, frame: int) -> tuple[float, float, float, float] | None:
+        """`frame_region` of one frame's detail map, in fractions of the whole frame."""
+        box = frame_region(self.error[frame])
+        if box is None:
+            return None
+        (r0, r1), H = self.rows, self.height
+        y = lambda f: round((r0 + f * (r1 - r0)) / H, 3)  # noqa: E731
+        return (box[0], y(box[1]), box[2], y(box[3]))
+
+
 def shares(weights: np.ndarray, present: dict[str, bool]) -> tuple[dict[str, float], float]:
     """Component weights (7,) -> per-modality shares (summing to 1 over present ones) and the
     cross-modal part of the score."""
@@ -74,8 +94,9 @@ def audio_band(mel_error: np.ndarray, cfg: FeatureConfig, rel: float = 0.5) -> t
 
 def attribute(feat: WindowFeatures, cfg: FeatureConfig, weights: np.ndarray, frame_scores: np.ndarray,
               frame_error: np.ndarray, mel_error: np.ndarray, line_novelty: np.ndarray,
-              attention_to: dict[str, np.ndarray], top_k: int = 3) -> WindowAttribution:
-    """One window. Arrays are this window's slices of the batch outputs."""
+              attention_to: dict[str, np.ndarray], top_k: int = 3, detail: DetailEvidence | None = None) -> WindowAttribution:
+    """One window. Arrays are this window's slices of the batch outputs; `detail`, the detail
+    view's, when the model has one."""
     present = feat.present
     mod_shares, cross_share = shares(weights, present)
     comp = {name: float(w) for w, (name, _, _) in zip(weights, COMPONENTS)}
@@ -89,9 +110,14 @@ def attribute(feat: WindowFeatures, cfg: FeatureConfig, weights: np.ndarray, fra
         att = attention_to.get("frames")
         at = att[:n_f] / max(float(att[:n_f].max()), 1e-9) if att is not None and att[:n_f].max() > 0 else np.zeros(n_f)
         rank = comp["frames"] * fs + (comp["cross_frames"] + comp["cross_audio"] + comp["cross_logs"]) * at
+        if detail is not None:
+            rank = rank + comp["frame_detail"] * detail.scores[:n_f] / max(float(detail.scores[:n_f].max()), 1e-9)
         order = np.argsort(-rank)[:top_k]
         top_times = [round(feat.start + float(feat.frame_times[i]), 3) for i in order]  # float64: epoch seconds
-        region = frame_region(frame_error[int(np.argmax(frame_scores[:n_f]))])
+        if detail is not None and comp["frame_detail"] > comp["frames"]:
+            region = detail.region(int(np.argmax(detail.scores[:n_f])))
+        else:
+            region = frame_region(frame_error[int(np.argmax(frame_scores[:n_f]))])
     band = audio_band(mel_error, cfg) if present["audio"] else None
     lines: list[str] = []
     codes: list[str] = []

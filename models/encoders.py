@@ -181,6 +181,8 @@ class FrameAutoencoder(nn.Module):
         per-channel mean and std of the first two encoder layers (N, 2 * (c1 + c2)): a blurred,
         fogged or darkened image shifts these feature statistics even when it is easy to redraw."""
         H, W = frames.shape[-2:]
+        if (H, W) != (self.H, self.W):  # e.g. decoded frames where the model's scene view was meant
+            raise ValueError(f"frames of {W}x{H} given to an autoencoder built for {self.W}x{self.H}")
         frames = self._layout(frames)
         if frames.shape[0] == 0:  # no frame in the batch
             return (frames, frames.new_zeros(0, self._n_stats())) if with_stats else frames
@@ -190,11 +192,11 @@ class FrameAutoencoder(nn.Module):
             return recon
         return recon, torch.cat([*_mean_std(h1), *_mean_std(h2)], dim=1)
 
-    def residual(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def residual(self, frames: torch.Tensor, with_stats: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """What scoring needs of each frame, which depends on that frame alone (the scorer memoises
         it per frame, `models/framememo.py`): the squared reconstruction error summed over colour
         and smoothed 3x3 (N, H, W) — camera noise averages out, a defect (a connected blob) keeps
-        its contrast — and the feature statistics (N, S).
+        its contrast — and the feature statistics (N, S) (N, 0 without `with_stats`).
 
         The last transposed convolution is computed as its four output phases (`_phase_weights`)
         and compared with the frame's pixels of each phase in place: no reconstruction image is
@@ -205,7 +207,7 @@ class FrameAutoencoder(nn.Module):
         if N == 0:
             return frames.new_zeros(0, H, W), frames.new_zeros(0, self._n_stats())
         h1, h2, y = self._trunk(frames)
-        stats = torch.cat([*_mean_std(h1), *_mean_std(h2)], dim=1)
+        stats = torch.cat([*_mean_std(h1), *_mean_std(h2)], dim=1) if with_stats else frames.new_zeros(N, 0)
         h, w = y.shape[-2:]
         if (2 * h, 2 * w) != (H, W):  # odd frame size: the cropped reconstruction
             d = frames - torch.sigmoid(self.dec[2](y)[:, :, :H, :W])

@@ -3,7 +3,7 @@
 Where it sits: installed by the scorer (`models.scorer.AnomalyScorer`) as `FusionModel.frame_memo`,
 on CPU. Windows overlap (2 s windows every 1 s), so every frame is scored in two consecutive
 windows, and the frame autoencoder — about half the model's cost on CPU — would run twice on the
-same pixels. What scoring needs of a frame (`FrameAutoencoder.residual`: its error map and feature
+same pixels. What scoring needs of a frame (`FusionModel.frame_evidence`: its error maps and feature
 statistics) depends on that frame alone, so it is kept in a small LRU keyed by content (128 bits
 of a SHA-256 of the pixels): the second window reuses it. As the text encoder's line cache,
 `max_frames=0` turns it off (the naive baseline of `fusionwatch bench pipeline`). Not used on CUDA:
@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Callable
 
 import torch
-from torch import nn
 
 
 class FrameMemo:
     def __init__(self, max_frames: int = 1024):
-        # 1024 frames x (60 x 80 float32) = 20 MB; a frame is needed again within ~1-2 s, so
+        # 1024 frames x (80x60 + 160x40 float32 error maps) = 46 MB; a frame is needed again within ~1-2 s, so
         # this covers a few hundred 4 fps cameras per monitor process
         self.max_frames = max_frames
         self.hits = self.misses = 0
-        self._cache: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[torch.Tensor, ...]] = OrderedDict()
 
     def active(self, frames: torch.Tensor) -> bool:
         return self.max_frames > 0 and frames.device.type == "cpu" and not torch.is_grad_enabled()
@@ -45,12 +45,13 @@ class FrameMemo:
         # bytes, 36 us of floats; BLAKE2b and CRC32+Adler-32 measured slower
         return [hashlib.sha256(px[i].data).digest()[:16] for i in range(len(px))]
 
-    def residual(self, autoencoder: nn.Module, frames: torch.Tensor,
-                 pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`autoencoder.residual(frames)` for (N, 3, H, W), computed only for frames not seen before;
-        `pixels`: the frames' bytes (N, H, W, 3) uint8, if the batch has them (cheaper to hash)."""
+    def evidence(self, compute: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], frames: torch.Tensor,
+                 pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """`compute(frames)` for (N, 3, H, W) — a tuple of per-frame tensors, `FusionModel.
+        frame_evidence` — computed only for frames not seen before; `pixels`: the frames' bytes
+        (N, H, W, 3) uint8, if the batch has them (cheaper to hash)."""
         if not self.active(frames) or len(frames) == 0:
-            return autoencoder.residual(frames)
+            return compute(frames)
         keys = self.keys(frames, pixels)
         todo: dict[bytes, int] = {}
         for i, key in enumerate(keys):
@@ -61,15 +62,15 @@ class FrameMemo:
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         if todo:
-            err, stats = autoencoder.residual(frames[torch.tensor(list(todo.values()))])
+            fresh = compute(frames[torch.tensor(list(todo.values()))])
             for j, key in enumerate(todo):
-                self._cache[key] = (err[j].clone(), stats[j].clone())  # own copies: no whole batch kept alive
+                self._cache[key] = tuple(x[j].clone() for x in fresh)  # own copies: no whole batch kept alive
             while len(self._cache) > self.max_frames:
                 self._cache.popitem(last=False)
         if any(key not in self._cache for key in keys):  # pragma: no cover - a batch larger than the cache
-            return autoencoder.residual(frames)
-        return (torch.stack([self._cache[key][0] for key in keys]),
-                torch.stack([self._cache[key][1] for key in keys]))
+            return compute(frames)
+        cached = [self._cache[key] for key in keys]
+        return tuple(torch.stack(parts) for parts in zip(*cached))
 
     def __len__(self) -> int:
         return len(self._cache)

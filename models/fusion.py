@@ -32,7 +32,7 @@ shares and a cross-modal share (`models.attribution`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 COMPONENTS: tuple[tuple[str, str, bool], ...] = (
     ("frames", "frames", False),  # frame autoencoder: residual reconstruction error (local defects)
     ("frame_stats", "frames", False),  # density of the frames' feature statistics (blur, occlusion, lighting)
+    ("frame_detail", "frames", False),  # detail autoencoder on the product region at full resolution (small defects)
     ("audio", "audio", False),  # log-mel autoencoder: largest error cells (bursts, tones)
     ("audio_band", "audio", False),  # most unusual band of the time-averaged error (sustained tones)
     ("logs", "logs", False),
@@ -72,6 +73,15 @@ class FusionConfig:
     dropout: float = 0.1
     frame_channels: tuple[int, int, int] = (16, 32, 48)  # frame autoencoder
     frame_bottleneck: int = 8  # AE code channels at 1/8 resolution: small enough that defects are not copied
+    # Frames are decoded at `features.frame_size`; the scene path (frame autoencoder, statistics,
+    # state encoder) sees them mean-pooled by `scene_pool`, and the rows `detail_rows` (the product
+    # region: the belt band of an inspection camera) are scored at the decoded resolution by a
+    # second autoencoder of the same shape. A defect of a few pixels at 1/4 of the camera's size is
+    # below the scene autoencoder's normal error floor (docs/model.md, "Limitations"); at 1/2 it is
+    # not. None: no detail view (the component is masked).
+    scene_pool: int = 1
+    detail_rows: tuple[int, int] | None = None
+    detail_topk: int = 128  # pixels per frame of the detail score (a stain at 1/2 scale is ~30 after smoothing)
     audio_channels: tuple[int, int, int] = (8, 16, 32)  # log-mel autoencoder
     audio_bottleneck: int = 16  # AE code per 80 ms step, dense over frequency, so a new tone is not copied
     frame_state_channels: tuple[int, int, int] = (16, 32, 48)  # state encoders feeding the fusion
@@ -88,6 +98,15 @@ class FusionConfig:
             self.features = FeatureConfig(**self.features)
         for name in ("frame_channels", "audio_channels", "frame_state_channels", "audio_state_channels"):
             setattr(self, name, tuple(getattr(self, name)))
+        fc = self.features
+        if self.scene_pool < 1 or fc.frame_height % (4 * self.scene_pool) or fc.frame_width % (4 * self.scene_pool):
+            raise ValueError(f"frame size {fc.frame_size} must be a multiple of 4 x scene_pool ({self.scene_pool})")
+        if self.detail_rows is not None:
+            self.detail_rows = tuple(self.detail_rows)
+            r0, r1 = self.detail_rows
+            if not (0 <= r0 < r1 <= fc.frame_height) or (r1 - r0) % 8:
+                raise ValueError(f"detail_rows {self.detail_rows} must lie inside the {fc.frame_height} decoded rows "
+                                 "and span a multiple of 8 rows")
         if self.fusion not in ("cross", "concat", "late"):
             raise ValueError(f"fusion must be cross, concat or late, not {self.fusion!r}")
         if self.d_model % self.n_heads:
@@ -97,6 +116,19 @@ class FusionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def scene_features(self) -> FeatureConfig:
+        """The feature config as the scene path sees it (frames `scene_pool` times smaller)."""
+        fc, k = self.features, self.scene_pool
+        return replace(fc, frame_width=fc.frame_width // k, frame_height=fc.frame_height // k)
+
+    @property
+    def detail_features(self) -> FeatureConfig | None:
+        if self.detail_rows is None:
+            return None
+        r0, r1 = self.detail_rows
+        return replace(self.features, frame_height=r1 - r0)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FusionConfig":
@@ -145,6 +177,8 @@ class FusionOutput:
     summary: torch.Tensor  # (B, D) window summary (for optional heads)
     frame_error: torch.Tensor  # (B, T_f, H, W) per-pixel reconstruction error (smoothed)
     frame_scores: torch.Tensor  # (B, T_f) per-frame score: mean of the frame's top-k pixel errors
+    detail_error: torch.Tensor | None  # (B, T_f, h, W) the same for the detail view (None without one)
+    detail_scores: torch.Tensor | None  # (B, T_f)
     mel_error: torch.Tensor  # (B, n_mels, T_a) per-bin reconstruction error of normalised log-mel
     line_novelty: torch.Tensor  # (B, L) per-line novelty (0 for padding)
     attention_to: dict[str, torch.Tensor] = field(default_factory=dict)  # key modality -> (B, T_key) received attention
@@ -289,7 +323,7 @@ class FusionModel(nn.Module):
     cross-modal fusion, consistency head). The two parts share no parameters, so the intra part
     can be trained once and shared by every fusion variant (same encoders, same budget)."""
 
-    INTRA_PREFIXES = ("frames.", "audio.")
+    INTRA_PREFIXES = ("frames.", "audio.", "detail.")
     HEAD_PREFIXES = ("kind_head.", "sentiment_head.", "frustration_head.")
 
     def __init__(self, cfg: FusionConfig):
@@ -297,7 +331,11 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         fc, d = cfg.features, cfg.d_model
         torch.manual_seed(cfg.seed)
-        self.frames = FrameAutoencoder(fc, cfg.frame_channels, cfg.frame_bottleneck)
+        self.frames = FrameAutoencoder(cfg.scene_features, cfg.frame_channels, cfg.frame_bottleneck)
+        self.detail = (FrameAutoencoder(cfg.detail_features, cfg.frame_channels, cfg.frame_bottleneck)
+                       if cfg.detail_features is not None else None)
+        if self.detail is not None:
+            self.detail.topk = cfg.detail_topk
         self.audio = AudioAutoencoder(fc, cfg.audio_channels, cfg.audio_bottleneck)
         self.fusion: nn.Module | None = None
         if cfg.fusion != "late":
@@ -343,7 +381,12 @@ class FusionModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def intra_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n.startswith(self.INTRA_PREFIXES)]
+        """The scene and log-mel autoencoders (training phase "intra")."""
+        return [p for n, p in self.named_parameters() if n.startswith(("frames.", "audio."))]
+
+    def detail_parameters(self) -> list[nn.Parameter]:
+        """The detail autoencoder (training phase "detail"; empty without a detail view)."""
+        return list(self.detail.parameters()) if self.detail is not None else []
 
     def fusion_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith(self.INTRA_PREFIXES + self.HEAD_PREFIXES)]
@@ -352,11 +395,30 @@ class FusionModel(nn.Module):
     def normalise_mel(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.mel_mean[None, :, None]) / self.mel_std[None, :, None]
 
+    def scene_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Decoded frames (..., 3, H, W) -> what the scene path sees: mean-pooled by `scene_pool`."""
+        k = self.cfg.scene_pool
+        if k == 1:
+            return frames
+        lead = frames.shape[:-3]
+        return F.avg_pool2d(frames.reshape(-1, *frames.shape[-3:]), k).reshape(*lead, 3, *(s // k for s in frames.shape[-2:]))
+
+    def frame_evidence(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What scoring needs of each decoded frame (n, 3, H, W), from that frame alone (the frame
+        memo keeps it across overlapping windows): the scene residual (n, H/k, W/k) and feature
+        statistics (n, S), then the detail residual (n, h, W) when the model has a detail view."""
+        err, stats = self.frames.residual(self.scene_frames(frames))
+        if self.detail is None:
+            return err, stats
+        r0, r1 = self.cfg.detail_rows
+        detail_err, _ = self.detail.residual(frames[:, :, r0:r1], with_stats=False)
+        return err, stats, detail_err
+
     def reconstruct(self, batch: WindowBatch):
-        """Per-frame residual error maps (B, T_f, H, W) and feature statistics (B, T_f, S) of the
-        frame autoencoder (zeros for missing frames), the normalised log-mel (B, M, T) and its
-        reconstruction (B, M, T). `forward` runs it with autocast off (float32 evidence)."""
-        B, T, C, H, W = batch.frames.shape
+        """Per-frame evidence (`frame_evidence`), each as (B, T_f, ...) with zeros for missing
+        frames; the normalised log-mel (B, M, T) and its reconstruction (B, M, T). `forward` runs it
+        with autocast off (float32 evidence)."""
+        B, T = batch.frames.shape[:2]
         sel = batch.frame_mask.flatten()
         every = bool(sel.all())  # the common case: no copy of the frames
         frames = batch.frames.flatten(0, 1) if every else batch.frames.flatten(0, 1)[sel]
@@ -364,19 +426,20 @@ class FusionModel(nn.Module):
             pixels = batch.frame_pixels
             if pixels is not None:
                 pixels = pixels.flatten(0, 1) if every else pixels.flatten(0, 1)[sel]
-            err, stats = self.frame_memo.residual(self.frames, frames, pixels)
+            evidence = self.frame_memo.evidence(self.frame_evidence, frames, pixels)
         else:
-            err, stats = self.frames.residual(frames)  # (n, H, W), (n, S)
+            evidence = self.frame_evidence(frames)
         mel = self.normalise_mel(batch.mel)
         mel_recon = self.audio(mel, batch.audio_mask)
-        if every:
-            frame_err, frame_stats = err, stats
-        else:
-            frame_err = err.new_zeros(B * T, H, W)
-            frame_err[sel] = err
-            frame_stats = stats.new_zeros(B * T, stats.shape[1])
-            frame_stats[sel] = stats
-        return frame_err.reshape(B, T, H, W), frame_stats.reshape(B, T, -1), mel, mel_recon
+
+        def per_slot(x: torch.Tensor) -> torch.Tensor:
+            if not every:
+                full = x.new_zeros(B * T, *x.shape[1:])
+                full[sel] = x
+                x = full
+            return x.reshape(B, T, *x.shape[1:])
+
+        return tuple(per_slot(x) for x in evidence), mel, mel_recon
 
     def window_frame_stats(self, frame_stats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, S): the frames' feature statistics averaged over the window's frames."""
@@ -403,7 +466,7 @@ class FusionModel(nn.Module):
     def tokens(self, batch: WindowBatch) -> Tokens:
         """Per-modality state tokens with modality and time embeddings."""
         B = batch.batch_size
-        frame_tokens = self.frame_state(batch.frames, batch.frame_mask)  # (B, T_f, D)
+        frame_tokens = self.frame_state(self.scene_frames(batch.frames), batch.frame_mask)  # (B, T_f, D)
         audio_tokens, audio_mask = self.audio_state(self.normalise_mel(batch.mel), batch.audio_mask)  # (B, T_a/4, D)
         log_tokens, log_mask = self.logs(batch.log_emb, batch.log_levels, batch.log_code_state, batch.log_mask,
                                          batch.log_count, batch.log_present)  # (B, 1 + L, D)
@@ -438,10 +501,16 @@ class FusionModel(nn.Module):
         # are fitted in float32; bf16's rounding is of their size (docs/model.md, "GPU and bf16";
         # tests/test_models.py, the bf16 tests). Only the fusion below runs in bf16.
         with torch.autocast(batch.mel.device.type, enabled=False):
-            frame_residual, frame_stats, mel, mel_recon = self.reconstruct(batch)
+            (frame_residual, frame_stats, *detail_residual), mel, mel_recon = self.reconstruct(batch)
             frame_error = self.frames.error_map(frame_residual, batch.frame_mask)  # (B, T_f, H, W)
             frame_scores = self.frames.frame_scores(frame_error)  # (B, T_f)
             frame_comp = _masked_max(frame_scores, batch.frame_mask)  # (B,)
+            detail_error = detail_scores = None
+            detail_comp = torch.zeros_like(frame_comp)
+            if detail_residual:
+                detail_error = self.detail.error_map(detail_residual[0], batch.frame_mask)  # (B, T_f, h, W)
+                detail_scores = self.detail.frame_scores(detail_error)  # (B, T_f)
+                detail_comp = _masked_max(detail_scores, batch.frame_mask)
             stats_comp = self.stats_distance(self.window_frame_stats(frame_stats, batch.frame_mask))  # (B,)
             mel_error = (mel - mel_recon).pow(2) * batch.audio_mask[:, None, :]  # (B, n_mels, T_a)
             audio_comp = self.audio.window_score(mel_error, batch.audio_mask)  # (B,)
@@ -459,16 +528,19 @@ class FusionModel(nn.Module):
             summary = torch.zeros(B, self.cfg.d_model, device=mel.device)
             attention_to = {}
         cross = F.softplus(logits)  # (B, 3): -log P(belongs)
-        values = {"frames": frame_comp, "frame_stats": stats_comp, "audio": audio_comp, "audio_band": band_comp, "logs": log_comp,
-                  "log_rate": rate_comp, "cross_frames": cross[:, 0], "cross_audio": cross[:, 1], "cross_logs": cross[:, 2]}
+        values = {"frames": frame_comp, "frame_stats": stats_comp, "frame_detail": detail_comp, "audio": audio_comp,
+                  "audio_band": band_comp, "logs": log_comp, "log_rate": rate_comp, "cross_frames": cross[:, 0], "cross_audio": cross[:, 1], "cross_logs": cross[:, 2]}
         cross_ok = present & (present.sum(1, keepdim=True) >= 2) & (self.fusion is not None)
         idx = {m: i for i, m in enumerate(MODALITIES)}
         comps = torch.stack([values[name] for name in COMPONENT_NAMES], dim=1)  # (B, C)
         comp_mask = torch.stack([(cross_ok if is_cross else present)[:, idx[modality]]
                                  for _, modality, is_cross in COMPONENTS], dim=1)  # (B, C)
+        if self.detail is None:
+            comp_mask[:, COMPONENT_NAMES.index("frame_detail")] = False
         out = FusionOutput(
             components=comps.float(), component_mask=comp_mask, consistency_logits=logits, summary=summary,
-            frame_error=frame_error, frame_scores=frame_scores, mel_error=mel_error, line_novelty=novelty,
+            frame_error=frame_error, frame_scores=frame_scores, detail_error=detail_error, detail_scores=detail_scores,
+            mel_error=mel_error, line_novelty=novelty,
             attention_to=attention_to,
         )
         if self.kind_head is not None:

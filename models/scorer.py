@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from models import checkpoint
-from models.attribution import attribute
+from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
 from models.features import Featurizer, collate
 from models.fusion import FusionModel
@@ -63,6 +63,8 @@ class AnomalyScorer:
             # NHWC weights for the frame autoencoder, the model's largest cost on CPU: oneDNN's
             # faster convolutions, bit-identical scores (`fusionwatch bench`; docs/performance.md)
             self.model.frames.to(memory_format=torch.channels_last)
+            if self.model.detail is not None:
+                self.model.detail.to(memory_format=torch.channels_last)
             # each frame is in two overlapping windows: encode it once (models/framememo.py)
             from models.framememo import FrameMemo
 
@@ -108,6 +110,8 @@ class AnomalyScorer:
         raw_np = raw.float().cpu().numpy()
         weights_np = weights.float().cpu().numpy()
         fs, fe, me, nov = (x.float().cpu().numpy() for x in (out.frame_scores, out.frame_error, out.mel_error, out.line_novelty))
+        if out.detail_scores is not None:
+            ds, de = out.detail_scores.float().cpu().numpy(), out.detail_error.float().cpu().numpy()
         att = {k: v.cpu().numpy() for k, v in out.attention_to.items()}
         kinds = out.kind_logits.softmax(-1).cpu().numpy() if out.kind_logits is not None else None
         sent = out.sentiment_logits.softmax(-1).cpu().numpy() if out.sentiment_logits is not None else None
@@ -118,7 +122,10 @@ class AnomalyScorer:
             if not math.isfinite(float(raw_np[i])):  # nothing present: nothing to judge
                 results.append(WindowScore(0.0, thr, 0.0, f.present, {}, 0.0, [], None, None, [], []))
                 continue
-            a = attribute(f, self.cfg, weights_np[i], fs[i], fe[i], me[i], nov[i], {k: v[i] for k, v in att.items()})
+            detail = (DetailEvidence(ds[i], de[i], self.model.cfg.detail_rows, self.cfg.frame_height)
+                      if out.detail_scores is not None else None)
+            a = attribute(f, self.cfg, weights_np[i], fs[i], fe[i], me[i], nov[i], {k: v[i] for k, v in att.items()},
+                          detail=detail)
             results.append(WindowScore(
                 score=float(self.calibration.normalise(w.asset, raw_np[i])), threshold=thr, raw=float(raw_np[i]),
                 present=f.present, modality_shares=a.modality_shares, cross_modal_share=a.cross_modal_share,

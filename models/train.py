@@ -9,6 +9,7 @@ another time (so a swap is a plausible-looking but wrong combination — the lin
 idle or at another speed in the other — rather than a trivially different camera). Losses:
 
 - frame autoencoder MSE on a few frames per window (the decoder dominates the cost on CPU),
+- in its own phase, the detail autoencoder's MSE on the product region of such frames,
 - log-mel autoencoder MSE on received audio frames,
 - replaced-modality detection: each window once as is (target 0 for every modality) and once with
   one modality taken from its partner (target 1 for it; with only two modalities present, both
@@ -38,6 +39,11 @@ from models.fusion import COMPONENTS, FusionModel
 @dataclass
 class TrainConfig:
     intra_steps: int = 600  # autoencoder steps (shared by every fusion variant)
+    # detail autoencoder steps (its own phase; skipped without a detail view). It keeps improving
+    # long after the scene autoencoder has converged (validation seed 3, the detail score alone,
+    # surface_defect AUROC: 0.87 after 2,000 steps, 0.94 after 5,000, 0.95 after 8,000), and its
+    # steps are cheap (~30 ms on 2 cores)
+    detail_steps: int = 8000
     fusion_steps: int = 600  # state encoders + fusion + consistency head
     frames_per_step: int = 48  # frames through the frame autoencoder per intra step
     windows_per_step: int = 32  # windows per step: audio autoencoder; fusion: B/2 anchors + B/2 partners
@@ -98,7 +104,7 @@ def fit_intra_statistics(model: FusionModel, data: WindowArrays, max_windows: in
     for i in range(0, len(idx), batch_size):
         batch = data.batch(idx[i:i + batch_size], model.code_vocab).to(device)
         if batch.frame_mask.any():
-            _, stats = model.frames(batch.frames.flatten(0, 1), with_stats=True)
+            _, stats = model.frames(model.scene_frames(batch.frames.flatten(0, 1)), with_stats=True)
             has = batch.frame_mask.any(1)
             stats_rows.append(model.window_frame_stats(stats.view(*batch.frame_mask.shape, -1), batch.frame_mask)[has].cpu())
         if batch.audio_mask.any():
@@ -187,7 +193,7 @@ def _autocast(device: str, bf16: bool):
     return torch.autocast("cpu", enabled=False)
 
 
-PHASES = ("intra", "fusion")
+PHASES = ("intra", "detail", "fusion")
 
 
 def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: ProgressFn | None = None,
@@ -198,7 +204,7 @@ def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: Pr
         torch.set_num_threads(cfg.threads)
     device = cfg.device
     model.to(device)
-    phases = tuple(p for p in phases if p != "fusion" or model.fusion is not None)
+    phases = tuple(p for p in phases if (p != "fusion" or model.fusion is not None) and (p != "detail" or model.detail is not None))
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     resume = load_train_state(state_dir, model, cfg) if state_dir is not None else None
@@ -210,8 +216,8 @@ def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: Pr
     t0 = time.perf_counter()
     done, losses = 0, {}
     for phase in phases:
-        steps = cfg.intra_steps if phase == "intra" else cfg.fusion_steps
-        params = model.intra_parameters() if phase == "intra" else model.fusion_parameters()
+        steps = {"intra": cfg.intra_steps, "detail": cfg.detail_steps, "fusion": cfg.fusion_steps}[phase]
+        params = {"intra": model.intra_parameters, "detail": model.detail_parameters, "fusion": model.fusion_parameters}[phase]()
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         start = 0
         if resume and resume["phase"] == phase:
@@ -227,6 +233,8 @@ def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: Pr
             with _autocast(device, cfg.bf16):
                 if phase == "intra":
                     loss, losses = _intra_loss(model, data, frame_pool, cfg, rng)
+                elif phase == "detail":
+                    loss, losses = _detail_loss(model, data, frame_pool, cfg, rng)
                 else:
                     loss, losses = _fusion_loss(model, data, sampler, cfg, rng)
             opt.zero_grad(set_to_none=True)
@@ -252,6 +260,7 @@ def _intra_loss(model: FusionModel, data: WindowArrays, frame_pool: np.ndarray, 
     if len(frame_pool):
         pick = frame_pool[rng.integers(len(frame_pool), size=cfg.frames_per_step)]
         frames = torch.from_numpy(data.frame_pool[pick]).to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
+        frames = model.scene_frames(frames)
         frame_loss = ((model.frames(frames).float() - frames) ** 2).mean()
         loss = loss + frame_loss
         losses["frame_ae"] = frame_loss.item()
@@ -265,6 +274,17 @@ def _intra_loss(model: FusionModel, data: WindowArrays, frame_pool: np.ndarray, 
         losses["audio_ae"] = audio_loss.item()
     losses["loss"] = loss.item()
     return loss, losses
+
+
+def _detail_loss(model: FusionModel, data: WindowArrays, frame_pool: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
+    """The detail autoencoder's MSE on the product region of random normal frames."""
+    if not len(frame_pool):  # no frames at all (an audio-only plant): nothing to learn, nothing to score
+        return sum(p.sum() * 0.0 for p in model.detail_parameters()), {"loss": 0.0}
+    r0, r1 = model.cfg.detail_rows
+    pick = frame_pool[rng.integers(len(frame_pool), size=cfg.frames_per_step)]
+    crops = torch.from_numpy(data.frame_pool[pick][:, r0:r1]).to(cfg.device).permute(0, 3, 1, 2).float().div_(255.0)
+    loss = ((model.detail(crops).float() - crops) ** 2).mean()
+    return loss, {"detail_ae": loss.item(), "loss": loss.item()}
 
 
 def _fusion_loss(model: FusionModel, data: WindowArrays, sampler: GroupSampler, cfg: TrainConfig,

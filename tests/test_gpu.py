@@ -74,3 +74,31 @@ def test_bf16_scores_of_the_shipped_model_match_fp32_on_cuda():
           f"p99 {np.quantile(rel, 0.99):.4f}, spearman {_spearman(a, b):.5f}")
     assert np.median(rel) <= MAX_MEDIAN_REL_ERR and np.quantile(rel, 0.99) <= MAX_P99_REL_ERR
     assert _spearman(a, b) >= MIN_SPEARMAN
+
+
+def test_detail_view_trains_and_scores_on_cuda():
+    """The detail autoencoder's own training phase runs on CUDA under bf16 autocast, and its
+    evidence (float32 under autocast, like the rest of the intra-modal part) is the same in bf16."""
+    import torch
+
+    from models.data import WindowArrays
+    from models.fusion import COMPONENT_NAMES
+    from models.train import TrainConfig, fit_intra_statistics, fit_normalisers, train
+    from tests.test_models import DETAIL_FC, detail_tiny, synthetic_features
+
+    data = WindowArrays.from_features([synthetic_features(i, asset="AB"[i % 2], fc=DETAIL_FC) for i in range(32)], DETAIL_FC)
+    model = detail_tiny()
+    fit_normalisers(model, data)
+    result = train(model, data, TrainConfig(intra_steps=5, detail_steps=20, fusion_steps=5, frames_per_step=8,
+                                            windows_per_step=8, group_size=4, device="cuda", bf16=True))
+    assert result.steps == 30 and next(model.detail.parameters()).device.type == "cuda"
+    fit_intra_statistics(model, data, device="cuda")
+    batch = data.batch(np.arange(8), model.code_vocab).to("cuda")
+    with torch.inference_mode():
+        a = model.eval()(batch)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            b = model(batch)
+    d = COMPONENT_NAMES.index("frame_detail")
+    assert bool(a.component_mask[:, d].all())
+    torch.testing.assert_close(a.components[:, d], b.components[:, d])
+    torch.testing.assert_close(a.detail_error, b.detail_error)

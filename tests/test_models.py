@@ -24,14 +24,14 @@ FC = FeatureConfig()
 
 
 def synthetic_features(i: int, asset: str = "A", frames: int = 8, audio: bool = True, lines: int = 3,
-                       codes=("C100", None, "T200")) -> WindowFeatures:
+                       codes=("C100", None, "T200"), fc: FeatureConfig = FC) -> WindowFeatures:
     r = np.random.default_rng(i)
     emb = r.normal(size=(lines, 384)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     mask = np.ones(FC.audio_frames, bool) if audio else np.zeros(FC.audio_frames, bool)
     return WindowFeatures(
         asset=asset, start=1000.0 + i, end=1002.0 + i,
-        frames=r.integers(0, 255, (frames, FC.frame_height, FC.frame_width, 3), dtype=np.uint8),
+        frames=r.integers(0, 255, (frames, fc.frame_height, fc.frame_width, 3), dtype=np.uint8),
         frame_times=np.arange(frames, dtype=np.float32) / 4, mel=r.normal(-5, 2, (FC.n_mels, FC.audio_frames)).astype(np.float32) * mask,
         audio_mask=mask, log_emb=emb, log_times=np.linspace(0, 1.9, lines).astype(np.float32),
         log_levels=np.ones(lines, np.int64), log_codes=list(codes[:lines]) + [None] * max(0, lines - len(codes)),
@@ -371,7 +371,8 @@ def test_calibration_refuses_too_little_data():
 def test_attribution_shares_and_regions():
     from models.attribution import audio_band, frame_region, shares
 
-    w = np.array([0.05, 0.05, 0.0, 0.0, 0.2, 0.1, 0.3, 0.0, 0.3])  # frames, stats, audio, band (absent), logs, rate, x_f, x_a, x_l
+    # frames, stats, detail, audio, band (absent), logs, rate, x_f, x_a, x_l
+    w = np.array([0.05, 0.03, 0.02, 0.0, 0.0, 0.2, 0.1, 0.3, 0.0, 0.3])
     assert len(w) == len(COMPONENT_NAMES)
     s, cross = shares(w, {"frames": True, "audio": False, "logs": True})
     assert set(s) == {"frames", "logs"} and sum(s.values()) == pytest.approx(1.0, abs=1e-3)
@@ -384,6 +385,100 @@ def test_attribution_shares_and_regions():
     lo, hi = audio_band(mel_err, FC)
     centres = FC.mel_centres_hz()
     assert lo == pytest.approx(centres[40], abs=0.2) and hi == pytest.approx(centres[44], abs=0.2)
+
+
+# ── the detail view (frames decoded at 2x, the scene pooled, a band of rows at full size) ────────
+DETAIL_FC = FeatureConfig(frame_width=160, frame_height=120)
+
+
+def detail_tiny(fusion: str = "cross") -> FusionModel:
+    return tiny(fusion, features=DETAIL_FC, scene_pool=2, detail_rows=(40, 88))
+
+
+def test_detail_view_shapes_and_mask():
+    model = detail_tiny()
+    feats = [synthetic_features(i, frames=n, fc=DETAIL_FC) for i, n in enumerate((8, 3, 0))]
+    with torch.no_grad():
+        out = model(collate(feats, DETAIL_FC))
+    assert out.frame_error.shape == (3, 8, 60, 80)  # the scene at half the decoded size
+    assert out.detail_error.shape == (3, 8, 48, 160) and out.detail_scores.shape == (3, 8)
+    d = COMPONENT_NAMES.index("frame_detail")
+    assert out.component_mask[:, d].tolist() == [True, True, False]
+    assert (out.detail_error[1, 3:] == 0).all()  # empty frame slots have no error
+    without = tiny()(collate([synthetic_features(0)], FC))
+    assert not without.component_mask[:, d].any() and without.detail_error is None
+
+
+def test_detail_view_sees_only_its_rows():
+    """Pixels outside the detail rows change the scene evidence, never the detail evidence."""
+    model = detail_tiny()
+    f = synthetic_features(1, fc=DETAIL_FC)
+    outside, inside = [WindowFeatures(**{**f.__dict__, "frames": f.frames.copy()}) for _ in range(2)]
+    outside.frames[:, 100:110, 20:40] = 255 - outside.frames[:, 100:110, 20:40]  # below the band (rows 40-88)
+    inside.frames[:, 60:70, 20:40] = 255 - inside.frames[:, 60:70, 20:40]
+    with torch.no_grad():
+        base, out_o, out_i = (model(collate([x], DETAIL_FC)) for x in (f, outside, inside))
+    assert torch.equal(base.detail_error, out_o.detail_error)
+    assert not torch.equal(base.frame_error, out_o.frame_error)
+    assert not torch.equal(base.detail_error, out_i.detail_error)
+
+
+def test_detail_view_frame_memo_gives_the_same_scores():
+    from models.framememo import FrameMemo
+
+    model = detail_tiny()
+    batch = collate([synthetic_features(i, fc=DETAIL_FC) for i in range(3)], DETAIL_FC)
+    with torch.no_grad():
+        plain = model(batch)
+        model.frame_memo = memo = FrameMemo()
+        first, second = model(batch), model(batch)
+    assert memo.hits == 24 and memo.misses == 24
+    for out in (first, second):
+        torch.testing.assert_close(out.components, plain.components)
+        torch.testing.assert_close(out.detail_error, plain.detail_error)
+
+
+def test_detail_view_config_is_checked():
+    with pytest.raises(ValueError, match="detail_rows"):
+        FusionConfig(features=DETAIL_FC, scene_pool=2, detail_rows=(40, 90))  # 50 rows: not a multiple of 8
+    with pytest.raises(ValueError, match="detail_rows"):
+        FusionConfig(features=DETAIL_FC, scene_pool=2, detail_rows=(100, 140))  # below the frame
+    with pytest.raises(ValueError, match="scene_pool"):
+        FusionConfig(features=FeatureConfig(frame_width=84, frame_height=60), scene_pool=2)
+
+
+def test_detail_view_trains_in_its_own_phase_and_round_trips(tmp_path):
+    from models import checkpoint
+
+    data = WindowArrays.from_features([synthetic_features(i, asset="AB"[i % 2], fc=DETAIL_FC) for i in range(24)], DETAIL_FC)
+    model = detail_tiny()
+    fit_normalisers(model, data)
+    scene0 = {k: v.clone() for k, v in model.frames.state_dict().items()}
+    detail0 = {k: v.clone() for k, v in model.detail.state_dict().items()}
+    result = train(model, data, TrainConfig(intra_steps=2, detail_steps=3, fusion_steps=2, frames_per_step=4,
+                                            windows_per_step=8, group_size=4))
+    assert result.steps == 7
+    assert any(not torch.equal(detail0[k], v) for k, v in model.detail.state_dict().items())
+    assert any(not torch.equal(scene0[k], v) for k, v in model.frames.state_dict().items())
+    fit_intra_statistics(model, data)
+    fit_component_stats(model, data)
+    checkpoint.save(tmp_path / "ckpt", model, None, card="# card\n")
+    loaded, _, _ = checkpoint.load(tmp_path / "ckpt")
+    assert loaded.cfg.detail_rows == (40, 88) and loaded.cfg.scene_pool == 2
+    batch = data.batch(np.arange(4), model.code_vocab)
+    torch.testing.assert_close(model.eval()(batch).components, loaded(batch).components)
+
+
+def test_detail_attribution_maps_back_to_the_whole_frame():
+    from models.attribution import DetailEvidence
+
+    err = np.zeros((2, 48, 160))
+    err[1, 12:24, 80:120] = 1.0
+    detail = DetailEvidence(np.array([0.1, 0.9]), err, rows=(40, 88), height=120)
+    x0, y0, x1, y1 = detail.region(1)
+    assert (x0, x1) == (0.5, 0.75)
+    assert y0 == pytest.approx((40 + 12) / 120, abs=1e-3) and y1 == pytest.approx((40 + 24) / 120, abs=1e-3)
+    assert detail.region(0) is None
 
 
 def test_shipped_checkpoint_loads_and_scores():

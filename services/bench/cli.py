@@ -67,7 +67,7 @@ def model_cmd(
     layouts: str = typer.Option("nchw", help="Convolution memory layouts: nchw, channels_last or both "
                                 "('nchw,channels_last'; NHWC suits tensor cores)."),
     checkpoint: Path = typer.Option(None, help="Model checkpoint directory. Without it a random-init model of "
-                                    "the default config is timed (same cost; no training needed)."),
+                                    "the standard recipe's config is timed (same cost; no training needed)."),
     tiny: bool = typer.Option(False, help="Use the tiny test config instead of the default (smoke runs)."),
     text: str = typer.Option("random", help="Log-line embeddings fed to the model: 'random' (cached random unit "
                              "vectors, no MiniLM weights needed) or 'minilm' (embed simulated PLC lines once)."),
@@ -151,7 +151,7 @@ def pipeline_cmd(
     partitions: int = typer.Option(8, help="Partitions of every input topic."),
     checkpoint: Path = typer.Option(None, help="Model checkpoint (default: FW_MODEL_DIR or var/model). Train one "
                                     "with `fusionwatch train`, or pass --random-init."),
-    random_init: bool = typer.Option(False, help="Score with a random-init model of the default config (same "
+    random_init: bool = typer.Option(False, help="Score with a random-init model of the standard recipe's config (same "
                                      "cost as a trained one; its events mean nothing)."),
     tiny: bool = typer.Option(False, help="With --random-init: the tiny test config (smoke runs)."),
     threads: int = typer.Option(None, help="torch intra-op threads in each monitor process (default: torch's choice)."),

@@ -9,7 +9,7 @@ decoding are `bench decode`'s business; host↔device copies are timed in their 
 
 Runs on a bare GPU machine: imports torch, numpy and `models` only (no torchaudio, no MiniLM
 unless `--text minilm`, no service dependencies). Without `--checkpoint` the model is a
-random-init default config with a filled normal-line memory bank — the same cost as a trained one.
+random-init model of the standard recipe's config with a filled normal-line memory bank — the same cost as a trained one.
 
 FLOPs per window come from torch's FlopCounterMode (matmuls, convolutions, attention; elementwise
 work is not counted, so the fraction of peak is a lower bound of how busy the device is). Peak:
@@ -73,6 +73,7 @@ def build_model(cfg: ModelBenchConfig):
     import torch
 
     from models.fusion import FusionConfig, FusionModel
+    from services.training.recipes import product_config
 
     if cfg.checkpoint is not None:
         from models import checkpoint
@@ -80,9 +81,9 @@ def build_model(cfg: ModelBenchConfig):
         model, _, config = checkpoint.load(cfg.checkpoint, device="cpu")  # raises a clear CheckpointError
         desc = f"checkpoint {config.get('version', cfg.checkpoint)}"
     else:
-        fcfg = FusionConfig.tiny() if cfg.tiny else FusionConfig()
+        fcfg = FusionConfig.tiny() if cfg.tiny else product_config()
         model = FusionModel(fcfg)
-        desc = f"random-init {'tiny' if cfg.tiny else 'default'} config"
+        desc = f"random-init {'tiny' if cfg.tiny else 'standard-recipe'} config"
         g = torch.Generator().manual_seed(cfg.seed)
         # fitted buffers a trained model carries: a memory bank of normal lines and a log-rate density
         if hasattr(model, "line_bank") and model.line_bank.numel() == 0 and cfg.line_bank > 0:

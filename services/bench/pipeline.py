@@ -479,11 +479,12 @@ def _checkpoint(cfg: PipelineBenchConfig, workdir: Path) -> tuple[Path, str]:
     if cfg.random_init:
         from models import checkpoint
         from models.fusion import FusionConfig, FusionModel
+        from services.training.recipes import product_config
 
         path = workdir / "model"
-        version = checkpoint.save(path, FusionModel(FusionConfig.tiny() if cfg.tiny else FusionConfig()), None,
+        version = checkpoint.save(path, FusionModel(FusionConfig.tiny() if cfg.tiny else product_config()), None,
                                   card="# random-init model for fusionwatch bench\n")
-        return path, f"random-init {'tiny' if cfg.tiny else 'default'} config ({version})"
+        return path, f"random-init {'tiny' if cfg.tiny else 'standard-recipe'} config ({version})"
     path = cfg.checkpoint
     if path is None:
         from services.settings import get_settings
@@ -491,7 +492,7 @@ def _checkpoint(cfg: PipelineBenchConfig, workdir: Path) -> tuple[Path, str]:
         path = get_settings().checkpoint_dir
     if not (Path(path) / "config.json").exists():
         raise BenchError(f"no model checkpoint in {path}: train one with `fusionwatch train`, pass --checkpoint DIR, "
-                         "or --random-init to time a random-init model of the default config")
+                         "or --random-init to time a random-init model of the standard recipe's config")
     return Path(path), f"checkpoint {path}"
 
 

@@ -43,11 +43,12 @@ advisory and need review.
 - Calibration (normal operation, a different seed/period): {ca.get('windows', '?')} windows,
   assets {_assets(ca)} {_spec(ca)}.
 - Inputs: frames {cfg.features.frame_width}x{cfg.features.frame_height} (up to {cfg.features.max_frames} per
-  window), audio {cfg.features.sample_rate} Hz as {cfg.features.n_mels}-band log-mel, up to
+  window; the scene seen at 1/{cfg.scene_pool} of that{_detail(cfg)}), audio {cfg.features.sample_rate} Hz as {cfg.features.n_mels}-band log-mel, up to
   {cfg.features.max_lines} log lines embedded by all-MiniLM-L6-v2; {len(model.code_vocab)} known log codes.
 
 ## Objectives (no labels)
-- Intra-modal normality: frame autoencoder (window-median residual error), density of frame feature
+- Intra-modal normality: frame autoencoder (window-median residual error), the same on the detail view
+  when there is one, density of frame feature
   statistics, log-mel autoencoder, nearest-neighbour novelty of log lines against
   {int(model.line_bank.shape[0])} normal lines plus unseen codes, log rate.
 - Cross-modal consistency ({'none: late fusion' if model.fusion is None else cfg.fusion}): replaced-modality
@@ -102,4 +103,12 @@ def _spec(d: dict) -> str:
 
 def _steps(info: dict) -> str:
     tc = info.get("train_config", {})
-    return f"{tc.get('intra_steps', '?')} autoencoder + {tc.get('fusion_steps', '?')} fusion"
+    return (f"{tc.get('intra_steps', '?')} autoencoder + {tc.get('detail_steps', 0)} detail autoencoder + "
+            f"{tc.get('fusion_steps', '?')} fusion")
+
+
+def _detail(cfg) -> str:
+    if cfg.detail_rows is None:
+        return ""
+    r0, r1 = cfg.detail_rows
+    return f", rows {r0}-{r1} at full size as the detail view of the product"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -45,6 +46,12 @@ def train(
     duration: float = typer.Option(None, "--duration", min=10, help="Simulator source: seconds of normal operation per station."),
     intra_steps: int = typer.Option(None, "--intra-steps", min=0, help="Autoencoder training steps (recipe default)."),
     fusion_steps: int = typer.Option(None, "--fusion-steps", min=0, help="Fusion training steps (recipe default)."),
+    detail_steps: int = typer.Option(None, "--detail-steps", min=0, help="Detail autoencoder steps (recipe default)."),
+    detail_rows: str = typer.Option(None, "--detail-rows", metavar="R0:R1",
+                                    help="Rows of the decoded frame (160x120 for the standard and quick recipes) that "
+                                         "show the product — the belt band an inspection camera looks at — scored "
+                                         "at full size for small defects; 'none' switches the detail view off. "
+                                         "Recipe default: the simulator's belt band, 44:84."),
     device: str = typer.Option("auto", "--device", help="'auto' (CUDA when present), 'cpu' or 'cuda' (bf16 autocast)."),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
@@ -95,7 +102,13 @@ def train(
     dev = pick_device(device)
     out = out or settings.checkpoint_dir
     cache = settings.var_dir / "datasets"
-    overrides = {"intra_steps": intra_steps, "fusion_steps": fusion_steps, "bf16": True}
+    overrides = {"intra_steps": intra_steps, "fusion_steps": fusion_steps, "detail_steps": detail_steps, "bf16": True}
+    if detail_rows is not None:
+        r = dataclasses.replace(r, model={**r.model, "detail_rows": _rows(detail_rows)})
+        try:
+            r.model_config(variant)  # checks the rows against the frame size now
+        except ValueError as e:
+            raise ConfigError(f"--detail-rows: {e}") from None
     train_data = calib_data = None
     per_asset = None
     src: dict = {"source": source}
@@ -130,6 +143,19 @@ def train(
     console.print(f"[bold green]model {result.info['version']}[/] → {out}\n"
                   f"  trained {result.info['train_seconds']:.0f} s ({result.info['steps']} steps, {dev}), "
                   f"threshold {cal.pooled.threshold:.2f} ({cal.tail.method}, budget {budget:g} per {budget_hours:g} h)")
+
+
+def _rows(text: str) -> tuple[int, int] | None:
+    """'44:84' -> (44, 84); 'none' -> None."""
+    from schemas.errors import ConfigError
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        r0, r1 = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--detail-rows must be R0:R1 (e.g. 44:84) or none, not {text!r}") from None
+    return (r0, r1)
 
 
 def _kafka_windows(settings, bootstrap, since, until, features, bar):

@@ -34,7 +34,7 @@ from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
 
 INTRA = INTRA_NAMES
 BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "frames_only": ("late", ("frames", "frame_stats")),
+    "frames_only": ("late", ("frames", "frame_stats", "frame_detail")),
     "audio_only": ("late", ("audio", "audio_band")),
     "logs_only": ("late", ("logs", "log_rate")),
     "late_fusion": ("late", INTRA),
