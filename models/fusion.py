@@ -637,10 +637,14 @@ class ComponentTails(nn.Module):
             q = np.quantile(x, self.QUANTILES)
             xs, logs = [], []
             for v in q:  # strictly increasing knots; survival P(X >= v) read from the data
+                # at the quantile itself, ties included: a knot nudged above a tied quantile must
+                # not read the survival just above the tie (a flat, meaningless step would become
+                # a cliff: normal log novelty is 0 or ~1e-5, and a line 1e-4 off scored 7 units)
+                p = max((x >= v).mean(), 1.0 / (len(x) + 1))
                 if xs and v <= xs[-1] + 1e-12:
                     v = xs[-1] + 1e-9 * max(1.0, abs(xs[-1]))
                 xs.append(float(v))
-                logs.append(float(np.log(max((x >= v).mean(), 1.0 / (len(x) + 1)))))
+                logs.append(float(np.log(p)))
             u = xs[-1]
             excess = x[x > u] - u
             xi, sigma = fit_gpd(excess, xi_bounds=(0.0, 0.5)) if len(excess) >= 5 else (0.0, max(float(np.std(x)), 1e-6))

@@ -230,6 +230,22 @@ def test_component_tails_are_monotone_surprises():
     assert np.all(np.isfinite(far)) and far[0] > np.log(5000)
 
 
+def test_tied_normal_values_make_no_cliff():
+    """Normal values on a few tied levels (log novelty: 0 or float noise ~1e-5): a value a hair
+    above them is as rare as the normal top level, not rarer than anything ever seen (a line 1e-4
+    from a known one scored 7 units of surprise, as much as a value never seen in 1,200 windows)."""
+    from models.fusion import ComponentTails
+
+    x = np.random.default_rng(1).choice([0.0, 1.9e-5, 4.1e-5], size=3000, p=[0.2, 0.74, 0.06])
+    tails = ComponentTails(1)
+    tails.fit([x], names=("logs",))
+    s = tails(torch.tensor([[1.9e-5], [1e-4], [0.05], [1.0]]))[:, 0].numpy()
+    p_top = (x >= 4.1e-5).mean()
+    assert s[0] == pytest.approx(-np.log((x >= 1.9e-5).mean()), abs=0.05)
+    assert s[1] == pytest.approx(-np.log(p_top), abs=0.05)  # just above the top level: no cliff
+    assert s[2] < 4.0 and s[3] > 10  # a paraphrase stays modest; a new message (novelty 1) does not
+
+
 def test_checkpoint_round_trip(tmp_path, arrays):
     from models import checkpoint
     from models.scorer import AnomalyScorer
