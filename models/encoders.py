@@ -181,8 +181,6 @@ class FrameAutoencoder(nn.Module):
         per-channel mean and std of the first two encoder layers (N, 2 * (c1 + c2)): a blurred,
         fogged or darkened image shifts these feature statistics even when it is easy to redraw."""
         H, W = frames.shape[-2:]
-        if (H, W) != (self.H, self.W):  # e.g. decoded frames where the model's scene view was meant
-            raise ValueError(f"frames of {W}x{H} given to an autoencoder built for {self.W}x{self.H}")
         frames = self._layout(frames)
         if frames.shape[0] == 0:  # no frame in the batch
             return (frames, frames.new_zeros(0, self._n_stats())) if with_stats else frames

@@ -658,7 +658,8 @@ class ComponentTails(nn.Module):
         return info
 
     def _surprise_np(self, c: int, v: float) -> float:
-        return float(self.forward(torch.tensor([[v] * self.knots_x.shape[0]], dtype=torch.float32))[0, c])
+        x = torch.full((1, self.knots_x.shape[0]), float(v), dtype=torch.float32, device=self.knots_x.device)
+        return float(self.forward(x)[0, c])
 
     def forward(self, components: torch.Tensor) -> torch.Tensor:
         """(B, C) raw components -> (B, C) surprise >= 0."""

@@ -477,6 +477,9 @@ def test_detail_view_trains_in_its_own_phase_and_round_trips(tmp_path):
     assert any(not torch.equal(detail0[k], v) for k, v in model.detail.state_dict().items())
     assert any(not torch.equal(scene0[k], v) for k, v in model.frames.state_dict().items())
     fit_intra_statistics(model, data)
+    with torch.no_grad():  # the statistics Gaussian describes the scene view the model scores
+        d = model.eval()(data.batch(np.arange(len(data)), model.code_vocab)).components[:, COMPONENT_NAMES.index("frame_stats")]
+    assert float(d.median()) < 3.0, d
     fit_component_stats(model, data)
     checkpoint.save(tmp_path / "ckpt", model, None, card="# card\n")
     loaded, _, _ = checkpoint.load(tmp_path / "ckpt")
