@@ -4,6 +4,10 @@ Run from the repository root (about 3 minutes on 2 cores; the dataset is cached 
 
     .venv/bin/python docs/diagnostics/surface_defect.py
 
+Written for the sixth session's checkpoint (frames at 80x60, no detail view): the figures in
+docs/model.md are that model's. On a checkpoint with a detail view it examines the scene path
+(the 80x60 view) alone; the detail view's own check is `surface_defect_resolution.py`.
+
 Uses the validation seed (3) only, never the test seed. Prints:
 1. the window AUROC of the frame components for the product-fault kinds;
 2. the same for other reductions of the frame error map (top-k pixel counts, the two worst frames,
@@ -80,7 +84,7 @@ def main() -> None:
 
     print("3. a synthetic defect on normal frames (median over 20 frames)")
     ae = model.frames
-    frames = val.batch(np.flatnonzero(neg)[:200:10], model.code_vocab).frames[:, 0].contiguous()
+    frames = model.scene_frames(val.batch(np.flatnonzero(neg)[:200:10], model.code_vocab).frames[:, 0]).contiguous()
     with torch.inference_mode():
         base, _ = ae.residual(frames)
         for label, h, w, delta in (("dark 2x2 blob, -0.3", 2, 2, -0.3), ("1x5 scratch, -0.1", 1, 5, -0.1)):
@@ -109,7 +113,7 @@ def main() -> None:
         with torch.inference_mode():
             for i in range(0, len(idx), 8):
                 b = val.batch(idx[i:i + 8], model.code_vocab)
-                h = ae.enc[0](b.frames.flatten(0, 1))
+                h = ae.enc[0](model.scene_frames(b.frames.flatten(0, 1)))
                 h = F.avg_pool2d(h if args.layer == 1 else ae.enc[1](h), 3, 1, 1)  # local aggregation
                 yield h[:, :, rows].permute(0, 2, 3, 1).flatten(1, 2), b.frame_mask.flatten(), i
 

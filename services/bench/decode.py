@@ -41,9 +41,9 @@ def run_decode_bench(cfg: DecodeBenchConfig, progress=None) -> BenchResult:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    from models.features import FeatureConfig
+    from services.training.recipes import product_config
 
-    fc = FeatureConfig()
+    fc = product_config().features  # the size the shipped model decodes to
     result = BenchResult("decode", machine_info("cpu"), {**cfg.__dict__, "model_frame_size": list(fc.frame_size),
                                                           "torch_threads": torch.get_num_threads()})
     step = progress or (lambda msg: None)
