@@ -17,7 +17,7 @@ def up(
     duration: float = typer.Option(None, help="Stop after this many seconds (default: run until Ctrl-C)."),
     api: bool = typer.Option(True, help="Serve the review page and API."),
     train_first: bool = typer.Option(False, "--train-first",
-                                     help="With no model in var/model: train the quick recipe (~80 s) instead of "
+                                     help="With no model in var/model: train the quick recipe (~2 min) instead of "
                                           "copying the shipped standard-recipe checkpoint (factory profile)."),
 ) -> None:
     """Run everything on one box: broker, database, simulated plant, monitor, summarizer, scheduler, API.
