@@ -401,7 +401,8 @@ class FusionModel(nn.Module):
         if k == 1:
             return frames
         lead = frames.shape[:-3]
-        return F.avg_pool2d(frames.reshape(-1, *frames.shape[-3:]), k).reshape(*lead, 3, *(s // k for s in frames.shape[-2:]))
+        pooled = F.avg_pool2d(frames.reshape(-1, *frames.shape[-3:]), k)
+        return pooled.reshape(*lead, *pooled.shape[1:])
 
     def frame_evidence(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What scoring needs of each decoded frame (n, 3, H, W), from that frame alone (the frame
@@ -529,7 +530,8 @@ class FusionModel(nn.Module):
             attention_to = {}
         cross = F.softplus(logits)  # (B, 3): -log P(belongs)
         values = {"frames": frame_comp, "frame_stats": stats_comp, "frame_detail": detail_comp, "audio": audio_comp,
-                  "audio_band": band_comp, "logs": log_comp, "log_rate": rate_comp, "cross_frames": cross[:, 0], "cross_audio": cross[:, 1], "cross_logs": cross[:, 2]}
+                  "audio_band": band_comp, "logs": log_comp, "log_rate": rate_comp,
+                  "cross_frames": cross[:, 0], "cross_audio": cross[:, 1], "cross_logs": cross[:, 2]}
         cross_ok = present & (present.sum(1, keepdim=True) >= 2) & (self.fusion is not None)
         idx = {m: i for i, m in enumerate(MODALITIES)}
         comps = torch.stack([values[name] for name in COMPONENT_NAMES], dim=1)  # (B, C)

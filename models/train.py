@@ -204,7 +204,8 @@ def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: Pr
         torch.set_num_threads(cfg.threads)
     device = cfg.device
     model.to(device)
-    phases = tuple(p for p in phases if (p != "fusion" or model.fusion is not None) and (p != "detail" or model.detail is not None))
+    absent = {"fusion": model.fusion is None, "detail": model.detail is None}  # phases with nothing to train
+    phases = tuple(p for p in phases if not absent.get(p, False))
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     resume = load_train_state(state_dir, model, cfg) if state_dir is not None else None
