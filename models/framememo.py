@@ -45,13 +45,15 @@ class FrameMemo:
         # bytes, 36 us of floats; BLAKE2b and CRC32+Adler-32 measured slower
         return [hashlib.sha256(px[i].data).digest()[:16] for i in range(len(px))]
 
-    def evidence(self, compute: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], frames: torch.Tensor,
+    def evidence(self, compute: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple[torch.Tensor, ...],
                  pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """`compute(frames)` for (N, 3, H, W) — a tuple of per-frame tensors, `FusionModel.
-        frame_evidence` — computed only for frames not seen before; `pixels`: the frames' bytes
-        (N, H, W, 3) uint8, if the batch has them (cheaper to hash)."""
+        """`compute(*inputs)` — per-frame tensors in, a tuple of per-frame tensors out
+        (`FusionModel.frame_evidence`) — computed only for frames not seen before. `inputs[0]`:
+        the frames (N, 3, H, W), the others other views of the same frames (indexed alike);
+        `pixels`: the frames' bytes (N, H, W, 3) uint8, if the batch has them (cheaper to hash)."""
+        frames = inputs[0]
         if not self.active(frames) or len(frames) == 0:
-            return compute(frames)
+            return compute(*inputs)
         keys = self.keys(frames, pixels)
         todo: dict[bytes, int] = {}
         for i, key in enumerate(keys):
@@ -62,13 +64,14 @@ class FrameMemo:
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         if todo:
-            fresh = compute(frames[torch.tensor(list(todo.values()))])
+            new = torch.tensor(list(todo.values()))
+            fresh = compute(*(x[new] for x in inputs))
             for j, key in enumerate(todo):
                 self._cache[key] = tuple(x[j].clone() for x in fresh)  # own copies: no whole batch kept alive
             while len(self._cache) > self.max_frames:
                 self._cache.popitem(last=False)
         if any(key not in self._cache for key in keys):  # pragma: no cover - a batch larger than the cache
-            return compute(frames)
+            return compute(*inputs)
         cached = [self._cache[key] for key in keys]
         return tuple(torch.stack(parts) for parts in zip(*cached))
 

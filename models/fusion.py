@@ -404,32 +404,37 @@ class FusionModel(nn.Module):
         pooled = F.avg_pool2d(frames.reshape(-1, *frames.shape[-3:]), k)
         return pooled.reshape(*lead, *pooled.shape[1:])
 
-    def frame_evidence(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """What scoring needs of each decoded frame (n, 3, H, W), from that frame alone (the frame
-        memo keeps it across overlapping windows): the scene residual (n, H/k, W/k) and feature
-        statistics (n, S), then the detail residual (n, h, W) when the model has a detail view."""
-        err, stats = self.frames.residual(self.scene_frames(frames))
+    def frame_evidence(self, frames: torch.Tensor, scene: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What scoring needs of each decoded frame (n, 3, H, W) — given with its scene view `scene`
+        (`scene_frames`) — from that frame alone (the frame memo keeps it across overlapping
+        windows): the scene residual (n, H/k, W/k) and feature statistics (n, S), then the detail
+        residual (n, h, W) when the model has a detail view."""
+        err, stats = self.frames.residual(scene)
         if self.detail is None:
             return err, stats
         r0, r1 = self.cfg.detail_rows
         detail_err, _ = self.detail.residual(frames[:, :, r0:r1], with_stats=False)
         return err, stats, detail_err
 
-    def reconstruct(self, batch: WindowBatch):
+    def reconstruct(self, batch: WindowBatch, scene: torch.Tensor | None = None):
         """Per-frame evidence (`frame_evidence`), each as (B, T_f, ...) with zeros for missing
-        frames; the normalised log-mel (B, M, T) and its reconstruction (B, M, T). `forward` runs it
-        with autocast off (float32 evidence)."""
+        frames; the normalised log-mel (B, M, T) and its reconstruction (B, M, T). `scene`: the
+        batch's scene view, when the caller has it already. `forward` runs it with autocast off
+        (float32 evidence)."""
         B, T = batch.frames.shape[:2]
+        scene = self.scene_frames(batch.frames) if scene is None else scene
         sel = batch.frame_mask.flatten()
         every = bool(sel.all())  # the common case: no copy of the frames
-        frames = batch.frames.flatten(0, 1) if every else batch.frames.flatten(0, 1)[sel]
+
+        def present(x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(0, 1) if every else x.flatten(0, 1)[sel]
+
+        inputs = (present(batch.frames), present(scene))
         if self.frame_memo is not None and not self.training:
-            pixels = batch.frame_pixels
-            if pixels is not None:
-                pixels = pixels.flatten(0, 1) if every else pixels.flatten(0, 1)[sel]
-            evidence = self.frame_memo.evidence(self.frame_evidence, frames, pixels)
+            pixels = present(batch.frame_pixels) if batch.frame_pixels is not None else None
+            evidence = self.frame_memo.evidence(self.frame_evidence, inputs, pixels)
         else:
-            evidence = self.frame_evidence(frames)
+            evidence = self.frame_evidence(*inputs)
         mel = self.normalise_mel(batch.mel)
         mel_recon = self.audio(mel, batch.audio_mask)
 
@@ -464,10 +469,12 @@ class FusionModel(nn.Module):
         return (torch.einsum("bi,ij,bj->b", d, self.stats_precision, d).clamp_min(0) / d.shape[1]).sqrt()
 
     # ── fusion ───────────────────────────────────────────────────────────────────────────────
-    def tokens(self, batch: WindowBatch) -> Tokens:
-        """Per-modality state tokens with modality and time embeddings."""
+    def tokens(self, batch: WindowBatch, scene: torch.Tensor | None = None) -> Tokens:
+        """Per-modality state tokens with modality and time embeddings; `scene`: the batch's scene
+        view (`scene_frames`), when the caller has it already."""
         B = batch.batch_size
-        frame_tokens = self.frame_state(self.scene_frames(batch.frames), batch.frame_mask)  # (B, T_f, D)
+        scene = self.scene_frames(batch.frames) if scene is None else scene
+        frame_tokens = self.frame_state(scene, batch.frame_mask)  # (B, T_f, D)
         audio_tokens, audio_mask = self.audio_state(self.normalise_mel(batch.mel), batch.audio_mask)  # (B, T_a/4, D)
         log_tokens, log_mask = self.logs(batch.log_emb, batch.log_levels, batch.log_code_state, batch.log_mask,
                                          batch.log_count, batch.log_present)  # (B, 1 + L, D)
@@ -502,7 +509,8 @@ class FusionModel(nn.Module):
         # are fitted in float32; bf16's rounding is of their size (docs/model.md, "GPU and bf16";
         # tests/test_models.py, the bf16 tests). Only the fusion below runs in bf16.
         with torch.autocast(batch.mel.device.type, enabled=False):
-            (frame_residual, frame_stats, *detail_residual), mel, mel_recon = self.reconstruct(batch)
+            scene = self.scene_frames(batch.frames)  # once, for the evidence and the state encoder
+            (frame_residual, frame_stats, *detail_residual), mel, mel_recon = self.reconstruct(batch, scene)
             frame_error = self.frames.error_map(frame_residual, batch.frame_mask)  # (B, T_f, H, W)
             frame_scores = self.frames.frame_scores(frame_error)  # (B, T_f)
             frame_comp = _masked_max(frame_scores, batch.frame_mask)  # (B,)
@@ -521,7 +529,7 @@ class FusionModel(nn.Module):
             rate_comp = torch.log1p(batch.log_count.float())  # (B,); how unusual it is comes from its normal tail
         present = batch.present()  # (B, 3)
         if self.fusion is not None:
-            logits, summary, attention_to = self.fuse(self.tokens(batch), want_weights)
+            logits, summary, attention_to = self.fuse(self.tokens(batch, scene), want_weights)
             logits, summary = logits.float(), summary.float()
             attention_to = {k: v.float() for k, v in attention_to.items()}
         else:

@@ -67,7 +67,7 @@ empirical quantiles up to u, a generalised Pareto tail (shape xi, scale sigma) b
 {stat_rows}
 
 ## Training
-{info.get('steps', '?')} steps ({_steps(info)}), {info.get('train_seconds', '?')} s of training on
+{info.get('steps', '?')} steps ({_steps(info, cfg.detail_rows is not None)}), {info.get('train_seconds', '?')} s of training on
 {info.get('threads', '?')} CPU thread(s) (device {info.get('train_config', {}).get('device', '?')}).
 
 ## Calibration
@@ -101,10 +101,10 @@ def _spec(d: dict) -> str:
     return ""
 
 
-def _steps(info: dict) -> str:
+def _steps(info: dict, detail: bool) -> str:
     tc = info.get("train_config", {})
-    return (f"{tc.get('intra_steps', '?')} autoencoder + {tc.get('detail_steps', 0)} detail autoencoder + "
-            f"{tc.get('fusion_steps', '?')} fusion")
+    detail_steps = f"{tc.get('detail_steps', '?')} detail autoencoder + " if detail else ""
+    return f"{tc.get('intra_steps', '?')} autoencoder + {detail_steps}{tc.get('fusion_steps', '?')} fusion"
 
 
 def _detail(cfg) -> str:

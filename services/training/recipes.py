@@ -66,7 +66,7 @@ RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(
         "tiny", SimSpec(assets=2, seed=101, duration_s=40), SimSpec(assets=2, seed=102, duration_s=60),
         SimSpec(assets=4, seed=103, duration_s=95, faults="all"), tiny_model=True,
-        steps=dict(intra_steps=8, detail_steps=8, fusion_steps=8, frames_per_step=8, windows_per_step=16, checkpoint_every=4),
+        steps=dict(intra_steps=8, fusion_steps=8, frames_per_step=8, windows_per_step=16, checkpoint_every=4),
         description="seconds; for tests and smoke runs (the model is not useful)"),
     "quick": Recipe(
         "quick", SimSpec(assets=8, seed=11, duration_s=150), SimSpec(assets=4, seed=12, duration_s=240),
