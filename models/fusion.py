@@ -87,6 +87,9 @@ class FusionConfig:
     frame_state_channels: tuple[int, int, int] = (16, 32, 48)  # state encoders feeding the fusion
     audio_state_channels: tuple[int, int, int] = (8, 16, 32)
     smooth_max_tau: float = 0.5  # score = tau * logsumexp(surprise / tau): close to the max, but smooth
+    # the log novelty of a window is held for this long over the asset's next windows: a log line
+    # is a point event in a continuing fault (models/logmemory.py); 0 turns it off
+    log_memory_s: float = 3.0
     kind_classes: list[str] = field(default_factory=list)  # optional defect-kind head (labels needed)
     sentiment_classes: list[str] = field(default_factory=list)  # optional call-centre heads
     frustration_head: bool = False
@@ -113,6 +116,8 @@ class FusionConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.smooth_max_tau <= 0:
             raise ValueError("smooth_max_tau must be positive")
+        if self.log_memory_s < 0:
+            raise ValueError("log_memory_s must be >= 0 (0: no memory)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +137,8 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FusionConfig":
-        return cls(**d)
+        # checkpoints saved before the log memory were calibrated without it
+        return cls(**{"log_memory_s": 0.0, **d})
 
     @classmethod
     def tiny(cls, **kw: Any) -> "FusionConfig":

@@ -3,7 +3,8 @@
 Where it sits: the score hop of the monitor (`services.monitor.service`), between the aligner and
 the event lifecycle. Plain inference, separate from the training code (anomalib's torch_model /
 training split): load a checkpoint directory, featurize a batch of `WindowInputs`, one forward
-pass under `torch.inference_mode()` (bf16 autocast on CUDA), calibrate per asset, attribute.
+pass under `torch.inference_mode()` (bf16 autocast on CUDA), the log novelty held over each
+asset's next windows (`models.logmemory`), calibrate per asset, attribute.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from models import checkpoint
 from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
 from models.features import Featurizer, collate
-from models.fusion import FusionModel
+from models.fusion import COMPONENT_NAMES, FusionModel
 from models.inputs import WindowInputs
+from models.logmemory import Held, LogMemory
 from schemas.envelope import DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class AnomalyScorer:
             log.warning("checkpoint has no calibration.json: scores are raw, threshold defaults to 3.0")
             calibration = Calibration(pooled=AssetCalibration(0.0, 1.0, 3.0))
         self.calibration = calibration
+        self.log_memory = LogMemory(model.cfg.log_memory_s)
         from models.text import TextEncoder
 
         self.featurizer = Featurizer(self.cfg, TextEncoder(device=device))
@@ -106,6 +109,7 @@ class AnomalyScorer:
         batch = collate(feats, self.cfg, self.model.code_vocab).to(self.device)
         with torch.inference_mode(), self._autocast():
             out = self.model(batch, want_weights=True)
+            held, own = self._hold_log_novelty(windows, out)
             raw, _, weights = self.model.combine(out)
         raw_np = raw.float().cpu().numpy()
         weights_np = weights.float().cpu().numpy()
@@ -116,17 +120,21 @@ class AnomalyScorer:
         kinds = out.kind_logits.softmax(-1).cpu().numpy() if out.kind_logits is not None else None
         sent = out.sentiment_logits.softmax(-1).cpu().numpy() if out.sentiment_logits is not None else None
         frus = out.frustration.cpu().numpy() if out.frustration is not None else None
-        results = []
-        for i, (w, f) in enumerate(zip(windows, feats)):
+        results: list[WindowScore | None] = [None] * len(windows)
+        for i in _by_start(windows):  # a window may hold the lines of an earlier one in the batch
+            w, f = windows[i], feats[i]
             thr = self.threshold(w.asset)
             if not math.isfinite(float(raw_np[i])):  # nothing present: nothing to judge
-                results.append(WindowScore(0.0, thr, 0.0, f.present, {}, 0.0, [], None, None, [], []))
+                results[i] = WindowScore(0.0, thr, 0.0, f.present, {}, 0.0, [], None, None, [], [])
                 continue
             detail = (DetailEvidence(ds[i], de[i], self.model.cfg.detail_rows, self.cfg.frame_height)
                       if out.detail_scores is not None else None)
             a = attribute(f, self.cfg, weights_np[i], fs[i], fe[i], me[i], nov[i], {k: v[i] for k, v in att.items()},
                           detail=detail)
-            results.append(WindowScore(
+            own[i].lines, own[i].codes = a.top_log_lines, a.log_codes
+            if held[i] is not own[i]:  # the log evidence in force is an earlier window's line
+                a.top_log_lines, a.log_codes = held[i].lines, held[i].codes
+            results[i] = WindowScore(
                 score=float(self.calibration.normalise(w.asset, raw_np[i])), threshold=thr, raw=float(raw_np[i]),
                 present=f.present, modality_shares=a.modality_shares, cross_modal_share=a.cross_modal_share,
                 top_frame_times=a.top_frame_times, frame_region=a.frame_region, audio_band_hz=a.audio_band_hz,
@@ -134,13 +142,30 @@ class AnomalyScorer:
                 kind=self.model.cfg.kind_classes[int(kinds[i].argmax())] if kinds is not None else None,
                 sentiment={c: round(float(p), 4) for c, p in zip(self.model.cfg.sentiment_classes, sent[i])} if sent is not None else None,
                 frustration=float(frus[i]) if frus is not None else None,
-            ))
-        return results
+            )
+        return results  # type: ignore[return-value]
+
+    def _hold_log_novelty(self, windows: list[WindowInputs], out) -> tuple[list[Held], list[Held]]:
+        """Replace each window's log-novelty component by the one `LogMemory` holds in force for it."""
+        col = COMPONENT_NAMES.index("logs")
+        values = out.components[:, col].float().cpu().numpy()
+        present = out.component_mask[:, col].cpu().numpy()
+        held: list[Held] = [None] * len(windows)  # type: ignore[list-item]
+        own: list[Held] = [None] * len(windows)  # type: ignore[list-item]
+        for i in _by_start(windows):
+            held[i], own[i] = self.log_memory.hold(windows[i].asset, windows[i].start, values[i], bool(present[i]))
+        out.components[:, col] = torch.tensor([h.value for h in held], dtype=out.components.dtype,
+                                              device=out.components.device)
+        return held, own
 
     def _autocast(self):
         if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
+
+
+def _by_start(windows: list[WindowInputs]) -> list[int]:
+    return sorted(range(len(windows)), key=lambda i: windows[i].start)
 
 
 def scores_array(scores: list[WindowScore]) -> np.ndarray:

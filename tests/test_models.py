@@ -574,3 +574,55 @@ def test_bf16_autocast_keeps_the_shipped_models_scores():
     assert len(rel) > 60
     assert np.median(rel) <= MAX_MEDIAN_REL_ERR and np.quantile(rel, 0.99) <= MAX_P99_REL_ERR, (np.median(rel), np.quantile(rel, 0.99))
     assert _spearman(raw32, raw16) >= MIN_SPEARMAN
+
+
+def test_log_memory_holds_a_line_over_the_next_windows():
+    """A log line is a point event: its novelty is held over the asset's windows that start less
+    than `span_s` later — on tables (training, eval) and streaming (the scorer) alike."""
+    from models.logmemory import LogMemory, hold_over_windows
+
+    values = np.array([0, 5, 0, 0, 0, 1, 9, 0, 0], np.float32)
+    asset = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    start = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3], float)
+    mask = np.ones(9, bool)
+    mask[7] = False  # a window with nothing present takes nothing and gives nothing
+    held = hold_over_windows(values, mask, asset, start, span_s=3.0)
+    assert held.tolist() == [0, 5, 5, 5, 0, 1, 9, 0, 9]
+    shuffled = np.random.default_rng(0).permutation(9)
+    assert hold_over_windows(values[shuffled], mask[shuffled], asset[shuffled], start[shuffled], 3.0).tolist() == held[shuffled].tolist()
+    assert hold_over_windows(values, mask, asset, start, span_s=0.0).tolist() == values.tolist()
+
+    memory = LogMemory(3.0)
+    streamed = [memory.hold(str(a), s, v, m)[0].value for a, s, v, m in zip(asset, start, values, mask)]
+    assert streamed == held.tolist()
+    memory.forget("0")
+    assert memory.hold("0", 5.0, 0.0, True)[0].value == 0.0
+
+
+def test_log_memory_off_in_checkpoints_saved_before_it():
+    assert FusionConfig.from_dict({}).log_memory_s == 0.0
+    assert FusionConfig.from_dict(FusionConfig().to_dict()).log_memory_s == FusionConfig().log_memory_s > 0
+    with pytest.raises(ValueError, match="log_memory_s"):
+        FusionConfig(log_memory_s=-1)
+
+
+def test_shipped_checkpoint_holds_an_error_code_between_its_lines():
+    """An unseen error code repeating every 2-4 s: every window inside the fault names it, also the
+    ones between two of its lines, whose own lines are ordinary (the scorer's log memory)."""
+    from models.scorer import AnomalyScorer
+    from services.monitor.windows import offline_windows
+    from services.simulator.plant import Fault, Plant
+    from services.simulator.plc import UNSEEN_ERRORS
+    from services.stack.up import SHIPPED_MODEL
+
+    scorer = AnomalyScorer.load(SHIPPED_MODEL, device="cpu")
+    start = 1767600000.0
+    plant = Plant(1, seed=22, start_time=start, faults=[Fault("L1-S1", "unseen_error_code", start + 10, start + 30)])
+    windows = list(offline_windows(plant.records(40), options=scorer.decode_options))
+    scores = scorer.score(windows)
+    unseen = {code for code, _ in UNSEEN_ERRORS}
+    inside = [(w, s) for w, s in zip(windows, scores) if start + 11 <= w.start <= start + 27]
+    without_own_line = [s for w, s in inside if not unseen & {p.code for _, p in w.logs}]
+    assert inside and without_own_line
+    assert all(unseen & set(s.log_codes) for _, s in inside), [(w.start - start, s.log_codes) for w, s in inside]
+    assert all(s.score > s.threshold for _, s in inside), [round(s.score, 2) for _, s in inside]

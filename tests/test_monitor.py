@@ -136,3 +136,31 @@ def test_database_outage_pauses_then_catches_up(broker, make_topics, unique_grou
     assert SQL_WRITE_FAILURES._value.get() > 0  # the outage was felt and retried
     assert monitor.stats.commits > outage_commits
     assert monitor.stats.records == len(stream)
+
+
+def test_the_scorers_log_memory_is_committed_and_restored_with_the_asset_state(tmp_path):
+    """The log memory is per-asset stream state: it travels with the lifecycle in the committed
+    state, so a restarted monitor holds the same log evidence as the one that stopped."""
+    from models.logmemory import LogMemory
+    from services.monitor.service import _Restore
+
+    class MemoryScorer(BrightnessScorer):
+        def __init__(self):
+            super().__init__()
+            self.log_memory = LogMemory(3.0)
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    first = Monitor(Settings(), "127.0.0.1:9", engine, MemoryScorer())
+    first.scorer.log_memory.hold("L1-S1", 100.0, 0.9, True)
+    state = first._asset_state("L1-S1")
+    assert state["log_memory"][0]["value"] == pytest.approx(0.9) and "over" in state
+
+    second = Monitor(Settings(), "127.0.0.1:9", engine, MemoryScorer())
+    second._queue.put(_Restore({"L1-S1": state | {"expected": ["frames"]}}))
+    second._queue.put(None)
+    second._score_loop()
+    assert second.scorer.log_memory.hold("L1-S1", 102.0, 0.1, True)[0].value == pytest.approx(0.9)
+    assert "log_memory" not in second.lifecycle.state("L1-S1")
+    second._forget("L1-S1")
+    assert second.scorer.log_memory.state("L1-S1") == []
+    engine.dispose()

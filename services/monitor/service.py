@@ -48,6 +48,7 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
+_NOT_LIFECYCLE = ("expected", "log_memory")  # other parts of the committed per-asset state
 PAST_END_GRACE_S = 5.0
 MAX_QUEUED_BATCHES = 4  # batches cut but not yet scored: beyond this, consumption pauses
 REVOKE_WAIT_S = 30.0  # a revocation waits this long for the batch in flight (a database outage)
@@ -108,6 +109,7 @@ class Monitor:
         self.aligner = WindowAligner(self.cfg.window_s, self.cfg.hop_s, self.cfg.allowed_lateness_s,
                                      self.cfg.modality_timeout_s)
         self.lifecycle = EventLifecycle(self.cfg.open_after, self.cfg.close_after)
+        self._log_memory = getattr(scorer, "log_memory", None)  # per-asset scorer state, committed with the rest
         self.rate = AssetRateLimiter(self.cfg.per_asset_max_records_per_s)
         self.stats = MonitorStats()
         self.on_change = on_change  # callback(EventChange) after commit, e.g. to print events live
@@ -479,10 +481,12 @@ class Monitor:
                         return
                     if isinstance(item, _Restore):
                         for asset, state in item.states.items():
-                            self.lifecycle.restore(asset, {k: v for k, v in state.items() if k != "expected"})
+                            self.lifecycle.restore(asset, {k: v for k, v in state.items() if k not in _NOT_LIFECYCLE})
+                            if self._log_memory is not None:
+                                self._log_memory.restore(asset, state.get("log_memory", []))
                     elif isinstance(item, _Forget):
                         for asset in item.assets:
-                            self.lifecycle.forget(asset)
+                            self._forget(asset)
                     else:
                         self._score_and_commit(item)
                 finally:
@@ -507,7 +511,7 @@ class Monitor:
                     calls.setdefault(w.inputs.asset, []).append(
                         CallPoint(w.inputs.end, s.sentiment, float(s.frustration), w.inputs.start))
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
-            a: AssetSnapshot(part, nxt, expected, copy.deepcopy(self.lifecycle.state(a)))
+            a: AssetSnapshot(part, nxt, expected, self._asset_state(a))
             for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids)
         self.dlq.flush()  # dead letters must be durable before the offsets that skip them
         self._commit_with_retry(snapshot)
@@ -530,6 +534,19 @@ class Monitor:
                 self.on_change(c)
         self._committed.put({tp: o for tp, (o, _) in batch.offsets.items()})
 
+    def _asset_state(self, asset: str) -> dict:
+        """What is committed per asset besides the stream position: the event lifecycle and the
+        scorer's log memory (models/logmemory.py)."""
+        state = copy.deepcopy(self.lifecycle.state(asset))
+        if self._log_memory is not None:
+            state["log_memory"] = self._log_memory.state(asset)
+        return state
+
+    def _forget(self, asset: str) -> None:
+        self.lifecycle.forget(asset)
+        if self._log_memory is not None:
+            self._log_memory.forget(asset)
+
     def _commit_with_retry(self, batch: CommitBatch) -> None:
         delay = 0.2
         while True:
@@ -542,7 +559,7 @@ class Monitor:
                 if not f.stale:  # a stale batch's partitions were already claimed again or released
                     self._fenced.put([tp for tp in batch.offsets])
                 for asset in batch.assets:
-                    self.lifecycle.forget(asset)
+                    self._forget(asset)
                 log.warning("%s", f)
                 return
             except (OperationalError, IntegrityError, DBAPIError) as e:

@@ -60,7 +60,7 @@ advisory and need review.
 {comps}
 
 Each component becomes a surprise, -log P(X >= x) under normal operation (calibration data):
-empirical quantiles up to u, a generalised Pareto tail (shape xi, scale sigma) beyond.
+empirical quantiles up to u, a generalised Pareto tail (shape xi, scale sigma) beyond.{_memory(cfg)}
 
 | component | median | u | P(X >= u) | xi | sigma |
 |---|---|---|---|---|---|
@@ -112,3 +112,10 @@ def _detail(cfg) -> str:
         return ""
     r0, r1 = cfg.detail_rows
     return f", rows {r0}-{r1} at full size as the detail view of the product"
+
+
+def _memory(cfg) -> str:
+    if not cfg.log_memory_s:
+        return ""
+    return (f"\nThe log novelty of a window is held over the asset's windows of the next {cfg.log_memory_s:g} s "
+            "(a log line is a point event in a continuing fault).")
