@@ -13,8 +13,8 @@ Measured (seventh session; surface_defect / missing_component window AUROC, top-
 160x40 crop — 800 steps 0.80 / 0.80, 2,000 0.89 / 0.97, 5,000 0.94 / 0.98, 8,000 0.95 / 0.98,
 12,000 0.96 / 0.98 (7.8 min);
 bottleneck 4 or 16 instead of 8 (2,000 steps): 0.86 / 0.97 either way; the 80x20 crop (`--scale 4`),
-5,000 steps: 0.89 / 0.98. The product (`FusionConfig.detail_rows`) takes the 160x40 crop, 8,000
-steps. Data build ~90 s the first time (cached in var/datasets), each 1,000 steps ~30 s.
+5,000 steps: 0.89 / 0.98. The product (`FusionConfig.detail_rows`) takes the 160x40 crop, 12,000
+steps (8,000 until the eighth session). Data build ~90 s the first time (cached in var/datasets), each 1,000 steps ~30 s.
 """
 
 from __future__ import annotations
