@@ -109,7 +109,8 @@ class AnomalyScorer:
         batch = collate(feats, self.cfg, self.model.code_vocab).to(self.device)
         with torch.inference_mode(), self._autocast():
             out = self.model(batch, want_weights=True)
-            held, own = self._hold_log_novelty(windows, out)
+            order = _by_start(windows)  # a window may hold the log evidence of an earlier one in the batch
+            held, own = self._hold_log_novelty(windows, order, out)
             raw, _, weights = self.model.combine(out)
         raw_np = raw.float().cpu().numpy()
         weights_np = weights.float().cpu().numpy()
@@ -121,7 +122,7 @@ class AnomalyScorer:
         sent = out.sentiment_logits.softmax(-1).cpu().numpy() if out.sentiment_logits is not None else None
         frus = out.frustration.cpu().numpy() if out.frustration is not None else None
         results: list[WindowScore | None] = [None] * len(windows)
-        for i in _by_start(windows):  # a window may hold the lines of an earlier one in the batch
+        for i in order:
             w, f = windows[i], feats[i]
             thr = self.threshold(w.asset)
             if not math.isfinite(float(raw_np[i])):  # nothing present: nothing to judge
@@ -145,14 +146,14 @@ class AnomalyScorer:
             )
         return results  # type: ignore[return-value]
 
-    def _hold_log_novelty(self, windows: list[WindowInputs], out) -> tuple[list[Held], list[Held]]:
+    def _hold_log_novelty(self, windows: list[WindowInputs], order: list[int], out) -> tuple[list[Held], list[Held]]:
         """Replace each window's log-novelty component by the one `LogMemory` holds in force for it."""
         col = COMPONENT_NAMES.index("logs")
         values = out.components[:, col].float().cpu().numpy()
         present = out.component_mask[:, col].cpu().numpy()
         held: list[Held] = [None] * len(windows)  # type: ignore[list-item]
         own: list[Held] = [None] * len(windows)  # type: ignore[list-item]
-        for i in _by_start(windows):
+        for i in order:
             held[i], own[i] = self.log_memory.hold(windows[i].asset, windows[i].start, values[i], bool(present[i]))
         out.components[:, col] = torch.tensor([h.value for h in held], dtype=out.components.dtype,
                                               device=out.components.device)
