@@ -35,6 +35,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +91,10 @@ class FusionConfig:
     # the log novelty of a window is held for this long over the asset's next windows: a log line
     # is a point event in a continuing fault (models/logmemory.py); 0 turns it off
     log_memory_s: float = 3.0
+    # each asset's component surprise adapted to the asset's own running median (models/adaptation.py):
+    # sign steps of `adapt_step` nats per window after `adapt_warmup` windows; 0 turns it off
+    adapt_step: float = 0.01
+    adapt_warmup: int = 60
     kind_classes: list[str] = field(default_factory=list)  # optional defect-kind head (labels needed)
     sentiment_classes: list[str] = field(default_factory=list)  # optional call-centre heads
     frustration_head: bool = False
@@ -118,6 +123,8 @@ class FusionConfig:
             raise ValueError("smooth_max_tau must be positive")
         if self.log_memory_s < 0:
             raise ValueError("log_memory_s must be >= 0 (0: no memory)")
+        if self.adapt_step < 0 or self.adapt_warmup < 0:
+            raise ValueError("adapt_step and adapt_warmup must be >= 0 (adapt_step 0: no adaptation)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,8 +144,8 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FusionConfig":
-        # checkpoints saved before the log memory were calibrated without it
-        return cls(**{"log_memory_s": 0.0, **d})
+        # checkpoints saved before the log memory or the adaptation were calibrated without them
+        return cls(**{"log_memory_s": 0.0, "adapt_step": 0.0, **d})
 
     @classmethod
     def tiny(cls, **kw: Any) -> "FusionConfig":
@@ -598,11 +605,21 @@ class FusionModel(nn.Module):
         """Raw window score and its decomposition; see `combine_components`."""
         return combine_components(self.tails(out.components), out.component_mask, self.cfg.smooth_max_tau, select)
 
-    def combine_arrays(self, components, mask, names: tuple[str, ...] | None = None):
-        """`combine` on stored numpy component tables; `names` restricts to some components."""
+    def combine_arrays(self, components, mask, names: tuple[str, ...] | None = None,
+                       windows: tuple[np.ndarray, np.ndarray] | None = None):
+        """`combine` on stored numpy component tables; `names` restricts to some components.
+        `windows` (each row's asset index and start) lets each asset's surprise adapt as the
+        scorer adapts it (models/adaptation.py); a model that adapts needs it."""
+        from models.adaptation import adapt_table
+
         select = torch.tensor([n in names for n in COMPONENT_NAMES]) if names is not None else None
         with torch.no_grad():
             surprise = self.tails.cpu()(torch.as_tensor(components))
+        if self.cfg.adapt_step > 0:
+            if windows is None:
+                raise ValueError("this model adapts each asset's scores (adapt_step > 0): pass windows=(asset_idx, starts)")
+            surprise = torch.as_tensor(adapt_table(surprise.numpy(), np.asarray(mask), windows[0], windows[1],
+                                                   self.cfg.adapt_step, self.cfg.adapt_warmup), dtype=surprise.dtype)
         raw, z, w = combine_components(surprise, torch.as_tensor(mask), self.cfg.smooth_max_tau, select)
         return raw.numpy(), z.numpy(), w.numpy()
 

@@ -4,7 +4,9 @@ Where it sits: the score hop of the monitor (`services.monitor.service`), betwee
 the event lifecycle. Plain inference, separate from the training code (anomalib's torch_model /
 training split): load a checkpoint directory, featurize a batch of `WindowInputs`, one forward
 pass under `torch.inference_mode()` (bf16 autocast on CUDA), the log novelty held over each
-asset's next windows (`models.logmemory`), calibrate per asset, attribute.
+asset's next windows (`models.logmemory`), each component's surprise adapted to its asset
+(`models.adaptation`), calibrate per asset, attribute. The two memories are per-asset stream
+state (`stream_state`), committed by the monitor with its offsets.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from models import checkpoint
 from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
 from models.features import Featurizer, collate
-from models.fusion import COMPONENT_NAMES, FusionModel
+from models.adaptation import SurpriseAdapter
+from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
 from models.inputs import WindowInputs
 from models.logmemory import Held, LogMemory
 from schemas.envelope import DecodeOptions
@@ -80,6 +83,7 @@ class AnomalyScorer:
             calibration = Calibration(pooled=AssetCalibration(0.0, 1.0, 3.0))
         self.calibration = calibration
         self.log_memory = LogMemory(model.cfg.log_memory_s)
+        self.adapter = SurpriseAdapter(model.cfg.adapt_step, model.cfg.adapt_warmup)
         from models.text import TextEncoder
 
         self.featurizer = Featurizer(self.cfg, TextEncoder(device=device))
@@ -111,7 +115,8 @@ class AnomalyScorer:
             out = self.model(batch, want_weights=True)
             order = _by_start(windows)  # a window may hold the log evidence of an earlier one in the batch
             held, own = self._hold_log_novelty(windows, order, out)
-            raw, _, weights = self.model.combine(out)
+            surprise = self._adapt(windows, order, self.model.tails(out.components.float()), out.component_mask)
+            raw, _, weights = combine_components(surprise, out.component_mask, self.model.cfg.smooth_max_tau)
         raw_np = raw.float().cpu().numpy()
         weights_np = weights.float().cpu().numpy()
         fs, fe, me, nov = (x.float().cpu().numpy() for x in (out.frame_scores, out.frame_error, out.mel_error, out.line_novelty))
@@ -158,6 +163,36 @@ class AnomalyScorer:
         out.components[:, col] = torch.tensor([h.value for h in held], dtype=out.components.dtype,
                                               device=out.components.device)
         return held, own
+
+    def _adapt(self, windows: list[WindowInputs], order: list[int], surprise: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Each window's component surprise adapted to its asset, in window order (`SurpriseAdapter`)."""
+        if not self.adapter.enabled:
+            return surprise
+        s, m = surprise.float().cpu().numpy(), mask.cpu().numpy()
+        adapted = np.empty(s.shape, dtype=np.float64)
+        for i in order:
+            adapted[i] = self.adapter.adapt(windows[i].asset, s[i], m[i])
+        return torch.as_tensor(adapted, dtype=surprise.dtype, device=surprise.device)
+
+    # ── per-asset stream state: what the monitor commits with its offsets ──────────────────
+    def stream_state(self, asset: str) -> dict:
+        """JSON of what this scorer remembers of an asset's stream (log memory, adaptation)."""
+        return {"log_memory": self.log_memory.state(asset), "adaptation": self.adapter.state(asset)}
+
+    def adaptation(self, asset: str) -> dict[str, float]:
+        """Surprise (nats) the adaptation takes off each component of the asset now: a station
+        that sits off the calibration stations' normal, or one that changed slowly."""
+        off = self.adapter.offset(asset)
+        return {} if off is None else {n: float(v) for n, v in zip(COMPONENT_NAMES, off)}
+
+    def restore_stream(self, asset: str, state: dict) -> None:
+        self.log_memory.restore(asset, state.get("log_memory", []))
+        self.adapter.restore(asset, state.get("adaptation", {}))
+
+    def forget_stream(self, asset: str) -> None:
+        self.log_memory.forget(asset)
+        self.adapter.forget(asset)
 
     def _autocast(self):
         if self.bf16:

@@ -626,3 +626,76 @@ def test_shipped_checkpoint_holds_an_error_code_between_its_lines():
     assert inside and without_own_line
     assert all(unseen & set(s.log_codes) for _, s in inside), [(w.start - start, s.log_codes) for w, s in inside]
     assert all(s.score > s.threshold for _, s in inside), [round(s.score, 2) for _, s in inside]
+
+
+def test_adaptation_takes_a_stations_shift_off_but_not_a_fault():
+    """A station whose normal surprise sits 3 nats above the others' is brought back to log 2
+    once warm; a fault on it afterwards keeps nearly all its surprise; masked windows teach
+    nothing; the table rule is the streaming one, whatever the row order."""
+    from models.adaptation import NORMAL_MEDIAN, SurpriseAdapter, adapt_table
+
+    r = np.random.default_rng(0)
+    n = 600
+    normal = r.exponential(size=(n, 2))
+    shifted = normal + np.array([3.0, 0.0])  # component 0 of station B is off as a whole
+    fault = slice(500, 530)
+    shifted[fault, 0] += 12.0
+    adapter = SurpriseAdapter(step=0.02, warmup=60)
+    a = np.array([adapter.adapt("A", x, np.array([True, True])) for x in normal])
+    b = np.array([adapter.adapt("B", x, np.array([True, True])) for x in shifted])
+    assert np.array_equal(a[:60], normal[:60]) and np.array_equal(b[:60], shifted[:60])  # warming up
+    assert abs(np.median(b[200:500, 0]) - NORMAL_MEDIAN) < 0.3 and np.median(shifted[200:500, 0]) > 3
+    assert np.abs(a[200:] - normal[200:]).mean() < 0.1 and np.array_equal(b[:, 1], a[:, 1])
+    taken_off = shifted[fault, 0] - b[fault, 0]
+    assert taken_off.max() < 3.0 + 0.02 * 30 + 0.3, taken_off  # the shift, and at most step x L of the fault
+
+    masked = SurpriseAdapter(step=0.02, warmup=0)
+    for _ in range(100):
+        masked.adapt("C", np.array([9.0, 9.0]), np.array([False, True]))
+    assert masked.state("C")["seen"] == [0, 100] and masked.state("C")["median"][0] == NORMAL_MEDIAN
+
+    table = np.concatenate([normal, shifted])
+    asset_idx, starts = np.repeat([0, 1], n), np.tile(np.arange(n, dtype=float), 2)
+    mask = np.ones_like(table, bool)
+    expected = np.concatenate([a, b])
+    assert np.array_equal(adapt_table(table, mask, asset_idx, starts, 0.02, 60), expected)
+    p = r.permutation(2 * n)
+    assert np.array_equal(adapt_table(table[p], mask[p], asset_idx[p], starts[p], 0.02, 60), expected[p])
+    assert np.array_equal(adapt_table(table, mask, asset_idx, starts, 0.0, 60), table)
+
+
+def test_adaptation_off_in_checkpoints_saved_before_it():
+    assert FusionConfig.from_dict({}).adapt_step == 0.0
+    assert FusionConfig.from_dict(FusionConfig().to_dict()).adapt_step == FusionConfig().adapt_step > 0
+    with pytest.raises(ValueError, match="adapt_step"):
+        FusionConfig(adapt_step=-0.1)
+    with pytest.raises(ValueError, match="windows="):
+        FusionModel(FusionConfig.tiny()).combine_arrays(np.zeros((2, len(COMPONENTS)), np.float32),
+                                                        np.ones((2, len(COMPONENTS)), bool))
+
+
+def test_the_scorer_adapts_across_batches_as_in_one():
+    """The monitor scores in batches of whatever has arrived: two stations interleaved, scored 13
+    windows at a time, get the scores (and the adaptation state) of one pass over all of them.
+    (Tables — calibration, `fusionwatch eval` — run the same `SurpriseAdapter`, see above; they
+    hold audio and text features in float16, so they are not compared bit for bit here.)"""
+    from models.adaptation import SurpriseAdapter
+    from models.scorer import AnomalyScorer
+    from services.monitor.windows import offline_windows
+    from services.simulator.plant import Fault, Plant
+    from services.stack.up import SHIPPED_MODEL
+
+    def scorer():
+        s = AnomalyScorer.load(SHIPPED_MODEL, device="cpu")
+        s.adapter = SurpriseAdapter(step=0.05, warmup=8)  # quick to warm: 40 windows per station
+        return s
+
+    start = 1767600000.0
+    plant = Plant(2, seed=24, start_time=start, faults=[Fault("L1-S2", "unseen_error_code", start + 20, start + 32)])
+    batched, whole = scorer(), scorer()
+    windows = list(offline_windows(plant.records(42), options=whole.decode_options))
+    streamed = np.concatenate([[s.raw for s in batched.score(windows[i:i + 13])] for i in range(0, len(windows), 13)])
+    at_once = np.array([s.raw for s in whole.score(windows)])
+    assert len(windows) > 70 and whole.adapter.state("L1-S1")["seen"][0] > 8
+    np.testing.assert_allclose(streamed, at_once, rtol=1e-5, atol=1e-5)
+    assert batched.adapter.state("L1-S2") == whole.adapter.state("L1-S2")

@@ -138,29 +138,44 @@ def test_database_outage_pauses_then_catches_up(broker, make_topics, unique_grou
     assert monitor.stats.records == len(stream)
 
 
-def test_the_scorers_log_memory_is_committed_and_restored_with_the_asset_state(tmp_path):
-    """The log memory is per-asset stream state: it travels with the lifecycle in the committed
-    state, so a restarted monitor holds the same log evidence as the one that stopped."""
+def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state(tmp_path):
+    """The log memory and the adaptation are per-asset stream state: they travel with the
+    lifecycle in the committed state, so a restarted monitor scores as the one that stopped."""
+    import numpy as np
+
+    from models.adaptation import SurpriseAdapter
     from models.logmemory import LogMemory
+    from models.scorer import AnomalyScorer
     from services.monitor.service import _Restore
 
     class MemoryScorer(BrightnessScorer):
+        stream_state, restore_stream, forget_stream, adaptation = (
+            AnomalyScorer.stream_state, AnomalyScorer.restore_stream, AnomalyScorer.forget_stream,
+            AnomalyScorer.adaptation)
+
         def __init__(self):
             super().__init__()
-            self.log_memory = LogMemory(3.0)
+            self.log_memory, self.adapter = LogMemory(3.0), SurpriseAdapter(step=0.1, warmup=2)
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     first = Monitor(Settings(), "127.0.0.1:9", engine, MemoryScorer())
     first.scorer.log_memory.hold("L1-S1", 100.0, 0.9, True)
+    for _ in range(3):
+        first.scorer.adapter.adapt("L1-S1", np.array([5.0, 0.1]), np.array([True, True]))
     state = first._asset_state("L1-S1")
     assert state["log_memory"][0]["value"] == pytest.approx(0.9) and "over" in state
+    assert state["adaptation"]["seen"] == [3, 3]
 
     second = Monitor(Settings(), "127.0.0.1:9", engine, MemoryScorer())
     second._queue.put(_Restore({"L1-S1": state | {"expected": ["frames"]}}))
     second._queue.put(None)
     second._score_loop()
     assert second.scorer.log_memory.hold("L1-S1", 102.0, 0.1, True)[0].value == pytest.approx(0.9)
-    assert "log_memory" not in second.lifecycle.state("L1-S1")
+    window = (np.array([5.0, 0.1]), np.array([True, True]))
+    assert second.scorer.adapter.adapt("L1-S1", *window) == pytest.approx(first.scorer.adapter.adapt("L1-S1", *window))
+    assert second.scorer.adapter.adapt("L1-S1", *window)[0] < 5.0  # warm: the shift is taken off
+    assert second.scorer.adaptation("L1-S1")["frames"] > 0 and second.scorer.adaptation("L9-S9") == {}
+    assert not {"log_memory", "adaptation"} & set(second.lifecycle.state("L1-S1"))
     second._forget("L1-S1")
-    assert second.scorer.log_memory.state("L1-S1") == []
+    assert second.scorer.log_memory.state("L1-S1") == [] and second.scorer.adapter.state("L1-S1") == {}
     engine.dispose()

@@ -138,6 +138,7 @@ def _exercise_every_metric() -> None:
     metrics.set_threshold("press-1", 2.5)
     metrics.event_opened("high", "anomaly")
     metrics.event_closed("high", "anomaly")
+    metrics.set_adaptation("L1-S1", {"frames": 0.0, "frame_stats": 2.4})
     metrics.SQL_WRITE.observe(0.004)
     metrics.SQL_WRITE_FAILURES.inc(0)
     metrics.OUTBOX_PENDING.set(0)
@@ -159,7 +160,8 @@ def test_every_metric_passes_promtool_check_metrics():
     for expected in ["fusionwatch_records_consumed_total", "fusionwatch_consumer_lag_records",
                      "fusionwatch_window_decision_latency_seconds_bucket", "fusionwatch_anomaly_score_bucket",
                      "fusionwatch_events_opened_total", "fusionwatch_build_info", "fusionwatch_model_info",
-                     "fusionwatch_scheduler_job_runs_total", "fusionwatch_summarizer_render_seconds_count"]:
+                     "fusionwatch_scheduler_job_runs_total", "fusionwatch_summarizer_render_seconds_count",
+                     "fusionwatch_asset_adaptation_nats"]:
         assert expected in names
     # no counter without _total, no `_created` twins
     assert not [n for n in names if n.endswith("_created")]

@@ -190,6 +190,22 @@ def test_kafka_time_range_matches_offline_windows(make_topics, broker, tmp_path)
     assert np.allclose(np.sort(got.mel.astype(np.float32).ravel()), np.sort(want.mel.astype(np.float32).ravel()))
 
 
+def test_training_windows_are_whole_ones():
+    """Training and calibration data keep only windows the recording covers whole: the aligner's
+    first window of an asset starts before its first record and the flushed last one ends after
+    its last (half their evidence missing — the cross-modal components' heaviest normal values
+    came from them). The monitor itself keeps every window."""
+    from services.monitor.windows import offline_windows
+    from services.simulator.plant import Plant
+    from services.training.dataset import dataset_from_records
+
+    records = list(Plant(2, seed=3, start_time=START).records(20))
+    every = list(offline_windows(records))
+    data = dataset_from_records(records, FC)
+    assert {round(w.start - START) for w in every} == set(range(-1, 20))
+    assert len(data) == len(every) - 4 and data.start.min() == START and data.start.max() + 2.0 == START + 20
+
+
 def _t(rec) -> float:
     from schemas.envelope import parse_time
 

@@ -58,9 +58,9 @@ def main() -> None:
             continue
         variant, names = BASELINES[row.name]
         comps, masks = tables[variant]
-        raw = variant_raw(models[variant], comps, masks, names)
+        raw = variant_raw(models[variant], comps, masks, names, normal)
         scores = (raw - row.calibration["loc"]) / row.calibration["scale"]
-        _, _, weights = models[variant].combine_arrays(comps, masks, names)
+        _, _, weights = models[variant].combine_arrays(comps, masks, names, windows=(normal.asset_idx, normal.start))
         for asset, start, end in run_lifecycle(scores, np.full(len(scores), row.threshold), normal):
             sel = np.flatnonzero((assets == asset) & (normal.start >= start - 0.5) & (normal.start < end))
             i = sel[np.argmax(scores[sel])]

@@ -48,7 +48,7 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
-_NOT_LIFECYCLE = ("expected", "log_memory")  # other parts of the committed per-asset state
+_NOT_LIFECYCLE = ("expected", "log_memory", "adaptation")  # other parts of the committed per-asset state
 PAST_END_GRACE_S = 5.0
 MAX_QUEUED_BATCHES = 4  # batches cut but not yet scored: beyond this, consumption pauses
 REVOKE_WAIT_S = 30.0  # a revocation waits this long for the batch in flight (a database outage)
@@ -109,7 +109,8 @@ class Monitor:
         self.aligner = WindowAligner(self.cfg.window_s, self.cfg.hop_s, self.cfg.allowed_lateness_s,
                                      self.cfg.modality_timeout_s)
         self.lifecycle = EventLifecycle(self.cfg.open_after, self.cfg.close_after)
-        self._log_memory = getattr(scorer, "log_memory", None)  # per-asset scorer state, committed with the rest
+        # the scorer's per-asset stream state (log memory, adaptation), committed with the rest
+        self._scorer_state = hasattr(scorer, "stream_state")
         self.rate = AssetRateLimiter(self.cfg.per_asset_max_records_per_s)
         self.stats = MonitorStats()
         self.on_change = on_change  # callback(EventChange) after commit, e.g. to print events live
@@ -482,8 +483,8 @@ class Monitor:
                     if isinstance(item, _Restore):
                         for asset, state in item.states.items():
                             self.lifecycle.restore(asset, {k: v for k, v in state.items() if k not in _NOT_LIFECYCLE})
-                            if self._log_memory is not None:
-                                self._log_memory.restore(asset, state.get("log_memory", []))
+                            if self._scorer_state:
+                                self.scorer.restore_stream(asset, state)
                     elif isinstance(item, _Forget):
                         for asset in item.assets:
                             self._forget(asset)
@@ -505,6 +506,9 @@ class Monitor:
             scores = self.scorer.score([w.inputs for w in chunk])
             present = {k: sum(bool(s.present.get(k)) for s in scores) for k in ("frames", "audio", "logs")}
             m.observe_batch(present, len(chunk), [s.score for s in scores], time.perf_counter() - t0)
+            if self._scorer_state:
+                for asset in {w.inputs.asset for w in chunk}:
+                    m.set_adaptation(asset, self.scorer.adaptation(asset))
             for w, s in zip(chunk, scores):
                 changes.extend(self.lifecycle.update(self._scored_window(w, s)))
                 if self.call_centre and s.frustration is not None and s.sentiment:
@@ -536,16 +540,16 @@ class Monitor:
 
     def _asset_state(self, asset: str) -> dict:
         """What is committed per asset besides the stream position: the event lifecycle and the
-        scorer's log memory (models/logmemory.py)."""
+        scorer's stream state (models/logmemory.py, models/adaptation.py)."""
         state = copy.deepcopy(self.lifecycle.state(asset))
-        if self._log_memory is not None:
-            state["log_memory"] = self._log_memory.state(asset)
+        if self._scorer_state:
+            state.update(self.scorer.stream_state(asset))
         return state
 
     def _forget(self, asset: str) -> None:
         self.lifecycle.forget(asset)
-        if self._log_memory is not None:
-            self._log_memory.forget(asset)
+        if self._scorer_state:
+            self.scorer.forget_stream(asset)
 
     def _commit_with_retry(self, batch: CommitBatch) -> None:
         delay = 0.2

@@ -230,23 +230,36 @@ def _model_view(payload: Payload):
 
 
 def offline_windows(records: Iterable[tuple[Kind, WireRecord]], window_s: float = 2.0, hop_s: float = 1.0,
-                    options: DecodeOptions = DecodeOptions(), lateness_s: float = 2.0) -> Iterator[WindowInputs]:
+                    options: DecodeOptions = DecodeOptions(), lateness_s: float = 2.0,
+                    whole_only: bool = False) -> Iterator[WindowInputs]:
     """Decode and align an event-time ordered record stream without Kafka (training, eval, tests).
 
     Uses the monitor's aligner with a frozen clock, so idleness never triggers and windows close
-    purely by event time; everything left is flushed at the end.
+    purely by event time; everything left is flushed at the end. `whole_only` keeps only windows
+    the recording covers whole (training and calibration data): the first window of an asset
+    starts up to a hop before its first record and the flushed last ones end after its last, so
+    half their frames, audio and log lines are missing — and a window of moving parts without the
+    log lines that go with them is exactly what the cross-modal components learn to call
+    inconsistent (they set the heavy normal tail of `cross_logs`, ninth session).
     """
     aligner = WindowAligner(window_s, hop_s, lateness_s, idle_timeout_s=math.inf, clock=lambda: 0.0,
                             new_asset_grace_s=0.0)
+    span: dict[str, list[float]] = {}  # asset -> [first, last] event time seen
+    tol = hop_s / 2  # a frame or a chunk may sit up to a sampling period inside the recording's edge
+
+    def whole(w) -> bool:
+        first, last = span.get(w.inputs.asset, (math.inf, -math.inf))
+        return not whole_only or (w.inputs.start >= first - tol and w.inputs.end <= last + tol)
+
     for kind, rec in records:
         res = decode(kind, rec.key, rec.value, rec.headers, now=_record_time(rec), options=options)
         if isinstance(res, Accepted):
             res_env = res.envelope
+            edge = span.setdefault(res_env.asset, [res_env.time, res_env.time])
+            edge[0], edge[1] = min(edge[0], res_env.time), max(edge[1], res_env.time)
             aligner.add(res_env, res.payload)
-            for w in aligner.ready():
-                yield w.inputs
-    for w in aligner.ready(flush=True):
-        yield w.inputs
+            yield from (w.inputs for w in aligner.ready() if whole(w))
+    yield from (w.inputs for w in aligner.ready(flush=True) if whole(w))
 
 
 def _record_time(rec: WireRecord) -> float:

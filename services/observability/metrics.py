@@ -106,6 +106,11 @@ ANOMALY_SCORE = Histogram("fusionwatch_anomaly_score", "Anomaly score of every s
                           buckets=SCORE_BUCKETS, registry=REGISTRY)
 ASSET_THRESHOLD = Gauge("fusionwatch_asset_threshold", "Anomaly-score threshold in force per asset (model units).",
                         ["asset"], registry=REGISTRY)
+ASSET_ADAPTATION = Gauge(
+    "fusionwatch_asset_adaptation_nats",
+    "Surprise the model's adaptation takes off each score component of an asset (models/adaptation.py): "
+    "the station sits off the calibration stations' normal there; a value that keeps rising is a slow change.",
+    ["asset", "component"], registry=REGISTRY)
 
 # --- sink: events, SQL ------------------------------------------------------------------------------
 EVENTS_OPENED = Counter("fusionwatch_events_opened_total", "Anomaly events opened, by severity and kind.",
@@ -295,6 +300,12 @@ def observe_batch(present: dict[str, int], windows: int, scores: Iterable[float]
 
 def set_threshold(asset: str, threshold: float) -> None:
     ASSET_THRESHOLD.labels(asset=asset_labels(asset)).set(threshold)
+
+
+def set_adaptation(asset: str, offsets: dict[str, float]) -> None:
+    label = asset_labels(asset)
+    for component, nats in offsets.items():  # components: the model's fixed set of ten
+        ASSET_ADAPTATION.labels(asset=label, component=component).set(nats)
 
 
 def event_opened(severity: str, kind: str) -> None:

@@ -115,7 +115,12 @@ def _detail(cfg) -> str:
 
 
 def _memory(cfg) -> str:
-    if not cfg.log_memory_s:
-        return ""
-    return (f"\nThe log novelty of a window is held over the asset's windows of the next {cfg.log_memory_s:g} s "
-            "(a log line is a point event in a continuing fault).")
+    text = ""
+    if cfg.log_memory_s:
+        text += (f"\nThe log novelty of a window is held over the asset's windows of the next {cfg.log_memory_s:g} s "
+                 "(a log line is a point event in a continuing fault).")
+    if getattr(cfg, "adapt_step", 0):
+        text += (f"\nEach component's surprise adapts to its asset: after {cfg.adapt_warmup} windows, the excess of "
+                 f"its running median (sign steps of {cfg.adapt_step:g}) over log 2 is taken off (a station that sits "
+                 "off the calibration stations' normal as a whole is shifted, not failing).")
+    return text

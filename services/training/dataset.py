@@ -34,7 +34,7 @@ from schemas.errors import ConfigError, FusionwatchError
 
 log = logging.getLogger(__name__)
 
-DATASET_VERSION = 4  # bump when featurization or labelling changes, so stale caches are rebuilt
+DATASET_VERSION = 5  # bump when featurization or labelling changes, so stale caches are rebuilt
 # A fixed, reproducible default start: 2026-01-05 08:00 UTC (inside a day shift).
 DEFAULT_START = 1767600000.0
 ProgressFn = Callable[[float, float], None]  # (done, total) in asset-seconds
@@ -79,7 +79,7 @@ def windows_from_records(records: Iterable[tuple[Kind, WireRecord]], features: F
     from services.monitor.windows import offline_windows
 
     options = DecodeOptions(frame_size=features.frame_size, sample_rate=features.sample_rate)
-    return offline_windows(records, window_s=features.window_s, hop_s=hop_s, options=options)
+    return offline_windows(records, window_s=features.window_s, hop_s=hop_s, options=options, whole_only=True)
 
 
 def simulate_dataset(spec: SimSpec, features: FeatureConfig = FeatureConfig(), cache_dir: Path | None = None,

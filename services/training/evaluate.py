@@ -87,8 +87,25 @@ def _finite(x):
     return x
 
 
-def variant_raw(model: FusionModel, comps: np.ndarray, masks: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    return model.combine_arrays(comps, masks, names)[0]
+def variant_raw(model: FusionModel, comps: np.ndarray, masks: np.ndarray, names: tuple[str, ...],
+                data: WindowArrays) -> np.ndarray:
+    return model.combine_arrays(comps, masks, names, windows=(data.asset_idx, data.start))[0]
+
+
+def component_tables(models: dict[str, FusionModel], calib: WindowArrays, test: WindowArrays,
+                     device: str = "cpu") -> dict[str, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]:
+    """Per variant, the (components, masks) tables of the calibration and the test run."""
+    tables: dict = {}
+    for variant, model in models.items():
+        # variants trained together share the autoencoders: compute intra-modal columns once
+        donor = next((v for v in tables if same_intra(models[v], model)), None)
+        if donor is None:
+            tables[variant] = (component_table(model, calib, device=device), component_table(model, test, device=device))
+        else:
+            (cc, cm), (tc, tm) = tables[donor]
+            tables[variant] = (component_table(model, calib, device=device, intra_from=(cc, cm)),
+                               component_table(model, test, device=device, intra_from=(tc, tm)))
+    return tables
 
 
 def window_metrics(scores: np.ndarray, data: WindowArrays, kinds: list[str]) -> tuple[dict, dict, dict, int]:
@@ -154,12 +171,15 @@ def event_metrics(events: list[tuple[str, float, float]], faults: list[dict], as
 
 def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowArrays, budget_events: float = 1.0,
              budget_hours: float = 8.0, open_after: int = OPEN_AFTER, close_after: int = CLOSE_AFTER, per_asset: bool = False,
-             rows: dict[str, tuple[str, tuple[str, ...]]] | None = None, device: str = "cpu") -> EvalReport:
+             rows: dict[str, tuple[str, tuple[str, ...]]] | None = None, device: str = "cpu",
+             tables: dict | None = None) -> EvalReport:
     """Score every row on `test`, calibrated on `calib` (normal operation, another seed).
 
     `per_asset=False` by default here: a simulator seed re-draws each station (camera, acoustics),
     so "L1-S1" of the validation seed is not the same machine as "L1-S1" of the test seed, and
     per-asset statistics would not transfer. The product calibrates per asset on its own plant.
+    `tables` (from `component_tables`) saves the forward passes when the same models are scored
+    again with other settings (the adaptation, say: it works on the tables).
     """
     rows = rows or {k: v for k, v in BASELINES.items() if v[0] in models}
     kinds = list(test.meta.get("fault_kinds") or [])
@@ -168,23 +188,14 @@ def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowAr
     faults = test.meta.get("ground_truth", [])
     duration = float(test.meta.get("spec", {}).get("duration_s", (test.start.max() - test.start.min() + 2)))
     asset_hours = len(test.assets) * duration / 3600.0
-    tables: dict = {}
-    for variant, model in models.items():
-        # variants trained together share the autoencoders: compute intra-modal columns once
-        donor = next((v for v in tables if same_intra(models[v], model)), None)
-        if donor is None:
-            tables[variant] = (component_table(model, calib, device=device), component_table(model, test, device=device))
-        else:
-            (cc, cm), (tc, tm) = tables[donor]
-            tables[variant] = (component_table(model, calib, device=device, intra_from=(cc, cm)),
-                               component_table(model, test, device=device, intra_from=(tc, tm)))
+    tables = tables or component_tables(models, calib, test, device)
     results = []
     positives, negatives = {}, 0
     for name, (variant, comps) in rows.items():
         model = models[variant]
         (cc, cm), (tc, tm) = tables[variant]
-        raw_c = variant_raw(model, cc, cm, comps)
-        raw_t = variant_raw(model, tc, tm, comps)
+        raw_c = variant_raw(model, cc, cm, comps, calib)
+        raw_t = variant_raw(model, tc, tm, comps, test)
         cal = calibrate(raw_c, np.array(calib.assets)[calib.asset_idx], calib.start, budget_events=budget_events,
                         budget_hours=budget_hours, hop_s=_hop(calib), open_after=open_after, close_after=close_after,
                         per_asset=per_asset)

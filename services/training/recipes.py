@@ -154,7 +154,7 @@ def fit_model(model: FusionModel, train_data: WindowArrays, calib_data: WindowAr
 def calibrate_model(model: FusionModel, calib_data: WindowArrays, per_asset: bool = False, device: str = "cpu",
                     table: tuple[np.ndarray, np.ndarray] | None = None, **kw: Any) -> Calibration:
     comps, masks = table if table is not None else component_table(model, calib_data, device=device)
-    raw, _, _ = model.combine_arrays(comps, masks)
+    raw, _, _ = model.combine_arrays(comps, masks, windows=(calib_data.asset_idx, calib_data.start))
     assets = np.array(calib_data.assets)[calib_data.asset_idx]
     hop = float(calib_data.meta.get("spec", {}).get("hop_s", 1.0))
     return calibrate(raw, assets, calib_data.start, per_asset=per_asset, hop_s=hop, **kw)
