@@ -85,7 +85,7 @@ in {calibration.windows} windows; per-asset normalisation for {len(calibration.a
   normal data (`fusionwatch train --source kafka --since ... --until ...`).
 - A window sees 2 s: evidence sparser than that (an error line every few seconds) is only caught
   at event level, by the monitor's hysteresis.
-- Thresholds assume normal operation looks like the calibration data; recalibrate after changes.
+- Thresholds assume normal operation looks like the calibration data; recalibrate after changes.{_slow_change(cfg)}
 """
 
 
@@ -112,6 +112,13 @@ def _detail(cfg) -> str:
         return ""
     r0, r1 = cfg.detail_rows
     return f", rows {r0}-{r1} at full size as the detail view of the product"
+
+
+def _slow_change(cfg) -> str:
+    if not getattr(cfg, "adapt_step", 0):
+        return ""
+    return (f"\n- Scores adapt to each station (about {1 / cfg.adapt_step:.0f} windows per nat): a change that "
+            "develops over hours is learned as that station's normal; watch `fusionwatch_asset_adaptation_nats`.")
 
 
 def _memory(cfg) -> str:
