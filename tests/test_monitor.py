@@ -138,6 +138,25 @@ def test_database_outage_pauses_then_catches_up(broker, make_topics, unique_grou
     assert monitor.stats.records == len(stream)
 
 
+def test_a_fenced_batch_reloads_every_topic_of_its_partitions(tmp_path, monkeypatch):
+    """An asset's state spans partition p of all three input topics. A fenced batch that held
+    offsets of only some of them (audio and logs, say: a small batch without frames) must still
+    re-seek the frames partition too: left at its old position, it replayed records the restored
+    state had passed, and the awake zombie dead-lettered them as late (a flaky fault test,
+    tests/faults/test_zombie.py, in the ninth session)."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    monitor = Monitor(Settings(), "127.0.0.1:9", engine, BrightnessScorer())
+    t = monitor.topics
+    monitor._assigned = {(topic, p) for topic in (t.frames, t.audio, t.logs) for p in (1, 3)}
+    reloaded = []
+    monkeypatch.setattr(monitor, "_reload", lambda tps: reloaded.extend((tp.topic, tp.partition) for tp in tps))
+    monitor._fenced.put([(t.audio, 3), (t.logs, 3)])
+    monitor._drain_feedback()
+    assert sorted(reloaded) == sorted((topic, 3) for topic in (t.frames, t.audio, t.logs))
+    assert monitor.stats.fenced == 1
+    engine.dispose()
+
+
 def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state(tmp_path):
     """The log memory and the adaptation are per-asset stream state: they travel with the
     lifecycle in the committed state, so a restarted monitor scores as the one that stopped."""

@@ -296,7 +296,12 @@ class Monitor:
             tps = self._fenced.get_nowait()
             self.stats.fenced += 1
             log.warning("fenced on %s: another member owns it now; reloading from the database", tps)
-            self._reload([TopicPartition(*tp) for tp in tps if tp in self._assigned])
+            # an asset's state spans partition p of every input topic (co-partitioned): reload and
+            # re-seek all of them, not only the topics the fenced batch happened to hold offsets
+            # of — a topic left at its old position would replay records the restored state has
+            # already passed, and dead-letter them as late
+            parts = {p for _, p in tps}
+            self._reload([TopicPartition(*tp) for tp in sorted(self._assigned) if tp[1] in parts])
 
     def _positions(self) -> dict[TP, tuple[int | None, int | None]]:
         """(high watermark, position) of each assigned partition, read once per loop.
