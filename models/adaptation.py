@@ -54,8 +54,7 @@ class SurpriseAdapter:
         mask = np.asarray(mask, dtype=bool)
         m = self._median.setdefault(asset, np.full(len(surprise), NORMAL_MEDIAN))
         n = self._seen.setdefault(asset, np.zeros(len(surprise), dtype=np.int64))
-        offset = np.where(mask & (n >= self.warmup), np.maximum(m - NORMAL_MEDIAN, 0.0), 0.0)
-        adapted = np.maximum(surprise - offset, 0.0)
+        adapted = np.maximum(surprise - np.where(mask, self._excess(m, n), 0.0), 0.0)
         gain = np.maximum(self.step, 1.0 / (n + 1))
         m += np.where(mask, gain * np.sign(surprise - m), 0.0)
         n += mask
@@ -65,7 +64,11 @@ class SurpriseAdapter:
         """What is taken off each component of the asset's next window (None: not seen yet)."""
         if asset not in self._median:
             return None
-        return np.where(self._seen[asset] >= self.warmup, np.maximum(self._median[asset] - NORMAL_MEDIAN, 0.0), 0.0)
+        return self._excess(self._median[asset], self._seen[asset])
+
+    def _excess(self, median: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """The running median's excess over log 2, for components past their warm-up."""
+        return np.where(seen >= self.warmup, np.maximum(median - NORMAL_MEDIAN, 0.0), 0.0)
 
     def forget(self, asset: str) -> None:
         self._median.pop(asset, None)

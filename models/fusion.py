@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.adaptation import adapt_table
 from models.encoders import AudioAutoencoder, AudioStateEncoder, FrameAutoencoder, FrameStateEncoder, LogEncoder, time_features
 from models.features import MODALITIES, FeatureConfig, WindowBatch
 
@@ -610,8 +611,6 @@ class FusionModel(nn.Module):
         """`combine` on stored numpy component tables; `names` restricts to some components.
         `windows` (each row's asset index and start) lets each asset's surprise adapt as the
         scorer adapts it (models/adaptation.py); a model that adapts needs it."""
-        from models.adaptation import adapt_table
-
         select = torch.tensor([n in names for n in COMPONENT_NAMES]) if names is not None else None
         with torch.no_grad():
             surprise = self.tails.cpu()(torch.as_tensor(components))

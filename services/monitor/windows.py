@@ -255,8 +255,9 @@ def offline_windows(records: Iterable[tuple[Kind, WireRecord]], window_s: float 
         res = decode(kind, rec.key, rec.value, rec.headers, now=_record_time(rec), options=options)
         if isinstance(res, Accepted):
             res_env = res.envelope
-            edge = span.setdefault(res_env.asset, [res_env.time, res_env.time])
-            edge[0], edge[1] = min(edge[0], res_env.time), max(edge[1], res_env.time)
+            if whole_only:
+                edge = span.setdefault(res_env.asset, [res_env.time, res_env.time])
+                edge[0], edge[1] = min(edge[0], res_env.time), max(edge[1], res_env.time)
             aligner.add(res_env, res.payload)
             yield from (w.inputs for w in aligner.ready() if whole(w))
     yield from (w.inputs for w in aligner.ready(flush=True) if whole(w))

@@ -115,7 +115,7 @@ def _detail(cfg) -> str:
 
 
 def _slow_change(cfg) -> str:
-    if not getattr(cfg, "adapt_step", 0):
+    if not cfg.adapt_step:
         return ""
     return (f"\n- Scores adapt to each station (about {1 / cfg.adapt_step:.0f} windows per nat): a change that "
             "develops over hours is learned as that station's normal; watch `fusionwatch_asset_adaptation_nats`.")
@@ -126,7 +126,7 @@ def _memory(cfg) -> str:
     if cfg.log_memory_s:
         text += (f"\nThe log novelty of a window is held over the asset's windows of the next {cfg.log_memory_s:g} s "
                  "(a log line is a point event in a continuing fault).")
-    if getattr(cfg, "adapt_step", 0):
+    if cfg.adapt_step:
         text += (f"\nEach component's surprise adapts to its asset: after {cfg.adapt_warmup} windows, the excess of "
                  f"its running median (sign steps of {cfg.adapt_step:g}) over log 2 is taken off (a station that sits "
                  "off the calibration stations' normal as a whole is shifted, not failing).")
