@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.adaptation import adapt_table
+from models.adaptation import BaselineConfig, adapt_table
 from models.encoders import AudioAutoencoder, AudioStateEncoder, FrameAutoencoder, FrameStateEncoder, LogEncoder, time_features
 from models.features import MODALITIES, FeatureConfig, WindowBatch
 
@@ -92,10 +92,19 @@ class FusionConfig:
     # the log novelty of a window is held for this long over the asset's next windows: a log line
     # is a point event in a continuing fault (models/logmemory.py); 0 turns it off
     log_memory_s: float = 3.0
-    # each asset's component surprise adapted to the asset's own running median (models/adaptation.py):
-    # sign steps of `adapt_step` nats per window after `adapt_warmup` windows; 0 turns it off
+    # each asset's own baseline (models/adaptation.py): learned from its first `learn_windows`
+    # windows (none judged before `judge_after`), then followed by sign steps of `adapt_step` nats
+    # per window; while an asset learns only `learning_guard` x its threshold opens an event.
+    # adapt_step 0 turns the baseline off.
     adapt_step: float = 0.01
-    adapt_warmup: int = 60
+    learn_windows: int = 120
+    judge_after: int = 20
+    learning_guard: float = 2.0
+    # each frame scaled to the normal frames' mean brightness before any frame path sees it: the
+    # night shift's dimmer hall, a lamp dip or an auto-exposure step is not a visual anomaly, while
+    # a local defect keeps its contrast. `light_ref` is fitted on training frames (0: not fitted).
+    normalise_light: bool = True
+    light_ref: float = 0.0
     kind_classes: list[str] = field(default_factory=list)  # optional defect-kind head (labels needed)
     sentiment_classes: list[str] = field(default_factory=list)  # optional call-centre heads
     frustration_head: bool = False
@@ -124,8 +133,9 @@ class FusionConfig:
             raise ValueError("smooth_max_tau must be positive")
         if self.log_memory_s < 0:
             raise ValueError("log_memory_s must be >= 0 (0: no memory)")
-        if self.adapt_step < 0 or self.adapt_warmup < 0:
-            raise ValueError("adapt_step and adapt_warmup must be >= 0 (adapt_step 0: no adaptation)")
+        self.baseline  # validates adapt_step, learn_windows, judge_after
+        if self.learning_guard < 1.0:
+            raise ValueError("learning_guard must be >= 1 (a multiple of the threshold)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,8 +155,17 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FusionConfig":
-        # checkpoints saved before the log memory or the adaptation were calibrated without them
-        return cls(**{"log_memory_s": 0.0, "adapt_step": 0.0, **d})
+        # checkpoints saved before the log memory, the adaptation or the light normalisation were
+        # calibrated without them; the sign-step adaptation's warm-up became the learning length
+        d = dict(d)
+        if "adapt_warmup" in d:
+            d["learn_windows"] = d.pop("adapt_warmup")
+            d.setdefault("judge_after", 0)
+        return cls(**{"log_memory_s": 0.0, "adapt_step": 0.0, "normalise_light": False, **d})
+
+    @property
+    def baseline(self) -> BaselineConfig:
+        return BaselineConfig(self.adapt_step, self.learn_windows, self.judge_after)
 
     @classmethod
     def tiny(cls, **kw: Any) -> "FusionConfig":
@@ -410,13 +429,25 @@ class FusionModel(nn.Module):
         return (mel - self.mel_mean[None, :, None]) / self.mel_std[None, :, None]
 
     def scene_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Decoded frames (..., 3, H, W) -> what the scene path sees: mean-pooled by `scene_pool`."""
+        """Decoded frames (..., 3, H, W) -> what the scene path sees: light-normalised
+        (`normalise_light`), mean-pooled by `scene_pool`."""
+        frames = self.light(frames)
         k = self.cfg.scene_pool
         if k == 1:
             return frames
         lead = frames.shape[:-3]
         pooled = F.avg_pool2d(frames.reshape(-1, *frames.shape[-3:]), k)
         return pooled.reshape(*lead, *pooled.shape[1:])
+
+    def light(self, frames: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames (..., 3, H, W) scaled so that each one's mean brightness — that of `like`, when
+        given (a crop is scaled by its whole frame's gain) — is the normal frames' (`light_ref`).
+        One gain per frame, so each frame's result depends on that frame alone (the frame memo)."""
+        if not (self.cfg.normalise_light and self.cfg.light_ref > 0):
+            return frames
+        ref = frames if like is None else like
+        gain = self.cfg.light_ref / ref.float().mean(dim=(-3, -2, -1), keepdim=True).clamp_min(0.02)
+        return (frames * gain.to(frames.dtype)).clamp_(0.0, 1.0)
 
     def frame_evidence(self, frames: torch.Tensor, scene: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What scoring needs of each decoded frame (n, 3, H, W) — given with its scene view `scene`
@@ -427,7 +458,7 @@ class FusionModel(nn.Module):
         if self.detail is None:
             return err, stats
         r0, r1 = self.cfg.detail_rows
-        detail_err, _ = self.detail.residual(frames[:, :, r0:r1], with_stats=False)
+        detail_err, _ = self.detail.residual(self.light(frames[:, :, r0:r1], like=frames), with_stats=False)
         return err, stats, detail_err
 
     def reconstruct(self, batch: WindowBatch, scene: torch.Tensor | None = None):
@@ -618,7 +649,7 @@ class FusionModel(nn.Module):
             if windows is None:
                 raise ValueError("this model adapts each asset's scores (adapt_step > 0): pass windows=(asset_idx, starts)")
             surprise = torch.as_tensor(adapt_table(surprise.numpy(), np.asarray(mask), windows[0], windows[1],
-                                                   self.cfg.adapt_step, self.cfg.adapt_warmup), dtype=surprise.dtype)
+                                                   self.cfg.baseline), dtype=surprise.dtype)
         raw, z, w = combine_components(surprise, torch.as_tensor(mask), self.cfg.smooth_max_tau, select)
         return raw.numpy(), z.numpy(), w.numpy()
 
@@ -644,6 +675,13 @@ class ComponentTails(nn.Module):
     # floor, a component that is exactly 0 in 98 % of normal windows gets a tail fitted on specks
     # and calls a trivial wiggle astronomically rare.
     MIN_SIGMA = {"logs": 0.1, "log_rate": 0.1, "cross_frames": 0.05, "cross_audio": 0.05, "cross_logs": 0.05}
+    # And never narrower than a fifth of the body's width (98th percentile - median): a tail fitted
+    # on a few very regular excesses would call a value just past them astronomically rare.
+    MIN_SIGMA_OF_BODY = 0.2
+    # The ceiling of any component's surprise, in nats (one normal window in ~10^13): past it the
+    # tail is extrapolation, not evidence, and one component must not outweigh everything else
+    # without bound (an unseen station scored 350,000 before it; docs/model.md).
+    MAX_SURPRISE = 30.0
 
     def __init__(self, n: int):
         super().__init__()
@@ -681,7 +719,8 @@ class ComponentTails(nn.Module):
             excess = x[x > u] - u
             xi, sigma = fit_gpd(excess, xi_bounds=(0.0, 0.5)) if len(excess) >= 5 else (0.0, max(float(np.std(x)), 1e-6))
             floor = self.MIN_SIGMA.get(names[c], 0.0) if names else 0.0
-            sigma = max(sigma, floor, 1e-3 * (abs(float(q[1])) + float(q[-1] - q[1])))
+            sigma = max(sigma, floor, self.MIN_SIGMA_OF_BODY * float(q[-1] - q[1]),
+                        1e-3 * (abs(float(q[1])) + float(q[-1] - q[1])))
             self.knots_x[c] = torch.tensor(xs)
             self.knots_logs[c] = torch.tensor(logs)
             self.tail[c] = torch.tensor([xi, max(sigma, 1e-9)])
@@ -709,7 +748,8 @@ class ComponentTails(nn.Module):
         tail_logs = lu - torch.where(xi > 1e-6, torch.log1p(xi * over) / xi.clamp_min(1e-6), over)
         logs = torch.where(x > u, tail_logs, logs)
         logs = torch.where(x <= kx[:, 0], torch.zeros_like(logs), logs)
-        return (-logs).clamp_min(0.0)
+        # NaN (a non-finite input) becomes the ceiling, not a NaN that spreads into every state
+        return (-logs).nan_to_num(self.MAX_SURPRISE).clamp(0.0, self.MAX_SURPRISE)
 
 
 def combine_components(surprise: torch.Tensor, mask: torch.Tensor, tau: float, select: torch.Tensor | None = None):

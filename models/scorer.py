@@ -23,7 +23,7 @@ from models import checkpoint
 from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
 from models.features import Featurizer, collate
-from models.adaptation import SurpriseAdapter
+from models.adaptation import SurpriseAdapter, WindowPhase
 from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
 from models.inputs import WindowInputs
 from models.logmemory import Held, LogMemory
@@ -48,6 +48,12 @@ class WindowScore:
     kind: str | None = None  # defect-kind head, when trained
     sentiment: dict[str, float] | None = None  # call-centre heads, when trained
     frustration: float | None = None
+    # the asset's baseline when this window was scored (models/adaptation.py): "learning" while it
+    # is learned from the asset's first windows (then `threshold` is the guard threshold), or
+    # "watching"; `judged` False: too few windows seen yet for any judgement
+    baseline: str = "watching"
+    judged: bool = True
+    guard: float = 1.0  # the factor `threshold` carries while learning (FusionConfig.learning_guard)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -83,7 +89,7 @@ class AnomalyScorer:
             calibration = Calibration(pooled=AssetCalibration(0.0, 1.0, 3.0))
         self.calibration = calibration
         self.log_memory = LogMemory(model.cfg.log_memory_s)
-        self.adapter = SurpriseAdapter(model.cfg.adapt_step, model.cfg.adapt_warmup)
+        self.adapter = SurpriseAdapter(model.cfg.baseline)
         from models.text import TextEncoder
 
         self.featurizer = Featurizer(self.cfg, TextEncoder(device=device))
@@ -115,6 +121,12 @@ class AnomalyScorer:
             out = self.model(batch, want_weights=True)
             order = _by_start(windows)  # a window may hold the log evidence of an earlier one in the batch
             held, own = self._hold_log_novelty(windows, order, out)
+            phases = [self.adapter.phase(w.asset) for w in windows]  # before `_adapt` counts this batch
+            if self.adapter.enabled:  # a window's phase is its position in its asset's stream
+                seen: dict[str, int] = {}
+                for i in order:
+                    k = seen[windows[i].asset] = seen.get(windows[i].asset, -1) + 1
+                    phases[i] = self._phase_after(phases[i], k)
             surprise = self._adapt(windows, order, self.model.tails(out.components.float()), out.component_mask)
             raw, _, weights = combine_components(surprise, out.component_mask, self.model.cfg.smooth_max_tau)
         raw_np = raw.float().cpu().numpy()
@@ -128,10 +140,12 @@ class AnomalyScorer:
         frus = out.frustration.cpu().numpy() if out.frustration is not None else None
         results: list[WindowScore | None] = [None] * len(windows)
         for i in order:
-            w, f = windows[i], feats[i]
-            thr = self.threshold(w.asset)
+            w, f, ph = windows[i], feats[i], phases[i]
+            guard = self.model.cfg.learning_guard if ph.phase == "learning" else 1.0
+            thr = self.threshold(w.asset) * guard
             if not math.isfinite(float(raw_np[i])):  # nothing present: nothing to judge
-                results[i] = WindowScore(0.0, thr, 0.0, f.present, {}, 0.0, [], None, None, [], [])
+                results[i] = WindowScore(0.0, thr, 0.0, f.present, {}, 0.0, [], None, None, [], [],
+                                         baseline=ph.phase, judged=False, guard=guard)
                 continue
             detail = (DetailEvidence(ds[i], de[i], self.model.cfg.detail_rows, self.cfg.frame_height)
                       if out.detail_scores is not None else None)
@@ -148,8 +162,19 @@ class AnomalyScorer:
                 kind=self.model.cfg.kind_classes[int(kinds[i].argmax())] if kinds is not None else None,
                 sentiment={c: round(float(p), 4) for c, p in zip(self.model.cfg.sentiment_classes, sent[i])} if sent is not None else None,
                 frustration=float(frus[i]) if frus is not None else None,
+                baseline=ph.phase, judged=ph.judged, guard=guard,
             )
         return results  # type: ignore[return-value]
+
+    def _phase_after(self, first: WindowPhase, k: int) -> WindowPhase:
+        """The phase of the asset's k-th window of this batch, given the phase of its first."""
+        seen = first.seen + k
+        cfg = self.adapter.cfg
+        return WindowPhase("learning" if seen < cfg.learn_windows else "watching", seen >= cfg.judge_after, seen)
+
+    def baseline_phase(self, asset: str) -> WindowPhase:
+        """Where the asset's baseline stands now: learning (and how far) or watching."""
+        return self.adapter.phase(asset)
 
     def _hold_log_novelty(self, windows: list[WindowInputs], order: list[int], out) -> tuple[list[Held], list[Held]]:
         """Replace each window's log-novelty component by the one `LogMemory` holds in force for it."""
@@ -181,7 +206,7 @@ class AnomalyScorer:
         return {"log_memory": self.log_memory.state(asset), "adaptation": self.adapter.state(asset)}
 
     def adaptation(self, asset: str) -> dict[str, float]:
-        """Surprise (nats) the adaptation takes off each component of the asset now: a station
+        """Surprise (nats) the asset's baseline takes off each component at its median: a station
         that sits off the calibration stations' normal, or one that changed slowly."""
         off = self.adapter.offset(asset)
         return {} if off is None else {n: float(v) for n, v in zip(COMPONENT_NAMES, off)}
@@ -189,6 +214,10 @@ class AnomalyScorer:
     def restore_stream(self, asset: str, state: dict) -> None:
         self.log_memory.restore(asset, state.get("log_memory", []))
         self.adapter.restore(asset, state.get("adaptation", {}))
+
+    def rebaseline(self, asset: str) -> None:
+        """A new normal (after maintenance, a new camera position): learn the baseline again."""
+        self.adapter.forget(asset)
 
     def forget_stream(self, asset: str) -> None:
         self.log_memory.forget(asset)

@@ -91,6 +91,9 @@ def fit_normalisers(model: FusionModel, data: WindowArrays) -> None:
         model.mel_std.copy_(torch.from_numpy(sel.std(0).clip(1e-3)))
     model.line_bank = torch.from_numpy(data.unique_lines())
     model.code_vocab = data.code_vocab()
+    if model.cfg.normalise_light and len(data.frame_pool):
+        pick = np.random.default_rng(0).choice(len(data.frame_pool), size=min(2000, len(data.frame_pool)), replace=False)
+        model.cfg.light_ref = round(float(data.frame_pool[np.sort(pick)].mean()) / 255.0, 4)
 
 
 @torch.inference_mode()
@@ -124,7 +127,10 @@ def fit_intra_statistics(model: FusionModel, data: WindowArrays, max_windows: in
     if band_rows:
         b = torch.cat(band_rows)
         model.band_mean.copy_(b.mean(0))
-        model.band_std.copy_(b.std(0).clamp_min(1e-3 * float(b.mean()) + 1e-6))
+        # each band's variance shrunk towards the bands' average and floored at 5 % of its level: a
+        # very stationary machine's quiet band would otherwise turn any new microphone into z ~ 1e4
+        var = (1 - shrinkage) * b.var(0) + shrinkage * b.var(0).mean()
+        model.band_std.copy_(torch.maximum(var.sqrt(), 0.05 * b.mean(0).abs()).clamp_min(1e-6))
 
 
 @torch.inference_mode()
@@ -290,7 +296,8 @@ def _detail_loss(model: FusionModel, data: WindowArrays, frame_pool: np.ndarray,
         return sum(p.sum() * 0.0 for p in model.detail_parameters()), {"loss": 0.0}
     r0, r1 = model.cfg.detail_rows
     pick = frame_pool[rng.integers(len(frame_pool), size=cfg.frames_per_step)]
-    crops = torch.from_numpy(data.frame_pool[pick][:, r0:r1]).to(cfg.device).permute(0, 3, 1, 2).float().div_(255.0)
+    frames = torch.from_numpy(data.frame_pool[pick]).to(cfg.device).permute(0, 3, 1, 2).float().div_(255.0)
+    crops = model.light(frames[:, :, r0:r1], like=frames)  # as `FusionModel.frame_evidence` sees them
     loss = ((model.detail(crops).float() - crops) ** 2).mean()
     return loss, {"detail_ae": loss.item(), "loss": loss.item()}
 

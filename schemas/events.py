@@ -68,6 +68,8 @@ class AnomalyData(BaseModel):
     serials: list[str] = Field(default_factory=list)
     log_lines: list[str] = Field(default_factory=list)
     evidence: dict[str, list[EvidenceRange]] = Field(default_factory=dict)
+    # opened while the asset's baseline was still being learned, by the guard threshold (`threshold`)
+    learning: bool = False
 
 
 class AnomalyCloudEvent(BaseModel):

@@ -284,3 +284,24 @@ def test_event_and_window_metrics_on_a_known_timeline():
     m = event_metrics(events, faults, asset_hours=2 * 100 / 3600, window_s=2.0, kinds=["k0", "k1"])
     assert m["recall"] == 1.0 and m["false_events"] == 1 and m["recall_by_kind"]["k1"] == 1.0
     assert m["false_per_asset_hour"] == pytest.approx(18.0)
+
+
+def test_an_alarm_already_open_when_a_fault_starts_is_false():
+    """The counting rule: a detection is an event that opens (is published) within DETECT_WITHIN_S
+    of a fault's start; one already open when the fault starts is false, even though it overlaps
+    the fault; one opening later inside the fault is late, neither detection nor false."""
+    from services.training.evaluate import DETECT_WITHIN_S, EvalEvent, classify_event, event_metrics
+
+    f = {"asset": "A", "kind": "k", "start": 100.0, "end": 130.0}
+    early = EvalEvent("A", 90.0, 140.0, opened_at=93.0, learning=False)  # open before the fault, runs through it
+    prompt = EvalEvent("A", 99.0, 131.0, opened_at=103.0, learning=False)
+    late = EvalEvent("A", 115.0, 131.0, opened_at=100.0 + DETECT_WITHIN_S + 5, learning=False)
+    other = EvalEvent("B", 99.0, 131.0, opened_at=103.0, learning=False)  # another asset
+    assert classify_event(early, [f], 2.0) == ("false", None)
+    assert classify_event(prompt, [f], 2.0) == ("detection", 0)
+    assert classify_event(late, [f], 2.0) == ("late", 0)
+    assert classify_event(other, [f], 2.0) == ("false", None)
+    m = event_metrics([early, late], [f], asset_hours=1.0, window_s=2.0, kinds=["k"])
+    assert m["recall"] == 0.0 and m["false_events"] == 1 and m["late_events"] == 1
+    m = event_metrics([early, prompt], [f], asset_hours=1.0, window_s=2.0, kinds=["k"])
+    assert m["recall"] == 1.0 and m["false_events"] == 1

@@ -64,7 +64,8 @@ def main() -> None:
         raw = variant_raw(models[variant], comps, masks, names, normal)
         scores = (raw - row.calibration["loc"]) / row.calibration["scale"]
         _, _, weights = models[variant].combine_arrays(comps, masks, names, windows=(normal.asset_idx, normal.start))
-        for asset, start, end in run_lifecycle(scores, np.full(len(scores), row.threshold), normal):
+        for ev in run_lifecycle(scores, np.full(len(scores), row.threshold), normal):
+            asset, start, end = ev.asset, ev.start, ev.end
             sel = np.flatnonzero((assets == asset) & (normal.start >= start - 0.5) & (normal.start < end))
             i = sel[np.argmax(scores[sel])]
             print(f"    {asset} at {start - normal.start.min():5.0f} s, {end - start:3.0f} s, peak {scores[i]:.1f}, "

@@ -32,6 +32,10 @@ class ScoredWindow:
     log_lines: list[str] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
     evidence: dict[str, list[EvidenceRange]] = field(default_factory=dict)
+    # the asset's baseline was still being learned (models/adaptation.py): `threshold` is then the
+    # guard threshold; a window that is not `judged` (too early in a new baseline) never counts as over
+    learning: bool = False
+    judged: bool = True
 
 
 @dataclass
@@ -85,7 +89,7 @@ class EventLifecycle:
 
     def update(self, w: ScoredWindow) -> list[EventChange]:
         st = self.state(w.asset)
-        over = w.score >= w.threshold
+        over = w.judged and w.score >= w.threshold
         ev = st["open"]
         if ev is None:
             if not over:
@@ -124,6 +128,7 @@ def _window_dict(w: ScoredWindow) -> dict[str, Any]:
         "model_version": w.model_version, "kind": event_kind(w), "attribution": w.attribution.model_dump(),
         "log_lines": w.log_lines, "serials": w.serials,
         "evidence": {m: [r.model_dump() for r in rs] for m, rs in w.evidence.items()}, "asset": w.asset,
+        "learning": w.learning,
     }
 
 
@@ -134,7 +139,7 @@ def _new_event(pending: list[dict[str, Any]]) -> dict[str, Any]:
         "sum_over": 0.0, "n_over": 0, "windows": 0, "under": 0, "revision": 0, "status": "open",
         "threshold": first["threshold"], "model_version": first["model_version"], "kind": first["kind"],
         "severity": "low", "attribution": first["attribution"], "shares": {}, "scores": [], "serials": [],
-        "log_lines": [], "evidence": {},
+        "log_lines": [], "evidence": {}, "learning": bool(first.get("learning", False)),
     }
     ev["id"] = event_id(ev["asset"], _dt(ev["start"]))
     for w in pending:
@@ -190,4 +195,5 @@ def event_data(ev: dict[str, Any], change: str) -> AnomalyData:
         model_version=ev["model_version"], windows=ev["windows"], attribution=Attribution(**attribution),
         serials=ev["serials"], log_lines=ev["log_lines"], scores=[tuple(p) for p in ev["scores"][-MAX_TIMELINE:]],
         evidence={m: [EvidenceRange(**r) for r in rs] for m, rs in ev["evidence"].items()},
+        learning=bool(ev.get("learning", False)),
     )

@@ -70,6 +70,15 @@ RECORDS_REJECTED = Counter("fusionwatch_records_rejected_total",
                            ["topic", "reason"], registry=REGISTRY)
 DLQ_WRITES = Counter("fusionwatch_dlq_writes_total", "Records written to the dead-letter topic, by original topic and reason.",
                      ["topic", "reason"], registry=REGISTRY)
+DLQ_FAILURES = Counter("fusionwatch_dlq_send_failures_total",
+                       "Dead-letter copies that could not be written after retries (the record is still skipped), "
+                       "by original topic.", ["topic"], registry=REGISTRY)
+DLQ_TRUNCATED = Counter("fusionwatch_dlq_truncated_total",
+                        "Dead-letter copies cut to fit the producer's max request size (header fw_original_size).",
+                        ["topic"], registry=REGISTRY)
+CORRUPT_RECORDS = Counter("fusionwatch_corrupt_records_total",
+                          "Records the Kafka client could not parse (CorruptRecordError), skipped by offset.",
+                          ["topic"], registry=REGISTRY)
 LATE_RECORDS = Counter("fusionwatch_late_records_total",
                        "Records older than the watermark minus allowed lateness (dropped to the DLQ as late).",
                        ["topic"], registry=REGISTRY)
@@ -111,6 +120,13 @@ ASSET_ADAPTATION = Gauge(
     "Surprise the model's adaptation takes off each score component of an asset (models/adaptation.py): "
     "the station sits off the calibration stations' normal there; a value that keeps rising is a slow change.",
     ["asset", "component"], registry=REGISTRY)
+ASSET_LEARNING = Gauge(
+    "fusionwatch_asset_learning",
+    "1 while an asset's baseline is learned from its own first windows (only the guard threshold opens an "
+    "event), 0 once it is watching (models/adaptation.py).", ["asset"], registry=REGISTRY)
+ASSET_BASELINE_WINDOWS = Gauge(
+    "fusionwatch_asset_baseline_windows",
+    "Windows of the asset seen since its baseline was (re)started: its learning progress.", ["asset"], registry=REGISTRY)
 
 # --- sink: events, SQL ------------------------------------------------------------------------------
 EVENTS_OPENED = Counter("fusionwatch_events_opened_total", "Anomaly events opened, by severity and kind.",
@@ -121,6 +137,10 @@ SQL_WRITE = Histogram("fusionwatch_sql_write_seconds", "Wall time of one SQL wri
                       buckets=FAST_BUCKETS, registry=REGISTRY)
 SQL_WRITE_FAILURES = Counter("fusionwatch_sql_write_failures_total", "SQL write transactions that failed (and were retried or stopped).",
                              registry=REGISTRY)
+NONFINITE_DROPPED = Counter("fusionwatch_nonfinite_dropped_total",
+                            "Scored windows (what=window) or per-asset model states (what=state) holding NaN or "
+                            "infinity, dropped before the lifecycle and SQL; the state is rolled back to its last "
+                            "committed value.", ["what"], registry=REGISTRY)
 OUTBOX_PENDING = Gauge("fusionwatch_outbox_pending", "Outbox rows not yet published to the events topic.",
                        registry=REGISTRY)
 
@@ -306,6 +326,12 @@ def set_adaptation(asset: str, offsets: dict[str, float]) -> None:
     label = asset_labels(asset)
     for component, nats in offsets.items():  # components: the model's fixed set of ten
         ASSET_ADAPTATION.labels(asset=label, component=component).set(nats)
+
+
+def set_baseline(asset: str, learning: bool, windows: int) -> None:
+    label = asset_labels(asset)
+    ASSET_LEARNING.labels(asset=label).set(1 if learning else 0)
+    ASSET_BASELINE_WINDOWS.labels(asset=label).set(windows)
 
 
 def event_opened(severity: str, kind: str) -> None:

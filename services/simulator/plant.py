@@ -42,6 +42,9 @@ __all__ = ["CROSS_MODAL_KINDS", "FAULT_KINDS", "Fault", "Plant", "asset_names", 
 
 PRODUCT_FAULTS = ("surface_defect", "missing_component", "misaligned_part")
 SHIFT_LIGHT = (1.0, 0.95, 0.86)  # day, evening, night: the night shift runs with half the hall lights
+EXPOSURE_STEPS = (0.94, 1.0, 1.0, 1.06)  # the camera's auto-exposure settles on one of these for a while
+EXPOSURE_HOLD_S = 300.0  # ... about this long (each station's camera on its own schedule)
+LENS_DIRT_PER_SHIFT = 0.05  # haze the lens gathers over a shift (blend towards grey); cleaned at each handover
 _KIND_ORDER = {Kind.FRAME: 0, Kind.AUDIO: 1, Kind.LOG: 2}
 DEFAULT_PRESET_HORIZON_S = 600.0
 
@@ -76,6 +79,8 @@ class _Station:
         self.log_seq = 0  # ce_sequence of the log stream, in emission (= time) order
         self._crossing_ranges: dict[Fault, tuple[float, float]] = {}
         self.drift_phase = float(rng(9).uniform(0, 2 * np.pi))
+        self.seed = seed
+        self.exposure_phase = float(rng(11).uniform(0, EXPOSURE_HOLD_S))
 
     # ── camera ──────────────────────────────────────────────────────────────────────────────
     def frame_at(self, t: float) -> "Image.Image":
@@ -95,6 +100,7 @@ class _Station:
             views.append(PartView(bp - part.pos, variant, part.variety, part.shade))
         seg = self.timeline.segment_at(t)
         gain = SHIFT_LIGHT[seg.shift % 3] * (1.0 + 0.02 * np.sin(2 * np.pi * t / 97.0 + self.drift_phase))
+        gain *= self._exposure(t)
         gain *= float(rng.normal(1.0, 0.012))  # mains flicker beating against the exposure
         if rng.random() < 0.01:
             gain *= 0.88  # a lamp dips
@@ -102,7 +108,20 @@ class _Station:
         for f in active:
             if f.kind == "camera_occlusion":
                 occlusion = 0.3 + 0.7 * float(np.clip((t - f.start) / 5.0, 0, 1))
-        return self.scene.render(bp, views, float(gain), rng, occlusion)
+        return self.scene.render(bp, views, float(gain), rng, occlusion, haze=self._lens_dirt(t))
+
+    def _exposure(self, t: float) -> float:
+        """The auto-exposure's step in force at t: a function of the time alone (a counter-based
+        draw per hold period), so any split of a run renders the same frames."""
+        k = int((t + self.exposure_phase) // EXPOSURE_HOLD_S)
+        draw = np.random.default_rng([self.seed, self.index, 10, k]).integers(len(EXPOSURE_STEPS))
+        return EXPOSURE_STEPS[int(draw)]
+
+    def _lens_dirt(self, t: float) -> float:
+        """Haze on the lens: grows through each shift, wiped at the handover (normal, slow change)."""
+        tl = self.timeline
+        into_shift = ((t - tl.shift_origin_s) % tl.shift_s) / tl.shift_s
+        return LENS_DIRT_PER_SHIFT * into_shift
 
     def _crossing_range(self, f: Fault) -> tuple[float, float]:
         if f not in self._crossing_ranges:

@@ -145,9 +145,10 @@ class Scene:
 
     # ── per frame ─────────────────────────────────────────────────────────────────────────────
     def render(self, belt_pos: float, parts: list[PartView], gain: float, rng: np.random.Generator,
-               occlusion: float = 0.0) -> Image.Image:
+               occlusion: float = 0.0, haze: float = 0.0) -> Image.Image:
         """The frame as an RGB image. `gain` folds lighting level and flicker; `occlusion` 0..1 is a
-        smudged lens. All per-frame work runs in Pillow's C loops (paste, LUT, add)."""
+        smudged lens (a fault); `haze` 0..1 the dirt a lens gathers in normal service (a blend
+        towards grey). All per-frame work runs in Pillow's C loops (paste, LUT, add, blend)."""
         frame = self.background.copy()
         off = int(belt_pos) % SLAT_PERIOD
         frame.paste(self.belt_strip.crop((SLAT_PERIOD - off, 0, SLAT_PERIOD - off + W, BELT_Y1 - BELT_Y0)), (0, BELT_Y0))
@@ -159,6 +160,8 @@ class Scene:
         noise = self.noise[int(rng.integers(len(self.noise)))]
         dy, dx = int(rng.integers(16)), int(rng.integers(16))
         frame = ImageChops.add(frame, noise.crop((dx, dy, dx + W, dy + H)), scale=1.0, offset=-NOISE_OFFSET)
+        if haze > 0:
+            frame = Image.blend(frame, Image.new("RGB", (W, H), (128, 128, 128)), float(haze))
         if occlusion > 0:
             frame = self._occlude(frame, occlusion)
         return frame

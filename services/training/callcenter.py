@@ -471,8 +471,8 @@ def escalations(data: WindowArrays, frustration: np.ndarray, threshold: float = 
 
     events = run_lifecycle(frustration, np.full(len(data), threshold), data, open_after, close_after)
     out = {a: 0 for a in data.assets}
-    for asset, _, _ in events:
-        out[asset] += 1
+    for ev in events:
+        out[ev.asset] += 1
     return out
 
 

@@ -127,7 +127,12 @@ def _memory(cfg) -> str:
         text += (f"\nThe log novelty of a window is held over the asset's windows of the next {cfg.log_memory_s:g} s "
                  "(a log line is a point event in a continuing fault).")
     if cfg.adapt_step:
-        text += (f"\nEach component's surprise adapts to its asset: after {cfg.adapt_warmup} windows, the excess of "
-                 f"its running median (sign steps of {cfg.adapt_step:g}) over log 2 is taken off (a station that sits "
-                 "off the calibration stations' normal as a whole is shifted, not failing).")
+        text += (f"\nEach asset learns its own baseline from its first {cfg.learn_windows} windows (none judged "
+                 f"before {cfg.judge_after}; meanwhile only {cfg.learning_guard:g}x the threshold opens an event): each "
+                 "component's surprise is re-centred on the exact median of those windows and re-scaled by their "
+                 f"spread, then the median follows slow change by sign steps of {cfg.adapt_step:g} nats per window. "
+                 "`fusionwatch baseline reset` starts learning again after maintenance.")
+    if getattr(cfg, "normalise_light", False) and cfg.light_ref:
+        text += (f"\nEach frame is scaled to the normal frames' mean brightness ({cfg.light_ref:.3f}) before any "
+                 "frame path sees it: a dimmer shift, a lamp dip or an exposure step is not a visual anomaly.")
     return text

@@ -17,6 +17,7 @@ evaluation runs load the arrays in seconds.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -34,9 +35,13 @@ from schemas.errors import ConfigError, FusionwatchError
 
 log = logging.getLogger(__name__)
 
-DATASET_VERSION = 5  # bump when featurization or labelling changes, so stale caches are rebuilt
+DATASET_VERSION = 6  # bump when featurization, labelling or the simulator changes, so stale caches are rebuilt
 # A fixed, reproducible default start: 2026-01-05 08:00 UTC (inside a day shift).
 DEFAULT_START = 1767600000.0
+# Runs that span the day start at the morning handover, 2026-01-05 06:00 UTC: with 3, 6, 12 or 24
+# slices, every handover (06:00, 14:00, 22:00) falls in the middle of one
+DAY_START = 1767592800.0
+DAY_S = 86400.0
 ProgressFn = Callable[[float, float], None]  # (done, total) in asset-seconds
 
 
@@ -51,6 +56,20 @@ class SimSpec:
     start_time: float = DEFAULT_START
     window_s: float = 2.0
     hop_s: float = 1.0
+    # > 1: the duration is cut into this many slices spread evenly over the 24 hours from
+    # `start_time` (slice k centred on start_time + k * 24 h / day_slices): normal is a day —
+    # every shift's light, the handovers, the lens dirt of a shift — not one morning's minutes
+    day_slices: int = 1
+    # faults only after this long into the (first) slice: an evaluation run lets each station learn
+    # its baseline first (models/adaptation.py) — a fault while it learns is a different question
+    lead_in_s: float = 0.0
+
+    def slices(self) -> list[tuple[float, float]]:
+        """(start, duration) of each slice of the run."""
+        if self.day_slices <= 1:
+            return [(self.start_time, self.duration_s)]
+        d = self.duration_s / self.day_slices
+        return [(self.start_time + k * DAY_S / self.day_slices - d / 2, d) for k in range(self.day_slices)]
 
     def key(self, features: FeatureConfig) -> str:
         blob = json.dumps({"spec": self.__dict__, "features": features.to_dict(), "v": DATASET_VERSION}, sort_keys=True)
@@ -94,25 +113,31 @@ def simulate_dataset(spec: SimSpec, features: FeatureConfig = FeatureConfig(), c
         log.info("dataset cache hit: %s", path)
         return WindowArrays.load(path)
     t0 = time.perf_counter()
-    plant = Plant(spec.assets, seed=spec.seed, start_time=spec.start_time, faults=_faults(spec))
-    total = spec.duration_s * len(plant.assets)
+    plants = [Plant(spec.assets, seed=spec.seed, start_time=t0, faults=_faults(spec, t0, d, k))
+              for k, (t0, d) in enumerate(spec.slices())]
+    total = spec.duration_s * spec.assets
+    done = [0.0]
 
-    def records() -> Iterator[tuple[Kind, WireRecord]]:
-        step = 10.0
-        done = 0.0
-        while done < spec.duration_s - 1e-9:
-            d = min(step, spec.duration_s - done)
+    def records(plant, duration_s: float) -> Iterator[tuple[Kind, WireRecord]]:
+        step, left = 10.0, duration_s
+        while left > 1e-9:
+            d = min(step, left)
             yield from plant.records(d)
-            done += d
+            left -= d
+            done[0] += d * spec.assets
             if progress:
-                progress(done * len(plant.assets), total)
+                progress(done[0], total)
 
-    feats = featurize_stream(windows_from_records(records(), features, spec.hop_s), features, featurizer)
+    # each slice aligned on its own: its edge windows are dropped, and no window spans a gap
+    windows = itertools.chain.from_iterable(windows_from_records(records(p, d), features, spec.hop_s)
+                                            for p, (_, d) in zip(plants, spec.slices()))
+    feats = featurize_stream(windows, features, featurizer)
     kinds = list(FAULT_KINDS)
+    truth = [f for p in plants for f in p.ground_truth]
     meta = {"source": "simulator", "spec": spec.__dict__, "fault_kinds": kinds,
-            "ground_truth": [f.to_json() for f in plant.ground_truth]}
+            "ground_truth": [f.to_json() for f in truth]}
     data = WindowArrays.from_features(feats, features, meta)
-    data.labels.update(window_labels(data, plant.ground_truth, kinds))
+    data.labels.update(window_labels(data, truth, kinds))
     data.meta["build_seconds"] = round(time.perf_counter() - t0, 1)
     if path is not None:
         data.save(path)
@@ -120,14 +145,16 @@ def simulate_dataset(spec: SimSpec, features: FeatureConfig = FeatureConfig(), c
     return data
 
 
-def _faults(spec: SimSpec):
+def _faults(spec: SimSpec, start: float, duration_s: float, slice_no: int):
     from services.simulator.faults import fault_schedule
 
     if spec.faults == "none":
         return []
     from services.simulator.plant import asset_names
 
-    return fault_schedule(spec.faults, asset_names(spec.assets), spec.start_time, spec.duration_s, spec.seed)
+    seed = spec.seed if spec.day_slices <= 1 else spec.seed * 1000 + slice_no  # each slice its own draw
+    lead = min(spec.lead_in_s, duration_s) if slice_no == 0 else 0.0  # a station learns its baseline once
+    return fault_schedule(spec.faults, asset_names(spec.assets), start + lead, duration_s - lead, seed)
 
 
 def window_labels(data: WindowArrays, faults, kinds: list[str]) -> dict[str, np.ndarray]:

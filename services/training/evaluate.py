@@ -12,9 +12,13 @@ Rows (all with the same encoders, objectives and training budget):
 - ``cross_attention``: the product model (MulT-style cross-modal attention).
 
 Window level: AUROC and AUPRC per fault kind (positives: windows overlapping that fault for at
-least half their length; negatives: windows touching no fault). Event level: the monitor's own
-hysteresis lifecycle at the calibrated threshold; recall = faults overlapped by an event, false
-events = events touching no fault, per asset-hour.
+least half their length; negatives: windows touching no fault; windows too early in a station's
+new baseline to be judged are left out). Event level: the monitor's own hysteresis lifecycle at
+the calibrated threshold — the guard threshold while a station learns its baseline, exactly as
+the monitor runs it. A fault is **detected** only by an event that *opens* (the moment the
+monitor would publish it) no earlier than the fault's start and within `DETECT_WITHIN_S` of it,
+before the fault has ended; an event already open when a fault starts, or one that opens where
+no fault is, is **false**; one that opens later inside a fault is counted as **late** (neither).
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from models.calibration import Calibration, calibrate
 from models.data import WindowArrays
 from models.fusion import COMPONENT_NAMES, INTRA_NAMES, FusionModel
 from models.train import component_table, same_intra
+from models.adaptation import table_phases
 from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
+
+DETECT_WITHIN_S = 10.0  # an event must open this soon after a fault starts to count as its detection
+SHIFT_NAMES = ("day", "evening", "night")  # the simulator's shifts from 06:00, 14:00 and 22:00 UTC
+SHIFT_ORIGIN_S, SHIFT_S = 6 * 3600.0, 8 * 3600.0
+HANDOVER_S = 180.0  # "at a handover": an event opening within 3 minutes of a shift boundary
 
 INTRA = INTRA_NAMES
 BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -55,6 +65,10 @@ class RowResult:
     events: int
     threshold: float
     calibration: dict = field(default_factory=dict)
+    late_events: int = 0  # opened inside a fault, but later than DETECT_WITHIN_S
+    learning_events: int = 0  # opened while the station learned its baseline (guard threshold)
+    false_by_shift: dict[str, float] = field(default_factory=dict)  # false events per asset-hour of each shift
+    false_at_handover: int = 0  # false events opening within HANDOVER_S of a shift boundary
 
 
 @dataclass
@@ -130,43 +144,100 @@ def window_metrics(scores: np.ndarray, data: WindowArrays, kinds: list[str]) -> 
     return auroc, auprc, positives, int(neg.sum())
 
 
+@dataclass(frozen=True)
+class EvalEvent:
+    asset: str
+    start: float  # the first over-threshold window's start
+    end: float
+    opened_at: float  # end of the window that opened it: when the monitor would publish it
+    learning: bool  # opened by the guard threshold while the station learned its baseline
+
+
 def run_lifecycle(scores: np.ndarray, thresholds: np.ndarray, data: WindowArrays, open_after: int = OPEN_AFTER,
-                  close_after: int = CLOSE_AFTER) -> list[tuple[str, float, float]]:
-    """Events (asset, start, end) from the monitor's hysteresis lifecycle over each asset's windows."""
+                  close_after: int = CLOSE_AFTER, judged: np.ndarray | None = None,
+                  learning: np.ndarray | None = None) -> list[EvalEvent]:
+    """Events from the monitor's hysteresis lifecycle over each asset's windows."""
     from services.monitor.lifecycle import EventLifecycle, ScoredWindow
 
-    events: list[tuple[str, float, float]] = []
+    events: list[EvalEvent] = []
     w = data.features.window_s
+    judged = np.ones(len(data), bool) if judged is None else judged
+    learning = np.zeros(len(data), bool) if learning is None else learning
     for a, asset in enumerate(data.assets):
         idx = np.flatnonzero(data.asset_idx == a)
         idx = idx[np.argsort(data.start[idx])]
         life = EventLifecycle(open_after=open_after, close_after=close_after)
+        opened: dict[str, tuple[float, bool]] = {}
         for i in idx:
             s = float(scores[i]) if np.isfinite(scores[i]) else -1e9
-            for ch in life.update(ScoredWindow(asset, float(data.start[i]), float(data.start[i] + w), s, float(thresholds[i]), "eval")):
+            sw = ScoredWindow(asset, float(data.start[i]), float(data.start[i] + w), s, float(thresholds[i]), "eval",
+                              learning=bool(learning[i]), judged=bool(judged[i]))
+            for ch in life.update(sw):
+                if ch.change == "opened":
+                    opened[ch.data.event_id] = (sw.end, ch.data.learning)
                 if ch.change == "closed":
-                    events.append((asset, ch.data.start_time.timestamp(), ch.data.end_time.timestamp()))
+                    at, was_learning = opened.pop(ch.data.event_id)
+                    events.append(EvalEvent(asset, ch.data.start_time.timestamp(), ch.data.end_time.timestamp(), at,
+                                            was_learning))
         st = life.state(asset)
         if st["open"] is not None:  # still open at the end of the run
-            events.append((asset, st["open"]["start"], st["open"]["end"]))
+            at, was_learning = opened[st["open"]["id"]]
+            events.append(EvalEvent(asset, st["open"]["start"], st["open"]["end"], at, was_learning))
     return events
 
 
-def event_metrics(events: list[tuple[str, float, float]], faults: list[dict], asset_hours: float, window_s: float,
-                  kinds: list[str]) -> dict:
-    slack = window_s  # a window ending just after a fault still shows it
-    detected = []
-    for f in faults:
-        hit = any(a == f["asset"] and s < f["end"] + slack and f["start"] < e for a, s, e in events)
-        detected.append(hit)
-    false = [ev for ev in events
-             if not any(ev[0] == f["asset"] and ev[1] < f["end"] + slack and f["start"] - slack < ev[2] for f in faults)]
+def classify_event(ev: EvalEvent, faults: list[dict], window_s: float) -> tuple[str, int | None]:
+    """("detection", fault index) | ("late", fault index) | ("false", None) — the counting rule above."""
+    late = None
+    for j, f in enumerate(faults):
+        if f["asset"] != ev.asset or not (f["start"] <= ev.opened_at <= f["end"] + window_s):
+            continue
+        if ev.opened_at <= f["start"] + DETECT_WITHIN_S:
+            return "detection", j
+        late = j
+    return ("late", late) if late is not None else ("false", None)
+
+
+def shift_of(t: float) -> str:
+    return SHIFT_NAMES[int((t - SHIFT_ORIGIN_S) // SHIFT_S) % 3]
+
+
+def near_handover(t: float) -> bool:
+    into = (t - SHIFT_ORIGIN_S) % SHIFT_S
+    return min(into, SHIFT_S - into) <= HANDOVER_S
+
+
+def asset_hours_by_shift(data: WindowArrays) -> dict[str, float]:
+    hop = _hop(data)
+    shifts = [shift_of(float(t)) for t in data.start]
+    return {name: shifts.count(name) * hop / 3600.0 for name in SHIFT_NAMES}
+
+
+def event_metrics(events: list[EvalEvent], faults: list[dict], asset_hours: float, window_s: float,
+                  kinds: list[str], hours_by_shift: dict[str, float] | None = None) -> dict:
+    detected = [False] * len(faults)
+    false: list[EvalEvent] = []
+    late = 0
+    for ev in events:
+        verdict, j = classify_event(ev, faults, window_s)
+        if verdict == "detection":
+            detected[j] = True
+        elif verdict == "late":
+            late += 1
+        else:
+            false.append(ev)
     by_kind = {}
     for k in kinds:
         hits = [d for d, f in zip(detected, faults) if f["kind"] == k]
         by_kind[k] = float(np.mean(hits)) if hits else float("nan")
+    by_shift = {}
+    for name, hours in (hours_by_shift or {}).items():
+        n = sum(shift_of(ev.opened_at) == name for ev in false)
+        by_shift[name] = n / hours if hours > 0 else float("nan")
     return {"recall": float(np.mean(detected)) if detected else float("nan"), "recall_by_kind": by_kind,
-            "false_events": len(false), "false_per_asset_hour": len(false) / max(asset_hours, 1e-9), "events": len(events)}
+            "false_events": len(false), "false_per_asset_hour": len(false) / max(asset_hours, 1e-9), "events": len(events),
+            "late_events": late, "learning_events": sum(ev.learning for ev in events), "false_by_shift": by_shift,
+            "false_at_handover": sum(near_handover(ev.opened_at) for ev in false)}
 
 
 def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowArrays, budget_events: float = 1.0,
@@ -188,6 +259,7 @@ def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowAr
     faults = test.meta.get("ground_truth", [])
     duration = float(test.meta.get("spec", {}).get("duration_s", (test.start.max() - test.start.min() + 2)))
     asset_hours = len(test.assets) * duration / 3600.0
+    hours_by_shift = asset_hours_by_shift(test)
     tables = tables or component_tables(models, calib, test, device)
     results = []
     positives, negatives = {}, 0
@@ -196,18 +268,23 @@ def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowAr
         (cc, cm), (tc, tm) = tables[variant]
         raw_c = variant_raw(model, cc, cm, comps, calib)
         raw_t = variant_raw(model, tc, tm, comps, test)
+        base = model.cfg.baseline
+        raw_c = np.where(table_phases(calib.asset_idx, calib.start, base)[0], np.nan, raw_c)  # as calibrate_model
+        learning, judged = table_phases(test.asset_idx, test.start, base)
         cal = calibrate(raw_c, np.array(calib.assets)[calib.asset_idx], calib.start, budget_events=budget_events,
                         budget_hours=budget_hours, hop_s=_hop(calib), open_after=open_after, close_after=close_after,
                         per_asset=per_asset)
         test_assets = np.array(test.assets)[test.asset_idx]
         scores = np.array([float(cal.normalise(a, r)) for a, r in zip(test_assets, raw_t)])
-        thresholds = np.array([cal.threshold(a) for a in test_assets])
-        auroc, auprc, positives, negatives = window_metrics(scores, test, kinds)
-        events = run_lifecycle(scores, thresholds, test, open_after, close_after)
-        em = event_metrics(events, faults, asset_hours, test.features.window_s, kinds)
+        thresholds = np.array([cal.threshold(a) for a in test_assets]) * np.where(learning, model.cfg.learning_guard, 1.0)
+        auroc, auprc, positives, negatives = window_metrics(np.where(judged, scores, np.nan), test, kinds)
+        events = run_lifecycle(scores, thresholds, test, open_after, close_after, judged=judged, learning=learning)
+        em = event_metrics(events, faults, asset_hours, test.features.window_s, kinds, hours_by_shift)
         results.append(RowResult(name, auroc, auprc, em["recall"], em["recall_by_kind"], em["false_events"],
                                  em["false_per_asset_hour"], em["events"], cal.pooled.threshold,
-                                 {"tail": asdict(cal.tail), "loc": cal.pooled.loc, "scale": cal.pooled.scale}))
+                                 {"tail": asdict(cal.tail), "loc": cal.pooled.loc, "scale": cal.pooled.scale},
+                                 late_events=em["late_events"], learning_events=em["learning_events"],
+                                 false_by_shift=em["false_by_shift"], false_at_handover=em["false_at_handover"]))
     return EvalReport(results, kinds, sorted(k for k in kinds if k in CROSS_MODAL_KINDS), positives, negatives,
                       test=test.meta.get("spec", {}), calibration_data=calib.meta.get("spec", {}), asset_hours=asset_hours)
 
@@ -233,9 +310,14 @@ def render(report: EvalReport):
     table.add_row("mean AUPRC", *[_fmt(np.nanmean(list(r.auprc.values()))) for r in report.rows])
     table.add_row("event recall", *[_fmt(r.recall) for r in report.rows])
     table.add_row("false events / asset-h", *[f"{r.false_per_asset_hour:.2f}" for r in report.rows])
-    table.add_row("events (false)", *[f"{r.events} ({r.false_events})" for r in report.rows])
+    table.add_row("events (false, late)", *[f"{r.events} ({r.false_events}, {r.late_events})" for r in report.rows])
+    for shift in SHIFT_NAMES:
+        table.add_row(f"false / asset-h, {shift}", *[_fmt(r.false_by_shift.get(shift)) for r in report.rows])
+    table.add_row("false at handovers", *[str(r.false_at_handover) for r in report.rows])
     table.caption = (f"× cross-modal kind. Negatives: {report.negatives} normal windows; "
-                     f"{report.asset_hours:.2f} asset-hours. Thresholds from a separate normal validation run.")
+                     f"{report.asset_hours:.2f} asset-hours. Thresholds from a separate normal validation run. "
+                     f"Detection: an event opening within {DETECT_WITHIN_S:.0f} s of a fault's start; false: any "
+                     "other event but those opening later inside a fault (late).")
     return table
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from models import checkpoint
+from models.adaptation import table_phases
 from models.calibration import Calibration, calibrate
 from models.data import WindowArrays
 from models.features import FeatureConfig
@@ -32,7 +33,7 @@ from models.train import (TrainConfig, TrainResult, clear_train_state, component
                           fit_intra_statistics, fit_normalisers, train)
 from schemas.errors import ConfigError
 from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
-from services.training.dataset import SimSpec, simulate_dataset
+from services.training.dataset import DAY_START, SimSpec, simulate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,19 @@ RECIPES: dict[str, Recipe] = {
         steps=dict(intra_steps=8, fusion_steps=8, frames_per_step=8, windows_per_step=16, checkpoint_every=4),
         description="seconds; for tests and smoke runs (the model is not useful)"),
     "quick": Recipe(
-        "quick", SimSpec(assets=8, seed=11, duration_s=150), SimSpec(assets=4, seed=12, duration_s=240),
-        SimSpec(assets=4, seed=13, duration_s=600, faults="all"),
+        "quick", SimSpec(assets=8, seed=11, duration_s=180, day_slices=3, start_time=DAY_START),
+        SimSpec(assets=4, seed=12, duration_s=360, day_slices=3, start_time=DAY_START),
+        SimSpec(assets=4, seed=13, duration_s=900, faults="all", day_slices=3, start_time=DAY_START, lead_in_s=150),
         model=INSPECTION_VIEW, steps=dict(intra_steps=300, detail_steps=1500, fusion_steps=300),
         description="a few minutes on 2 CPU cores; what `fusionwatch up` trains on first start"),
     "standard": Recipe(
-        "standard", SimSpec(assets=10, seed=1, duration_s=480), SimSpec(assets=8, seed=2, duration_s=300),
-        # seed 3 (same size) was the validation run that design choices were checked on; the
-        # reported test seed 5 was not looked at before the final run
-        SimSpec(assets=6, seed=5, duration_s=900, faults="all"),
+        # every run spans the day (6 slices, centred on 06:00, 10:00, ... 02:00 UTC: every shift's
+        # light and lens dirt, each handover); the test run's stations learn their baselines first
+        "standard", SimSpec(assets=10, seed=1, duration_s=600, day_slices=6, start_time=DAY_START),
+        SimSpec(assets=8, seed=2, duration_s=480, day_slices=6, start_time=DAY_START),
+        # seed 3 (same size) is the validation run design choices are checked on; the test seed 41
+        # was written into docs/model.md before its one run (seeds 5 and earlier were looked at)
+        SimSpec(assets=6, seed=41, duration_s=1800, faults="all", day_slices=6, start_time=DAY_START, lead_in_s=150),
         model=INSPECTION_VIEW, steps=dict(intra_steps=600, detail_steps=12000, fusion_steps=600),
         description="the evaluated recipe: <= 20 min on 2 CPU cores"),
 }
@@ -155,6 +160,9 @@ def calibrate_model(model: FusionModel, calib_data: WindowArrays, per_asset: boo
                     table: tuple[np.ndarray, np.ndarray] | None = None, **kw: Any) -> Calibration:
     comps, masks = table if table is not None else component_table(model, calib_data, device=device)
     raw, _, _ = model.combine_arrays(comps, masks, windows=(calib_data.asset_idx, calib_data.start))
+    # thresholds are for watching assets: windows scored while a baseline is learned do not count
+    learning, _ = table_phases(calib_data.asset_idx, calib_data.start, model.cfg.baseline)
+    raw = np.where(learning, np.nan, raw)
     assets = np.array(calib_data.assets)[calib_data.asset_idx]
     hop = float(calib_data.meta.get("spec", {}).get("hop_s", 1.0))
     return calibrate(raw, assets, calib_data.start, per_asset=per_asset, hop_s=hop, **kw)
