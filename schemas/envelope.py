@@ -53,9 +53,9 @@ EVENT_CE_TYPE = "io.fusionwatch.anomaly.v1"
 # pre-create their counters from it). docs/contract.md explains each one to producers.
 REJECT_REASONS = (
     "empty_value", "value_too_large", "duplicate_header", "bad_header", "missing_header", "bad_specversion",
-    "bad_type", "bad_content_type", "bad_key", "key_mismatch", "bad_time", "time_out_of_range",
+    "bad_type", "bad_content_type", "bad_key", "key_mismatch", "bad_time", "time_out_of_range", "time_in_future",
     "corrupt_image", "truncated_image", "image_too_large", "image_too_small", "decompression_bomb",
-    "corrupt_audio", "bad_audio_format", "bad_sample_rate", "bad_channels", "audio_too_long",
+    "corrupt_audio", "bad_audio_values", "bad_audio_format", "bad_sample_rate", "bad_channels", "audio_too_long",
     "log_too_large", "not_utf8", "empty_log", "bad_json", "decode_error",
 )
 
@@ -70,6 +70,13 @@ class ContractLimits:
     max_sample_rate: int = 192_000
     max_log_bytes: int = 16 * 1024
     max_clock_skew_s: float = 24 * 3600.0
+    # how far ahead of the consumer's clock a record may be stamped (producer clock skew). Legit
+    # records are stamped at capture, so they are never ahead by more than the clocks disagree; one
+    # stamped hours ahead would hold its asset's windows open (time_in_future)
+    max_future_skew_s: float = 10.0
+    # float WAV samples are nominally in [-1, 1]; a little headroom is normal (an unclipped mix),
+    # values far outside are a broken or hostile device and overflow the features (3e38 squared is inf)
+    max_float_sample: float = 8.0
     # Decoded pixels per encoded byte above which a large image is treated as a decompression
     # bomb. Camera frames compress 5-30:1 (JPEG) or 1.5-3:1 (PNG); a flat 4000x4000 PNG is ~1000:1.
     max_pixels_per_byte: float = 200.0
@@ -290,6 +297,9 @@ def _envelope(kind: Kind, key: bytes | None, value: bytes | None, headers, now: 
     if abs(t - now) > limits.max_clock_skew_s:
         raise _Reject("time_out_of_range", f"ce_time {h['ce_time']} is {(t - now) / 3600:+.1f} h from the consumer clock "
                                             f"(limit ±{limits.max_clock_skew_s / 3600:.0f} h)")
+    if t - now > limits.max_future_skew_s:
+        raise _Reject("time_in_future", f"ce_time {h['ce_time']} is {t - now:.1f} s ahead of the consumer clock "
+                                         f"(limit {limits.max_future_skew_s:g} s); sync the source's clock (NTP)")
     return Envelope(kind, h["ce_id"], h["ce_source"], key_text, t, content_type, h.get("ce_sequence"))
 
 
@@ -381,15 +391,94 @@ def _decode_with_pillow(img, fmt: str, target: tuple[int, int]) -> np.ndarray:
 
 def _decode_audio(value: bytes, limits: ContractLimits, options: DecodeOptions) -> AudioPayload:
     samples, rate, channels = parse_wav(value, limits)
+    # checked before anything is computed from the samples: a mean or a resampling filter of 3e38
+    # overflows to inf, and NaN/inf would poison every feature and statistic downstream
+    if not np.all(np.isfinite(samples)):
+        raise _Reject("corrupt_audio", "audio contains NaN or infinite samples")
+    peak = float(np.max(np.abs(samples)))
+    if peak > limits.max_float_sample:
+        raise _Reject("bad_audio_values", f"float samples reach {peak:.3g}, outside ±{limits.max_float_sample:g} "
+                                          "(float WAV is expected in [-1, 1])")
     mono = samples.mean(axis=1) if channels > 1 else samples[:, 0]
     if rate != options.sample_rate:
+        mono = resample(mono, rate, options.sample_rate)
+    return AudioPayload(np.ascontiguousarray(mono, dtype=np.float32), options.sample_rate, rate, channels)
+
+
+# ── resampling ──────────────────────────────────────────────────────────────────────────────
+# torchaudio's resampler builds a kernel of (target/g) x (rate/g) phases, g = gcd(rate, target):
+# tiny for 48 kHz or 44.1 kHz, but for a rate coprime with the target (16001 Hz) it is 16000 x 16001
+# floats — seconds of CPU and gigabytes per record. Such rates go to a windowed-sinc interpolator
+# with a fixed number of taps per output sample instead: O(n) work and memory for any rate.
+MAX_POLYPHASE_KERNEL = 1 << 20  # entries of torchaudio's kernel (4 MB); 44.1 kHz -> 16 kHz needs ~7,000
+SINC_HALF_TAPS = 16  # zero crossings on each side of the interpolation kernel
+SINC_BLOCK_ENTRIES = 1 << 17  # (output samples x taps) computed per block: bounds the temporary arrays (~5 MB)
+
+
+@dataclass(frozen=True)
+class ResamplePlan:
+    method: str  # "none", "polyphase" (torchaudio) or "sinc"
+    kernel_entries: int  # filter coefficients held at once
+    taps_per_output: int  # multiply-adds per output sample
+
+
+def resample_plan(rate: int, target: int) -> ResamplePlan:
+    """How `resample` converts `rate` to `target`, and what it costs per output sample."""
+    import math
+
+    if rate == target:
+        return ResamplePlan("none", 0, 0)
+    g = math.gcd(rate, target)
+    up, down = target // g, rate // g
+    width = math.ceil(6 * down / min(up, down) / 0.99)  # torchaudio's default lowpass_filter_width=6, rolloff .99
+    entries = up * (down + 2 * width)
+    if entries <= MAX_POLYPHASE_KERNEL:
+        return ResamplePlan("polyphase", entries, down + 2 * width)
+    half = _sinc_half_width(rate, target)
+    return ResamplePlan("sinc", _sinc_rows(half) * 2 * half, 2 * half)
+
+
+def _sinc_half_width(rate: int, target: int) -> int:
+    import math
+
+    cutoff = min(1.0, target / rate)  # low-pass at the lower Nyquist
+    return math.ceil(SINC_HALF_TAPS / cutoff)
+
+
+def _sinc_rows(half: int) -> int:
+    return max(64, SINC_BLOCK_ENTRIES // (2 * half))
+
+
+def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Mono float32 `x` at `rate` -> `target` Hz; output length ceil(len * target / rate)."""
+    plan = resample_plan(rate, target)
+    if plan.method == "none":
+        return x
+    if plan.method == "polyphase":
         import torch
         import torchaudio.functional as AF
 
-        mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, options.sample_rate).numpy()
-    if not np.all(np.isfinite(mono)):
-        raise _Reject("corrupt_audio", "audio contains NaN or infinite samples")
-    return AudioPayload(np.ascontiguousarray(mono, dtype=np.float32), options.sample_rate, rate, channels)
+        return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), rate, target).numpy()
+    return _sinc_resample(np.asarray(x, dtype=np.float32), rate, target)
+
+
+def _sinc_resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    n_out = -(-len(x) * target // rate)
+    cutoff = min(1.0, target / rate) * 0.99
+    half = _sinc_half_width(rate, target)
+    offsets = np.arange(-half + 1, half + 1)
+    padded = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + 1, np.float32)])
+    out = np.empty(n_out, np.float32)
+    rows = _sinc_rows(half)
+    for lo in range(0, n_out, rows):
+        k = np.arange(lo, min(lo + rows, n_out))
+        pos = k * (rate / target)  # where output sample k sits on the input's sample grid
+        base = np.floor(pos).astype(np.int64)
+        d = (pos - base)[:, None] - offsets[None, :]  # distance to each tap, in input samples
+        window = 0.5 * (1 + np.cos(np.pi * np.clip(d / (half + 1), -1, 1)))  # Hann over the kernel span
+        h = (cutoff * np.sinc(cutoff * d) * window).astype(np.float32)
+        out[lo: lo + len(k)] = np.einsum("ij,ij->i", padded[base[:, None] + offsets[None, :] + half], h)
+    return out
 
 
 def parse_wav(value: bytes, limits: ContractLimits = ContractLimits()) -> tuple[np.ndarray, int, int]:
