@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # metrics/rules tests. Speech comes from the espeakng-loader wheel; PyAV bundles FFmpeg.
 DEBS   := chromium chromium-driver prometheus
 
-.PHONY: run test test-all faults bench venv sysdeps lock clean help
+.PHONY: run test test-all faults poison bench venv sysdeps lock clean help
 
 help:            ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,9 +18,13 @@ help:            ## show this help
 run: venv        ## set up and run the whole stack on the embedded defaults (Ctrl-C stops it)
 	$(BIN)/fusionwatch up
 
-test: venv sysdeps  ## set up and run the tests: the default suite, then the fault-injection suite
+test: venv sysdeps  ## set up and run the tests: the default suite, then the poison and fault-injection suites
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m poison
 	$(BIN)/python -m pytest -q -m faults
+
+poison: venv sysdeps  ## the poison suite alone (every hostile record kind through a real broker and monitor)
+	$(BIN)/python -m pytest -q -m poison
 
 faults: venv sysdeps  ## the fault-injection suite alone (real processes killed, frozen, cut off)
 	$(BIN)/python -m pytest -q -m faults

@@ -3,11 +3,14 @@ details; services write through `session_scope` and keep their queries next to t
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import parse_qsl, unquote
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
@@ -19,12 +22,57 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "schemas" / "migrations"
 
 
+# query parameters of a database URL that carry secrets (libpq: password, sslpassword; others: pwd…)
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|credential", re.I)
+MASK = "***"
+
+
+def _json_strict(value) -> str:
+    # NaN/inf are not JSON: PostgreSQL refuses them (and the whole transaction) and the review
+    # page's JSON.parse fails on what SQLite would have stored. Refuse them on every backend alike.
+    return json.dumps(value, allow_nan=False)
+
+
+def url_secrets(url) -> list[str]:
+    """Every secret a database URL carries: the password, and query parameters named like one."""
+    text = str(url) if not hasattr(url, "render_as_string") else url.render_as_string(hide_password=False)
+    out = []
+    userinfo = re.match(r"^[^:/]+://([^@/?#]*)@", text)
+    if userinfo and ":" in userinfo.group(1):
+        out.append(userinfo.group(1).split(":", 1)[1])
+    query = text.split("?", 1)[1] if "?" in text else ""
+    out += [v for k, v in parse_qsl(query, keep_blank_values=False) if _SECRET_PARAM.search(k)]
+    return [x for s in out if s for x in {s, unquote(s)}]
+
+
+def safe_url(url) -> str:
+    """A database URL fit to print: the password in the user part and in every query parameter
+    named like a secret (`?password=`, `sslpassword`, …) replaced with ***."""
+    text = str(url) if not hasattr(url, "render_as_string") else url.render_as_string(hide_password=False)
+    text = re.sub(r"^([^:/]+://[^:@/?#]*:)[^@/?#]*@", rf"\1{MASK}@", text)
+    if "?" in text:
+        base, query = text.split("?", 1)
+        parts = []
+        for part in query.split("&"):
+            name, eq, _ = part.partition("=")
+            parts.append(f"{name}={MASK}" if eq and _SECRET_PARAM.search(unquote(name)) else part)
+        text = base + "?" + "&".join(parts)
+    return text
+
+
+def redact(message: str, url) -> str:
+    """`message` (e.g. a driver's error) with every secret of `url` replaced by ***."""
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        message = message.replace(secret, MASK)
+    return message
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_json_strict)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _):
@@ -38,7 +86,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}, json_serializer=_json_strict)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -64,8 +112,8 @@ def wait_for_database(engine: Engine, timeout_s: float = 30.0) -> None:
         except OperationalError as e:
             if time.monotonic() > deadline:
                 raise DependencyUnavailable(
-                    f"the database at {engine.url.render_as_string(hide_password=True)} did not answer within "
-                    f"{timeout_s:.0f} s ({e.orig}); check FW_DATABASE_URL and that the server runs"
+                    f"the database at {safe_url(engine.url)} did not answer within "
+                    f"{timeout_s:.0f} s ({redact(str(e.orig), engine.url)}); check FW_DATABASE_URL and that the server runs"
                 ) from None
             log.warning("database not reachable yet, retrying in %.1f s", delay)
             time.sleep(delay)

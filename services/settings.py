@@ -81,6 +81,11 @@ class MonitorSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # per asset and input topic, per second of event time (a backlog read fast is not a flood)
     per_asset_max_records_per_s: float = 200.0
+    # a record stamped more than this ahead of the monitor's clock is dead-lettered as time_in_future
+    # (records are stamped at capture, so only clock skew puts them ahead); none moves a watermark
+    max_future_skew_s: float = Field(10.0, ge=0)
+    # /readyz turns unready once SQL commits have kept failing this long (an outage, a refused batch)
+    commit_failing_unready_s: float = Field(5.0, ge=0)
     # False: the consume thread waits for each batch's score + SQL commit before reading on (the
     # naive baseline of `fusionwatch bench pipeline`); True overlaps consumption with scoring
     overlap: bool = True
@@ -95,6 +100,11 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     token: SecretStr | None = None
+    # request bodies above this are refused (413) before authentication or parsing
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    # a manual threshold must lie within these factors of the asset's calibrated threshold
+    threshold_min_factor: float = Field(0.5, gt=0, le=1)
+    threshold_max_factor: float = Field(4.0, ge=1)
 
 
 class RecalibrationSettings(BaseModel):
@@ -112,6 +122,8 @@ class RecalibrationSettings(BaseModel):
 
 class MetricsSettings(BaseModel):
     host: str = "127.0.0.1"
+    # bearer token /metrics requires when bound off loopback (default: FW_API_TOKEN)
+    token: SecretStr | None = None
     # each service adds its own offset so several can run on one box
     base_port: int = 9400
     # this process's port, overriding base_port + offset (e.g. a second monitor on the same box)
@@ -249,9 +261,6 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
 
 
 def _mask_url_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from services.db import safe_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: show nothing after a scheme's credentials
-        return url.split("@", 1)[-1] if "@" in url else url
+    return safe_url(url)

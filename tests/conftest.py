@@ -111,3 +111,14 @@ def pg_url():
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request):
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The poison suite's ledger (tests/test_poison.py), when it ran."""
+    import sys
+
+    mod = sys.modules.get("tests.test_poison")
+    if mod is not None and mod.LEDGERS:
+        terminalreporter.section("poison ledger")
+        for line in mod.LEDGERS:
+            terminalreporter.write_line(line)

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import ConfigError
 from services import db
+from services.db import safe_url
 from services.api.auth import LOOPBACK_HOSTS, Auth, Unauthorized
 from services.api.context import ApiContext, ApiError
 from services.api.routes import admin, events, media
@@ -104,7 +105,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def db_down(_: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error: %s", exc.orig)
+        log.error("database error: %s", db.redact(str(exc.orig), app.state.ctx.engine.url))
         return _error(503, "the database is not reachable right now; retry shortly (see /readyz)")
 
     @app.exception_handler(Exception)
@@ -116,7 +117,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _check_schema(ctx: ApiContext) -> None:
     db.wait_for_database(ctx.engine, ctx.settings.database.connect_timeout_s)
     if not inspect(ctx.engine).has_table("events"):
-        raise ConfigError(f"the database at {ctx.engine.url.render_as_string(hide_password=True)} has no fusionwatch "
+        raise ConfigError(f"the database at {safe_url(ctx.engine.url)} has no fusionwatch "
                           "tables; run `fusionwatch db upgrade` first")
 
 

@@ -87,6 +87,7 @@ def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str |
             "kafka": kafka_reachable(settings.kafka, bootstrap, topics.inputs),
             "database": database_reachable(engine),
             "assigned": lambda: CheckResult(monitor.ready.is_set(), "waiting for partitions"),
+            "commits": lambda: CheckResult(*monitor.commit_health()),
         })
     relay = OutboxRelay(engine, make_producer(settings.kafka, bootstrap), topics.events)
     relay_thread = threading.Thread(target=relay.run, args=(stop,), name="fw-outbox", daemon=True)

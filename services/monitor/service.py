@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kafka import TopicPartition
+from kafka.errors import CorruptRecordError
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.net.selector import KernelEvent
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, IntegrityError, DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NotSupportedError, OperationalError, ProgrammingError, \
+    StatementError
 
 from models.inputs import WindowInputs
 from schemas.envelope import Accepted, ContractLimits, DecodeOptions, Kind, decode
@@ -41,7 +43,10 @@ from schemas.events import Attribution
 from services.kafka import Topics, make_consumer, make_producer
 from services.monitor.lifecycle import EventLifecycle, ScoredWindow
 from services.monitor.ratelimit import AssetRateLimiter
-from services.monitor.sink import AssetSnapshot, CallPoint, CommitBatch, Fenced, SqlSink
+from schemas.errors import FusionwatchError
+from services.db import redact
+from services.monitor.dlq import DeadLetters
+from services.monitor.sink import AssetSnapshot, CallPoint, CommitBatch, Fenced, NonFiniteValue, SqlSink, find_nonfinite
 from services.monitor.windows import AlignedWindow, Position, WindowAligner
 from services.observability import metrics as m
 from services.settings import Settings
@@ -92,22 +97,25 @@ class MonitorStats:
     events_closed: int = 0
     commits: int = 0
     fenced: int = 0
+    corrupt: int = 0  # ... records the Kafka client could not parse, skipped by offset (also in rejected)
+    nonfinite: int = 0  # scored windows or states dropped for NaN/inf
     latencies: list[float] = field(default_factory=list)  # window close → committed, seconds
 
 
 class Monitor:
     def __init__(self, settings: Settings, bootstrap: str, engine: Engine, scorer: Scorer,
-                 topics: Topics | None = None, group_id: str | None = None, limits: ContractLimits = ContractLimits(),
+                 topics: Topics | None = None, group_id: str | None = None, limits: ContractLimits | None = None,
                  on_change=None):
         self.settings, self.cfg = settings, settings.monitor
         self.bootstrap, self.scorer = bootstrap, scorer
         self.topics = topics or Topics.from_settings(settings.kafka)
         self.group_id = group_id or self.cfg.group_id
-        self.limits = limits
+        self.limits = limits or ContractLimits(max_future_skew_s=self.cfg.max_future_skew_s)
         self.kind_of = {self.topics.frames: Kind.FRAME, self.topics.audio: Kind.AUDIO, self.topics.logs: Kind.LOG}
         self.sink = SqlSink(engine, self.group_id)
+        # wall_clock: no record stamped ahead of the consumer's clock moves an asset's watermark
         self.aligner = WindowAligner(self.cfg.window_s, self.cfg.hop_s, self.cfg.allowed_lateness_s,
-                                     self.cfg.modality_timeout_s)
+                                     self.cfg.modality_timeout_s, wall_clock=time.time)
         self.lifecycle = EventLifecycle(self.cfg.open_after, self.cfg.close_after)
         # the scorer's per-asset stream state (log memory, adaptation), committed with the rest
         self._scorer_state = hasattr(scorer, "stream_state")
@@ -138,12 +146,17 @@ class Monitor:
         self._past_end: dict[TP, float] = {}  # when a position was first seen past the log end
         self._topic_ids: dict[TP, Any] = {}  # topic id when last assigned: detects re-created topics
         self.ready = threading.Event()  # model loaded and partitions assigned
+        self._stop = threading.Event()  # the run's stop flag: retry loops give up when it is set
+        self._failing_since: float | None = None  # monotonic time of the first failed commit of a run of them
+        self._failure = ""
+        self._good_state: dict[str, dict] = {}  # asset -> scorer stream state last committed (or restored)
         self.consumer = None
         self.dlq = None
 
     # ── consume thread ─────────────────────────────────────────────────────────────────────
     def run(self, stop: threading.Event) -> MonitorStats:
-        self.dlq = make_producer(self.settings.kafka, self.bootstrap)
+        self._stop = stop
+        self.dlq = DeadLetters(make_producer(self.settings.kafka, self.bootstrap), self.topics.dlq)
         self.consumer = make_consumer(self.settings.kafka, self.bootstrap, self.group_id)
         self.consumer.subscribe(list(self.topics.inputs), listener=_RebalanceListener(self))
         writer = threading.Thread(target=self._score_loop, name="fw-score", daemon=True)
@@ -153,7 +166,11 @@ class Monitor:
                 if self._writer_error:
                     raise self._writer_error
                 self._drain_feedback()
-                polled = self.consumer.poll(timeout_ms=50, max_records=self.settings.kafka.max_poll_records)
+                try:
+                    polled = self.consumer.poll(timeout_ms=50, max_records=self.settings.kafka.max_poll_records)
+                except CorruptRecordError as e:  # the client cannot parse a record: skip it, never stop
+                    self._skip_corrupt(e)
+                    continue
                 # records fetched before an assignment was applied were read from Kafka's position,
                 # not ours: they are read again after the seek to the stored offset
                 fresh = self._apply_assignments()
@@ -210,13 +227,26 @@ class Monitor:
             self.stats.rejected += 1
         m.observe_rejected(tp.topic, reason)
         log.warning("dead-lettered %s[%d]@%d: %s (%s)", tp.topic, tp.partition, rec.offset, reason, detail)
-        headers = [(k, v) for k, v in (rec.headers or []) if not k.startswith("fw_")] + [
-            ("fw_error", f"{reason}: {detail}".encode()[:1000]),
-            ("fw_original_topic", tp.topic.encode()),
-            ("fw_original_partition", str(tp.partition).encode()),
-            ("fw_original_offset", str(rec.offset).encode()),
-        ]
-        self.dlq.send(self.topics.dlq, key=rec.key, value=rec.value, headers=headers)
+        self.dlq.send(tp.topic, tp.partition, rec.offset, rec.key, rec.value, rec.headers, reason, detail)
+
+    def _skip_corrupt(self, error: CorruptRecordError) -> None:
+        """poll() raised because the client could not parse a record (e.g. a header name that is not
+        UTF-8): it raises again on every poll and every restart. Find the record, dead-letter what is
+        known of it (the client keeps no bytes of it), and seek past it."""
+        where = _corrupt_position(self.consumer)
+        if where is None or (where[0].topic, where[0].partition) not in self._assigned:
+            raise FusionwatchError(f"the Kafka client cannot parse a fetched record and does not say which ({error}); "
+                                   "inspect the input topics and skip the record with a consumer-group offset reset") from error
+        tp, offset = where
+        key: TP = (tp.topic, tp.partition)
+        self._last_seen[key] = offset
+        self.stats.records += 1
+        self.stats.corrupt += 1
+        m.RECORDS_CONSUMED.labels(topic=tp.topic).inc()
+        m.CORRUPT_RECORDS.labels(topic=tp.topic).inc()
+        self._dead_letter(tp, _Unreadable(offset), "corrupt_record", f"the Kafka client could not parse the record "
+                                                                      f"({str(error)[:300]}); skipped")
+        self.consumer.seek(tp, offset + 1)
 
     def _maybe_cut(self, force: bool = False) -> None:
         """Cut a batch: enough windows, waited long enough, or offsets to move on."""
@@ -486,6 +516,7 @@ class Monitor:
                     if item is None:
                         return
                     if isinstance(item, _Restore):
+                        self._good_state.update(item.states)
                         for asset, state in item.states.items():
                             self.lifecycle.restore(asset, {k: v for k, v in state.items() if k not in _NOT_LIFECYCLE})
                             if self._scorer_state:
@@ -515,15 +546,21 @@ class Monitor:
                 for asset in {w.inputs.asset for w in chunk}:
                     m.set_adaptation(asset, self.scorer.adaptation(asset))
             for w, s in zip(chunk, scores):
+                where = find_nonfinite(s)
+                if where:  # a NaN must not reach the lifecycle, the state or SQL: drop the window, count it
+                    self._drop_nonfinite("window", w.inputs.asset, f"window {w.inputs.start:.0f}: score field {where}")
+                    continue
                 changes.extend(self.lifecycle.update(self._scored_window(w, s)))
                 if self.call_centre and s.frustration is not None and s.sentiment:
                     calls.setdefault(w.inputs.asset, []).append(
                         CallPoint(w.inputs.end, s.sentiment, float(s.frustration), w.inputs.start))
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
-            a: AssetSnapshot(part, nxt, expected, self._asset_state(a))
+            a: AssetSnapshot(part, nxt, expected, self._finite_state(a))
             for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids)
         self.dlq.flush()  # dead letters must be durable before the offsets that skip them
-        self._commit_with_retry(snapshot)
+        if not self._commit_with_retry(snapshot):
+            return  # stopping: nothing of this batch was committed; its records are read again
+        self._good_state.update({a: snap.lifecycle for a, snap in snapshot.assets.items()})
         now = time.time()
         for w in batch.windows:
             lat = now - w.closed_at
@@ -551,18 +588,56 @@ class Monitor:
             state.update(self.scorer.stream_state(asset))
         return state
 
+    def _finite_state(self, asset: str) -> dict:
+        """The asset's state to commit; a non-finite one (a model statistic overflowed) is never
+        written: the scorer's stream state goes back to the last committed one, and the asset
+        keeps scoring from there."""
+        state = self._asset_state(asset)
+        where = find_nonfinite(state)
+        if not where:
+            return state
+        self._drop_nonfinite("state", asset, f"state field {where}")
+        good = self._good_state.get(asset)
+        if self._scorer_state:
+            if good is not None:
+                self.scorer.restore_stream(asset, good)
+            else:
+                self.scorer.forget_stream(asset)
+        state = self._asset_state(asset)
+        if find_nonfinite(state):  # the lifecycle itself (it only ever sees finite windows)
+            raise NonFiniteValue(f"the event lifecycle state of asset {asset} is not finite after a roll-back")
+        return state
+
+    def _drop_nonfinite(self, what: str, asset: str, detail: str) -> None:
+        self.stats.nonfinite += 1
+        m.NONFINITE_DROPPED.labels(what=what).inc()
+        log.warning("asset %s: %s is NaN or infinite; dropped (not scored, not stored)", asset, detail)
+
+    def commit_health(self) -> tuple[bool, str]:
+        """Readiness: False once SQL commits have kept failing for `commit_failing_unready_s`."""
+        since = self._failing_since
+        if since is None or time.monotonic() - since < self.cfg.commit_failing_unready_s:
+            return True, ""
+        return False, f"SQL commits failing for {time.monotonic() - since:.0f} s ({self._failure})"
+
     def _forget(self, asset: str) -> None:
+        self._good_state.pop(asset, None)
         self.lifecycle.forget(asset)
         if self._scorer_state:
             self.scorer.forget_stream(asset)
 
-    def _commit_with_retry(self, batch: CommitBatch) -> None:
+    def _commit_with_retry(self, batch: CommitBatch) -> bool:
+        """Commit, retrying through outages; False when the stop flag ended the retries (nothing
+        of the batch committed: its records are read again by whoever owns them next)."""
         delay = 0.2
         while True:
+            if self._stop.is_set() and self._failing_since is not None:
+                return False  # stopping during an outage: no new attempt (each may wait a connect timeout)
             try:
                 with_sql = self.sink.commit(batch)
                 m.SQL_WRITE.observe(with_sql)
-                return
+                self._failing_since = None
+                return True
             except Fenced as f:
                 # drop this batch: its windows are re-done by whoever owns the partition now
                 if not f.stale:  # a stale batch's partitions were already claimed again or released
@@ -570,16 +645,37 @@ class Monitor:
                 for asset in batch.assets:
                     self._forget(asset)
                 log.warning("%s", f)
-                return
+                return True
+            except (NonFiniteValue, DataError, ProgrammingError, NotSupportedError) as e:
+                # the same batch fails the same way on every try: stop instead of retrying forever
+                m.SQL_WRITE_FAILURES.inc()
+                raise FusionwatchError(
+                    f"the database refused a batch for a reason retrying cannot fix: {self._db_error(e)}. "
+                    "The monitor stops rather than loop; please report this with the log above") from e
             except (OperationalError, IntegrityError, DBAPIError) as e:
                 m.SQL_WRITE_FAILURES.inc()
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                self._failure = self._db_error(e)
                 log.warning("database write failed (%s); retrying in %.1f s — consumption pauses meanwhile",
-                            str(getattr(e, "orig", e)).splitlines()[0][:200], delay)
-                time.sleep(delay)
+                            self._failure, delay)
+                if self._stop.wait(delay):  # SIGTERM inside an outage: give the batch up, exit now
+                    log.warning("stopping with a batch uncommitted (the database is failing); its records will "
+                                "be read again")
+                    return False
                 delay = min(delay * 2, 5.0)
+            except StatementError as e:  # raised before the database saw it (e.g. a value JSON cannot hold)
+                m.SQL_WRITE_FAILURES.inc()
+                raise FusionwatchError(f"a batch could not be written: {self._db_error(e)}; "
+                                       "the monitor stops rather than loop; please report this") from e
+
+    def _db_error(self, e: BaseException) -> str:
+        text = str(getattr(e, "orig", None) or e).strip().splitlines()
+        return redact(text[0][:200] if text else type(e).__name__, self.sink.engine.url)
 
     def _refresh_thresholds(self) -> None:
-        if time.monotonic() - self._thresholds_at < 30:
+        """Threshold overrides and operators' "new normal" requests, read from SQL every 10 s."""
+        if time.monotonic() - self._thresholds_at < 10:
             return
         try:
             self._thresholds = self.sink.load_thresholds()
@@ -609,6 +705,28 @@ class Monitor:
         return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=score, threshold=threshold,
                             model_version=self.scorer.version, attribution=attribution, kind=kind,
                             log_lines=lines[:10], serials=serials, evidence=w.evidence)
+
+
+class _Unreadable:
+    """Stands in for a record the client could not parse: only its offset is known."""
+
+    key = value = None
+    headers: list = []
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
+def _corrupt_position(consumer) -> tuple[TopicPartition, int] | None:
+    """(partition, offset) of the record a CorruptRecordError is about. kafka-python 3 raises it
+    from its fetcher without naming the record; the partition's parsed fetch it was reading stays
+    there, positioned at the record that failed (kafka/consumer/fetcher.py, PartitionRecords)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    part = getattr(fetcher, "_next_partition_records", None)
+    tp, offset = getattr(part, "topic_partition", None), getattr(part, "next_fetch_offset", None)
+    if tp is None or offset is None:
+        return None
+    return tp, offset
 
 
 def _iso(t: float) -> str:

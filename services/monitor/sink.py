@@ -13,7 +13,9 @@ Offsets are fenced twice:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +43,37 @@ class Fenced(FusionwatchError):
                          if stale else
                          f"offsets of {tp[0]}[{tp[1]}] moved to {found} (expected {expected}); partition lost")
         self.tp, self.stale = tp, stale
+
+
+class NonFiniteValue(FusionwatchError):
+    """A value bound for SQL JSON is NaN or infinite: JSON cannot hold it (PostgreSQL refuses the
+    whole transaction), so the batch is refused before any SQL runs."""
+
+
+def find_nonfinite(value: Any, path: str = "") -> str | None:
+    """Where the first NaN/inf float in `value` (dicts, lists, tuples, dataclasses, pydantic
+    models, numpy scalars) sits, as a dotted path; None when everything is finite."""
+    if isinstance(value, float):  # numpy float64 is a float too
+        return None if math.isfinite(value) else (path or "value")
+    if isinstance(value, (str, bytes, int, type(None))):
+        return None
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy scalar or array
+        return find_nonfinite(value.tolist(), path)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    elif hasattr(value, "model_dump"):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        where = find_nonfinite(v, f"{path}.{k}" if path else str(k))
+        if where:
+            return where
+    return None
 
 
 class StoredOffset(NamedTuple):
@@ -149,6 +182,7 @@ class SqlSink:
         for tp, epoch in batch.epochs.items():
             if self._epoch.get(tp, 0) != epoch:
                 raise Fenced(tp, None, None, stale=True)
+        _refuse_nonfinite(batch)
         with self.sessions() as s, s.begin():
             self._advance_offsets(s, batch.offsets, batch.log_ids)
             for change in batch.changes:
@@ -212,7 +246,7 @@ class SqlSink:
             row.status = d.status
         row.end_time, row.kind, row.severity = d.end_time, d.kind, d.severity
         row.peak_score, row.mean_score, row.threshold = d.peak_score, d.mean_score, d.threshold
-        row.model_version, row.windows = d.model_version, d.windows
+        row.model_version, row.windows, row.learning = d.model_version, d.windows, d.learning
         row.attribution = d.attribution.model_dump()
         row.serials, row.log_lines = list(d.serials), list(d.log_lines)
         row.evidence = {m: [r.model_dump() for r in rs] for m, rs in d.evidence.items()}
@@ -222,6 +256,23 @@ class SqlSink:
             s.add(Outbox(event_id=d.event_id, revision=d.revision, change=change.change,
                          payload=cloud.model_dump(mode="json")))
 
+
+
+def _refuse_nonfinite(batch: CommitBatch) -> None:
+    """The monitor drops non-finite windows and states before they get here; this is the last line,
+    so that a NaN is a clear error once instead of a transaction PostgreSQL refuses on every retry."""
+    for change in batch.changes:
+        where = find_nonfinite(change.data)
+        if where:
+            raise NonFiniteValue(f"event {change.data.event_id} of asset {change.data.asset}: {where} is not finite")
+    for asset, snap in batch.assets.items():
+        where = find_nonfinite(snap.lifecycle) or find_nonfinite(snap.next_start)
+        if where:
+            raise NonFiniteValue(f"stream state of asset {asset}: {where} is not finite")
+    for call_id, points in batch.calls.items():
+        where = find_nonfinite(points)
+        if where:
+            raise NonFiniteValue(f"call {call_id}: {where} is not finite")
 
 
 MAX_CURVE = 7200  # points kept per call (two hours at a 1 s hop)

@@ -74,11 +74,15 @@ class _AssetStream:
 class WindowAligner:
     def __init__(self, window_s: float = 2.0, hop_s: float = 1.0, lateness_s: float = 2.0,
                  idle_timeout_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 new_asset_grace_s: float | None = None):
+                 new_asset_grace_s: float | None = None, wall_clock: Callable[[], float] | None = None):
         if hop_s > window_s:
             raise ValueError("hop_s must not exceed window_s (windows would leave gaps)")
         self.window_s, self.hop_s, self.lateness_s, self.idle_timeout_s = window_s, hop_s, lateness_s, idle_timeout_s
         self.clock = clock
+        # live (the monitor): the wall clock caps every event time that moves an asset's clock (its
+        # window grid, watermark, window closing), so a record stamped ahead of real time only waits
+        # in its window; it cannot make the asset's later records late. None offline (recordings).
+        self.wall_clock = wall_clock
         # a new asset's first windows wait this long for modalities not yet seen
         self.new_asset_grace_s = idle_timeout_s if new_asset_grace_s is None else new_asset_grace_s
         self._assets: dict[str, _AssetStream] = {}
@@ -143,9 +147,10 @@ class WindowAligner:
         if s is None:
             s = self._assets[env.asset] = _AssetStream(pos.partition if pos else None, created=self.clock())
         kind, t = env.kind, env.time
-        first = (math.floor((t - self.window_s) / self.hop_s) + 1) * self.hop_s  # first window that contains t
+        clock_t = t if self.wall_clock is None else min(t, self.wall_clock())  # what may move the asset's clock
+        first = (math.floor((clock_t - self.window_s) / self.hop_s) + 1) * self.hop_s  # first window that contains t
         if s.next_start is None:
-            s.next_start, s.first_time = first, t
+            s.next_start, s.first_time = first, clock_t
         elif (s.provisional and first < s.next_start
               and (kind not in s.expected or t >= s.first_time - self.lateness_s)):
             s.next_start = first  # (a gap up to the next record is skipped when windows are emitted)
@@ -153,7 +158,7 @@ class WindowAligner:
             return False
         s.items[kind].append(_Item(t, payload, pos))
         s.expected.add(kind)
-        s.max_time[kind] = max(s.max_time.get(kind, -math.inf), t)
+        s.max_time[kind] = max(s.max_time.get(kind, -math.inf), clock_t)
         s.last_arrival[kind] = self.clock()
         return True
 
@@ -161,10 +166,12 @@ class WindowAligner:
         """Windows whose watermark has passed (all of them when flush=True)."""
         out: list[AlignedWindow] = []
         now = self.clock()
+        # a window never closes before its end has passed on the wall clock minus the lateness
+        cap = math.inf if flush or self.wall_clock is None else self.wall_clock() - self.lateness_s
         for asset, s in self._assets.items():
             if s.next_start is None:
                 continue
-            wm = math.inf if flush else self._watermark(s, now)
+            wm = math.inf if flush else min(self._watermark(s, now), cap)
             seen = [s.max_time[k] for k in s.max_time]
             if not seen:
                 continue
@@ -180,6 +187,8 @@ class WindowAligner:
         """After a silence (line stopped, device offline) jump to the first window that holds data
         instead of emitting one empty window per hop through the gap."""
         buffered = [it.t for items in s.items.values() for it in items]
+        if self.wall_clock is not None:  # a record stamped ahead must not pull the grid into the future
+            buffered = [min(t, self.wall_clock()) for t in buffered]
         if not buffered:
             return
         first = (math.floor((min(buffered) - self.window_s) / self.hop_s) + 1) * self.hop_s

@@ -204,6 +204,8 @@ def database_reachable(engine: "Engine") -> Check:
     services.db.make_engine, so a dead server fails within seconds)."""
     from sqlalchemy import text
 
+    from services.db import redact, safe_url
+
     def check() -> CheckResult:
         try:
             with engine.connect() as conn:
@@ -211,7 +213,8 @@ def database_reachable(engine: "Engine") -> Check:
         except Exception as e:  # noqa: BLE001
             orig = getattr(e, "orig", None) or e
             first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-            return CheckResult(False, f"database {engine.url.render_as_string(hide_password=True)} unreachable ({first_line})")
+            first_line = redact(first_line, engine.url)
+            return CheckResult(False, f"database {safe_url(engine.url)} unreachable ({first_line})")
         return CheckResult(True)
 
     return check

@@ -206,6 +206,6 @@ def _ensure_model(settings: Settings, train_first: bool = False) -> None:
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from services.db import safe_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return safe_url(url)

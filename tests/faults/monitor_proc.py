@@ -27,7 +27,7 @@ from services.lifecycle import install_stop_handlers
 from services.monitor import faultpoints
 from services.monitor.service import Monitor
 from services.settings import Settings
-from tests.support.scorers import BrightnessScorer
+from tests.support.scorers import BrightnessScorer, PoisonableScorer
 
 
 _stats_lock = threading.Lock()  # the sampler and a fault point's callback both write the file
@@ -72,7 +72,8 @@ def main() -> None:
     settings = base.model_copy(update={"kafka": ks})
     engine = db.make_engine(url)
     stop = install_stop_handlers()
-    monitor = Monitor(settings, bootstrap, engine, BrightnessScorer(), Topics.from_settings(ks), group_id=group)
+    scorer = PoisonableScorer() if os.environ.get("FW_TEST_SCORER") == "poisonable" else BrightnessScorer()
+    monitor = Monitor(settings, bootstrap, engine, scorer, Topics.from_settings(ks), group_id=group)
     path = Path(stats_path)
     signal.signal(signal.SIGUSR2, lambda *_: dump_state(monitor))  # `kill -USR2 PID`: consumer state
     faultpoints.on_reached(lambda: write_stats(monitor, path))  # counters as of a SIGKILL, not 0.3 s before
