@@ -282,3 +282,36 @@ class LiveEvent(BaseModel):
     verdict: str | None
     start_time: datetime
     updated_at: datetime
+
+
+# ── baselines: each asset's own normal (models/adaptation.py) ───────────────────────────────
+class NewNormalIn(BaseModel):
+    """An operator's "new normal" for an asset: after maintenance or a deliberate change the asset
+    learns its baseline again from its next windows (recorded with actor and reason)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field(..., pattern=REVIEWER_PATTERN)
+    reason: str = Field(..., min_length=3, max_length=2000)
+
+
+class BaselineResetOut(BaseModel):
+    id: int
+    asset: str
+    requested_at: datetime
+    requested_by: str
+    reason: str
+    applied_at: datetime | None = Field(None, description="when a monitor restarted the asset's baseline; "
+                                        "None: waiting for the monitor that owns the asset (within ~10 s)")
+    applied_by: str | None = None
+
+
+class BaselineOut(BaseModel):
+    asset: str
+    phase: Literal["learning", "watching", "pending", "unknown"] = Field(
+        ..., description="learning: the baseline is being learned from the asset's own windows (only the guard "
+        "threshold opens an event); watching: judged against it; pending: a new normal waits for its monitor; "
+        "unknown: no monitor has committed state for the asset yet")
+    windows: int = Field(0, description="windows of the asset scored since its baseline (re)started")
+    updated_at: datetime | None = None
+    last_reset: BaselineResetOut | None = None

@@ -129,6 +129,8 @@ class Event(Base):
     serials: Mapped[list[Any]] = mapped_column(default=list)
     log_lines: Mapped[list[Any]] = mapped_column(default=list)
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {modality: {topic, partition, first, last}}
+    # opened by the guard threshold while the asset's baseline was being learned (models/adaptation.py)
+    learning: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     verdict: Mapped[str | None] = mapped_column(String(16))  # real | false_alarm
     verdict_kind: Mapped[str | None] = mapped_column(String(32))
     reviewer: Mapped[str | None] = mapped_column(String(64))
@@ -210,6 +212,22 @@ class ThresholdChange(Base):
     actor: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BaselineReset(Base):
+    """An operator's "new normal" for an asset (after maintenance, a new camera position, a replaced
+    pump): who asked, when and why, and when a monitor applied it — the asset then learns its
+    baseline again from its next windows (models/adaptation.py). A monitor marks it applied in the
+    same transaction that commits the asset's restarted baseline."""
+
+    __tablename__ = "baseline_resets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    asset_id: Mapped[str] = mapped_column(String(64), index=True)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    applied_at: Mapped[datetime | None]
+    applied_by: Mapped[str | None] = mapped_column(String(128))  # the monitor's consumer group
 
 
 class Digest(Base):

@@ -110,6 +110,64 @@ def db_current(url: str = typer.Option(None, "--url")) -> None:
     print(db.current_revision(url or get_settings().database.url) or "empty (run `fusionwatch db upgrade`)")
 
 
+baseline_app = typer.Typer(
+    help="Each asset's own normal: where its baseline stands, and marking a new normal after maintenance "
+    "or a deliberate change (the asset then learns its baseline again from its next windows).",
+    no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("status")
+def baseline_status(url: str = typer.Option(None, "--url", help="Database URL (default: FW_DATABASE_URL).")) -> None:
+    """Print each asset's baseline phase (learning / watching / pending) and its last new normal."""
+    from rich.table import Table
+
+    from services import baselines, db
+    from services.settings import get_settings
+
+    engine = db.make_engine(url or get_settings().database.url)
+    with db.session_factory(engine)() as session:
+        rows = baselines.baselines(session)
+    table = Table("asset", "baseline", "windows", "last new normal", title="fusionwatch baselines")
+    for b in rows:
+        r = b.last_reset
+        last = f"{r.requested_at:%Y-%m-%d %H:%M} UTC by {r.requested_by}: {r.reason}" if r else ""
+        table.add_row(b.asset, b.phase, str(b.windows), last)
+    Console().print(table if rows else "no asset has a baseline yet (no monitor has committed state)")
+
+
+@baseline_app.command("reset")
+def baseline_reset(
+    asset: str = typer.Argument(..., help="The asset, e.g. L1-S2."),
+    reason: str = typer.Option(..., "--reason", "-r", help="Why (recorded): 'pump replaced', 'camera moved'..."),
+    by: str = typer.Option(None, "--by", help="Who (recorded; default: the login name)."),
+    url: str = typer.Option(None, "--url", help="Database URL (default: FW_DATABASE_URL)."),
+) -> None:
+    """Mark an asset's new normal: its monitor restarts its baseline within ~10 s, and while it learns
+    only the guard threshold opens an event."""
+    import getpass
+    import re
+
+    from pydantic import ValidationError
+
+    from schemas import api as shapes
+    from schemas.errors import ConfigError
+    from services import baselines, db
+    from services.settings import get_settings
+
+    try:
+        body = shapes.NewNormalIn(actor=by or getpass.getuser(), reason=reason)
+    except ValidationError as e:
+        raise ConfigError(f"cannot record that new normal: {e.errors()[0]['msg']}") from None
+    if not re.fullmatch(shapes.ASSET_PATTERN, asset):
+        raise ConfigError(f"{asset!r} is not an asset id (letters, digits, '.', '_', '-'; e.g. L1-S2)")
+    engine = db.make_engine(url or get_settings().database.url)
+    with db.session_scope(db.session_factory(engine)) as session:
+        r = baselines.request_new_normal(session, asset, body.actor, body.reason)
+    err.print(f"new normal #{r.id} for {asset} recorded ({r.requested_by}: {r.reason}); "
+              "its monitor applies it within ~10 s — `fusionwatch baseline status` shows it learning")
+
+
 def _register_service_commands() -> None:
     for name in COMMAND_MODULES:
         module_name = f"services.{name}.cli"

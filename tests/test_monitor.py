@@ -162,19 +162,20 @@ def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state
     lifecycle in the committed state, so a restarted monitor scores as the one that stopped."""
     import numpy as np
 
-    from models.adaptation import SurpriseAdapter
+    from models.adaptation import BaselineConfig, SurpriseAdapter
     from models.logmemory import LogMemory
     from models.scorer import AnomalyScorer
     from services.monitor.service import _Restore
 
     class MemoryScorer(BrightnessScorer):
-        stream_state, restore_stream, forget_stream, adaptation = (
+        stream_state, restore_stream, forget_stream, adaptation, baseline_phase, rebaseline = (
             AnomalyScorer.stream_state, AnomalyScorer.restore_stream, AnomalyScorer.forget_stream,
-            AnomalyScorer.adaptation)
+            AnomalyScorer.adaptation, AnomalyScorer.baseline_phase, AnomalyScorer.rebaseline)
 
         def __init__(self):
             super().__init__()
-            self.log_memory, self.adapter = LogMemory(3.0), SurpriseAdapter(step=0.1, warmup=2)
+            self.log_memory = LogMemory(3.0)
+            self.adapter = SurpriseAdapter(BaselineConfig(step=0.1, learn_windows=2, judge_after=0))
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     first = Monitor(Settings(), "127.0.0.1:9", engine, MemoryScorer())
@@ -183,7 +184,7 @@ def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state
         first.scorer.adapter.adapt("L1-S1", np.array([5.0, 0.1]), np.array([True, True]))
     state = first._asset_state("L1-S1")
     assert state["log_memory"][0]["value"] == pytest.approx(0.9) and "over" in state
-    assert state["adaptation"]["seen"] == [3, 3]
+    assert state["adaptation"]["seen"] == 3 and state["adaptation"]["phase"] == "watching"
 
     second = Monitor(Settings(), "127.0.0.1:9", engine, MemoryScorer())
     second._queue.put(_Restore({"L1-S1": state | {"expected": ["frames"]}}))
@@ -192,9 +193,79 @@ def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state
     assert second.scorer.log_memory.hold("L1-S1", 102.0, 0.1, True)[0].value == pytest.approx(0.9)
     window = (np.array([5.0, 0.1]), np.array([True, True]))
     assert second.scorer.adapter.adapt("L1-S1", *window) == pytest.approx(first.scorer.adapter.adapt("L1-S1", *window))
-    assert second.scorer.adapter.adapt("L1-S1", *window)[0] < 5.0  # warm: the shift is taken off
+    assert second.scorer.adapter.adapt("L1-S1", *window)[0] < 5.0  # learned: the shift is taken off
     assert second.scorer.adaptation("L1-S1")["frames"] > 0 and second.scorer.adaptation("L9-S9") == {}
     assert not {"log_memory", "adaptation"} & set(second.lifecycle.state("L1-S1"))
     second._forget("L1-S1")
     assert second.scorer.log_memory.state("L1-S1") == [] and second.scorer.adapter.state("L1-S1") == {}
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_station_learns_its_own_normal_and_an_operator_can_reset_it(broker, make_topics, unique_group, sqlite_url):
+    """Through the real monitor: station L1-S1 sits over the threshold from its first window (a camera
+    the model never saw): while it learns only the guard threshold may open an event, and once its
+    baseline is learned it is judged normal — no alarm that never ends. L1-S2's fault after learning
+    opens an event (not marked learning). An operator's "new normal" for L1-S1, recorded in SQL, is
+    applied by the monitor in the transaction that commits the restarted baseline."""
+    from schemas.tables import BaselineReset, MonitorState
+    from services import baselines
+    from services.observability.metrics import ASSET_LEARNING
+    from tests.support.scorers import BaselineScorer
+    from tests.support.streams import level_stream
+
+    ks, topics = make_topics(partitions=2)
+    start = time.time() - 300
+    stream = level_stream({"L1-S1": 160, "L1-S2": [(50, 60, 220)]}, start, 70)
+    producer = make_producer(ks, broker.bootstrap)
+    produce(producer, topics, stream)
+    engine = db.make_engine(sqlite_url)
+    factory = db.session_factory(engine)
+    monitor = Monitor(Settings(kafka=ks), broker.bootstrap, engine, BaselineScorer(learn_windows=40), topics,
+                      group_id=unique_group())
+
+    def events():
+        with factory() as s:
+            return s.scalars(select(Event).order_by(Event.start_time)).all()
+
+    def state(asset):
+        with factory() as s:
+            return s.get(MonitorState, (monitor.group_id, asset)).lifecycle["adaptation"]
+
+    stop = threading.Event()
+    t = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 120
+    while t.is_alive() and not (monitor.stats.records >= len(stream) and [e for e in events() if e.status == "closed"]):
+        assert time.monotonic() < deadline, "the fault's event never closed"
+        time.sleep(0.3)
+    evs = events()
+    assert [e.asset_id for e in evs] == ["L1-S2"], [(e.asset_id, e.start_time) for e in evs]
+    assert abs(evs[0].start_time.timestamp() - (start + 50)) <= 2.0
+    assert evs[0].learning is False
+    assert state("L1-S1")["phase"] == "watching" and state("L1-S1")["median"][0] > 5.0  # 160 learned as normal
+    assert ASSET_LEARNING.labels(asset="L1-S1")._value.get() == 0
+
+    with db.session_scope(factory) as s:
+        reset = baselines.request_new_normal(s, "L1-S1", "alice", "camera re-mounted")
+    time.sleep(10.5)  # the monitor reads requests every 10 s, with the next batch that comes
+    more = level_stream({"L1-S1": 60}, start + 70, 30, tag="b")
+    produce(producer, topics, more)
+    producer.close()
+    deadline = time.monotonic() + 90
+    while True:
+        with factory() as s:
+            row = s.get(BaselineReset, reset.id)
+        if row.applied_at is not None:
+            break
+        assert t.is_alive() and time.monotonic() < deadline, "the new normal was never applied"
+        time.sleep(0.3)
+    stop.set()
+    t.join(30)
+    after = state("L1-S1")
+    assert row.applied_by == monitor.group_id
+    assert after["phase"] == "learning" and after["seen"] < 40 and after["median"][0] < 5.0  # learning the new camera
+    with factory() as s:
+        assert [b.phase for b in baselines.baselines(s) if b.asset == "L1-S1"] == ["learning"]
+    assert [e.asset_id for e in events()] == ["L1-S2"]
     engine.dispose()

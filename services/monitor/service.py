@@ -137,6 +137,7 @@ class Monitor:
         self._last_cut = time.monotonic()
         self._thresholds: dict[str, float] = {}
         self._thresholds_at = 0.0
+        self._resets: list[tuple[int, str]] = []  # pending "new normal" requests (baseline_resets rows)
         self._assigned: set[TP] = set()
         self._incoming: list[list[TP]] = []  # assignments recorded by the I/O thread, not applied yet
         self._incoming_lock = threading.Lock()
@@ -534,6 +535,7 @@ class Monitor:
 
     def _score_and_commit(self, batch: _Batch) -> None:
         self._refresh_thresholds()
+        resets = self._apply_baseline_resets(batch)
         changes = []
         calls: dict[str, list[CallPoint]] = {}
         for i in range(0, len(batch.windows), self.cfg.max_batch):
@@ -545,6 +547,8 @@ class Monitor:
             if self._scorer_state:
                 for asset in {w.inputs.asset for w in chunk}:
                     m.set_adaptation(asset, self.scorer.adaptation(asset))
+                    phase = self.scorer.baseline_phase(asset)
+                    m.set_baseline(asset, phase.phase == "learning", phase.seen)
             for w, s in zip(chunk, scores):
                 where = find_nonfinite(s)
                 if where:  # a NaN must not reach the lifecycle, the state or SQL: drop the window, count it
@@ -556,7 +560,8 @@ class Monitor:
                         CallPoint(w.inputs.end, s.sentiment, float(s.frustration), w.inputs.start))
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
             a: AssetSnapshot(part, nxt, expected, self._finite_state(a))
-            for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids)
+            for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids,
+            baseline_resets=resets)
         self.dlq.flush()  # dead letters must be durable before the offsets that skip them
         if not self._commit_with_retry(snapshot):
             return  # stopping: nothing of this batch was committed; its records are read again
@@ -679,13 +684,32 @@ class Monitor:
             return
         try:
             self._thresholds = self.sink.load_thresholds()
+            self._resets = self.sink.pending_baseline_resets()
         except (OperationalError, DBAPIError):
             pass  # keep the last known overrides during an outage
         self._thresholds_at = time.monotonic()
 
+    def _apply_baseline_resets(self, batch: _Batch) -> list[int]:
+        """Restart the baseline of each asset an operator marked "new normal" whose state this batch
+        commits: the request is marked applied in the same transaction as the restarted state."""
+        if not self._resets or not self._scorer_state:
+            return []
+        applied, left = [], []
+        for rid, asset in self._resets:
+            if asset in batch.assets:
+                self.scorer.rebaseline(asset)
+                applied.append(rid)
+                log.info("asset %s: new normal requested (reset #%d): learning its baseline again", asset, rid)
+            else:
+                left.append((rid, asset))
+        self._resets = left
+        return applied
+
     def _scored_window(self, w: AlignedWindow, s) -> ScoredWindow:
         win = w.inputs
-        score, threshold, kind = float(s.score), self._thresholds.get(win.asset, s.threshold), s.kind
+        guard = getattr(s, "guard", 1.0)  # the guard threshold's factor while the asset learns its baseline
+        score, kind = float(s.score), s.kind
+        threshold = self._thresholds.get(win.asset, s.threshold / guard) * guard
         if self.call_centre and s.frustration is not None:
             # a call escalates on sustained frustration, not on "unusual" audio
             score, threshold, kind = float(s.frustration), self.cfg.escalation_threshold, "escalation"
@@ -704,7 +728,9 @@ class Monitor:
             lines = [f"{p.speaker}: {p.msg}" if p.speaker else p.msg for _, p in win.logs]
         return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=score, threshold=threshold,
                             model_version=self.scorer.version, attribution=attribution, kind=kind,
-                            log_lines=lines[:10], serials=serials, evidence=w.evidence)
+                            log_lines=lines[:10], serials=serials, evidence=w.evidence,
+                            learning=not self.call_centre and getattr(s, "baseline", "watching") == "learning",
+                            judged=self.call_centre or getattr(s, "judged", True))
 
 
 class _Unreadable:

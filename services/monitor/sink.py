@@ -21,12 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from schemas.errors import FusionwatchError
 from schemas.events import AnomalyCloudEvent
-from schemas.tables import Asset, AssetThreshold, CallSummary, ConsumerOffset, Event, MonitorState, Outbox, utcnow
+from schemas.tables import (Asset, AssetThreshold, BaselineReset, CallSummary, ConsumerOffset, Event, MonitorState, Outbox,
+                            utcnow)
 from services.db import session_factory
 from services.monitor import faultpoints
 from services.monitor.lifecycle import EventChange
@@ -108,6 +109,7 @@ class CommitBatch:
     assets: dict[str, AssetSnapshot] = field(default_factory=dict)
     epochs: dict[TP, int] = field(default_factory=dict)  # ownership epochs the batch was cut under
     log_ids: dict[TP, str] = field(default_factory=dict)  # topic ids of the logs the offsets count
+    baseline_resets: list[int] = field(default_factory=list)  # `baseline_resets` rows this batch applied
 
 
 class SqlSink:
@@ -170,6 +172,13 @@ class SqlSink:
         with self.sessions() as s:
             return {r.asset_id: r.threshold for r in s.scalars(select(AssetThreshold))}
 
+    def pending_baseline_resets(self) -> list[tuple[int, str]]:
+        """(id, asset) of every "new normal" no monitor has applied yet, oldest first."""
+        with self.sessions() as s:
+            rows = s.execute(select(BaselineReset.id, BaselineReset.asset_id)
+                             .where(BaselineReset.applied_at.is_(None)).order_by(BaselineReset.id))
+            return [(int(i), str(a)) for i, a in rows]
+
     # ── the one write ──────────────────────────────────────────────────────────────────────
     def commit(self, batch: CommitBatch) -> float:
         """Write the batch atomically; returns seconds spent. Raises Fenced or a DB error."""
@@ -190,6 +199,9 @@ class SqlSink:
             for call_id, points in batch.calls.items():
                 _update_call(s, call_id, points)
             self._write_states(s, batch.assets)
+            if batch.baseline_resets:  # applied with the restarted baselines they caused, or not at all
+                s.execute(update(BaselineReset).where(BaselineReset.id.in_(batch.baseline_resets))
+                          .values(applied_at=utcnow(), applied_by=self.group_id))
             s.flush()
             faultpoints.hit("before_commit")  # fault tests: everything written, nothing committed
         faultpoints.hit("after_commit")  # fault tests: committed, nobody told

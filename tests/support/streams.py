@@ -49,3 +49,25 @@ def produce(producer, topics, records: list[tuple[Kind, WireRecord]]) -> None:
     for kind, r in records:
         producer.send(topic_of[kind], key=r.key, value=r.value, headers=r.headers)
     producer.flush()
+
+
+def level_stream(levels: dict[str, float | list[tuple[float, float, int]]], start: float, duration_s: float,
+                 fps: float = 4.0, tag: str = "") -> list[tuple[Kind, WireRecord]]:
+    """Frames of each asset at a brightness level — one number, or [(t0, t1, level), ...] pieces
+    (relative seconds; dark 40 elsewhere) — with the audio and log lines of `bright_fault_stream`.
+    `tag` keeps ce_ids unique when a test produces the same asset twice."""
+    recs: list[tuple[float, Kind, WireRecord]] = []
+    chunk = wav_bytes(np.zeros(8000, np.float32), 16000)
+    for a, spec in levels.items():
+        for i in range(int(duration_s * fps)):
+            rel = i / fps
+            level = int(spec) if not isinstance(spec, list) else next((lv for t0, t1, lv in spec if t0 <= rel < t1), 40)
+            recs.append((start + rel, Kind.FRAME, encode_frame(a, f"/{a}/cam", start + rel, jpeg(level), id=f"{a}{tag}-f{i}")))
+        for i in range(int(duration_s * 2)):
+            t = start + i * 0.5
+            recs.append((t, Kind.AUDIO, encode_audio(a, f"/{a}/mic", t, chunk, id=f"{a}{tag}-a{i}")))
+        for i in range(int(duration_s)):
+            t = start + i + 0.25
+            recs.append((t, Kind.LOG, encode_log(a, f"/{a}/plc", t, {"msg": f"cycle {i} ok"}, id=f"{a}{tag}-l{i}")))
+    recs.sort(key=lambda r: r[0])
+    return [(k, r) for _, k, r in recs]
