@@ -305,3 +305,22 @@ def test_an_alarm_already_open_when_a_fault_starts_is_false():
     assert m["recall"] == 0.0 and m["false_events"] == 1 and m["late_events"] == 1
     m = event_metrics([early, prompt], [f], asset_hours=1.0, window_s=2.0, kinds=["k"])
     assert m["recall"] == 1.0 and m["false_events"] == 1
+
+
+def test_confirmed_anomalies_are_kept_out_of_normal_training_data():
+    """Verdicts feed training: a window inside (or within 5 s of) an event a reviewer confirmed as
+    real is not normal operation to learn from; other assets' windows at the same time stay."""
+    from models.data import WindowArrays
+    from services.training.dataset import exclude_confirmed
+    from tests.test_models import synthetic_features
+
+    feats = [synthetic_features(i, asset=a, frames=1, lines=0) for a in ("A", "B") for i in range(60)]
+    for f, t in zip(feats, list(range(60)) * 2):
+        f.start, f.end = START + t, START + t + 2
+    data = WindowArrays.from_features(feats, FC)
+    kept, dropped = exclude_confirmed(data, [("A", START + 20, START + 30), ("Z", START, START + 60)])
+    # A's windows starting in (20 - 5 - 2, 30 + 5): 13 < t < 35 -> t = 14..34, 21 windows
+    assert dropped == 21 and len(kept) == 120 - 21
+    a = kept.asset_idx == kept.assets.index("A")
+    t = kept.start[a] - START
+    assert not ((t > 13) & (t < 35)).any() and (kept.asset_idx == kept.assets.index("B")).sum() == 60

@@ -126,6 +126,7 @@ def train(
                     raise ConfigError("--source dataset needs --dataset DIR")
                 data = WindowArrays.load(dataset)
                 src.update(dataset=str(dataset))
+            data = _without_confirmed_anomalies(settings, data, console)
             train_data, calib_data = _time_split(data, calib_fraction)
             per_asset = True  # same plant: per-asset statistics transfer
             if save_dataset:
@@ -181,6 +182,29 @@ def _kafka_windows(settings, bootstrap, since, until, features, bar):
             bar("read kafka", done, total, {})
 
     return kafka_dataset(settings, bootstrap, start, end, features, progress=p)
+
+
+def _without_confirmed_anomalies(settings, data, console):
+    """Leave out the windows inside events reviewers confirmed as real (their verdicts in SQL)."""
+    from sqlalchemy.exc import OperationalError
+
+    from services import db
+    from services.api.recalibration import labelled_windows
+    from services.training.dataset import exclude_confirmed
+
+    try:
+        engine = db.make_engine(settings.database.url)
+        with db.session_factory(engine)() as session:
+            confirmed = [(lw.asset, lw.start.timestamp(), lw.end.timestamp())
+                         for lw in labelled_windows(session) if lw.verdict == "real"]
+    except OperationalError as e:
+        console.print(f"[yellow]verdicts not read ({str(e.orig).splitlines()[0][:120]}): "
+                      "confirmed anomalies, if any, stay in the training data[/]")
+        return data
+    data, dropped = exclude_confirmed(data, confirmed)
+    if confirmed:
+        console.print(f"left out {dropped} windows inside {len(confirmed)} confirmed anomalies (review verdicts)")
+    return data
 
 
 def _time_split(data, fraction: float):

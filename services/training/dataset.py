@@ -242,6 +242,22 @@ def kafka_dataset(settings, bootstrap: str, start: float, end: float, features: 
                                       "records": len(kept)})
 
 
+def exclude_confirmed(data: WindowArrays, anomalies: Iterable[tuple[str, float, float]],
+                      margin_s: float = 5.0) -> tuple[WindowArrays, int]:
+    """`data` without the windows inside confirmed anomalies (asset, start, end in epoch seconds,
+    widened by `margin_s`): a fault a reviewer confirmed is not normal operation to learn from.
+    Returns the kept windows and how many were left out."""
+    keep = np.ones(len(data), bool)
+    w = data.features.window_s
+    for asset, t0, t1 in anomalies:
+        if asset not in data.assets:
+            continue
+        a = data.assets.index(asset)
+        keep &= ~((data.asset_idx == a) & (data.start < t1 + margin_s) & (data.start + w > t0 - margin_s))
+    dropped = int((~keep).sum())
+    return (data if not dropped else data.subset(np.flatnonzero(keep))), dropped
+
+
 def _header_time(headers, parse_time) -> float | None:
     for name, value in headers or ():
         if name == "ce_time":
