@@ -138,6 +138,7 @@ class Monitor:
         self._thresholds: dict[str, float] = {}
         self._thresholds_at = 0.0
         self._resets: list[tuple[int, str]] = []  # pending "new normal" requests (baseline_resets rows)
+        self._phases: dict[str, str] = {}  # asset -> baseline phase last reported
         self._assigned: set[TP] = set()
         self._incoming: list[list[TP]] = []  # assignments recorded by the I/O thread, not applied yet
         self._incoming_lock = threading.Lock()
@@ -547,8 +548,7 @@ class Monitor:
             if self._scorer_state:
                 for asset in {w.inputs.asset for w in chunk}:
                     m.set_adaptation(asset, self.scorer.adaptation(asset))
-                    phase = self.scorer.baseline_phase(asset)
-                    m.set_baseline(asset, phase.phase == "learning", phase.seen)
+                    self._report_baseline(asset, self.scorer.baseline_phase(asset))
             for w, s in zip(chunk, scores):
                 where = find_nonfinite(s)
                 if where:  # a NaN must not reach the lifecycle, the state or SQL: drop the window, count it
@@ -688,6 +688,19 @@ class Monitor:
         except (OperationalError, DBAPIError):
             pass  # keep the last known overrides during an outage
         self._thresholds_at = time.monotonic()
+
+    def _report_baseline(self, asset: str, phase) -> None:
+        """Metrics of the asset's baseline, and one log line when it starts learning or starts watching."""
+        m.set_baseline(asset, phase.phase == "learning", phase.seen)
+        if self._phases.get(asset) == phase.phase or self.call_centre:
+            self._phases[asset] = phase.phase
+            return
+        self._phases[asset] = phase.phase
+        if phase.phase == "learning":
+            log.info("%s: learning its own normal from its first windows (%d so far); until then only the guard "
+                     "threshold opens an event", asset, phase.seen)
+        else:
+            log.info("%s: baseline learned from %d windows; watching", asset, phase.seen)
 
     def _apply_baseline_resets(self, batch: _Batch) -> list[int]:
         """Restart the baseline of each asset an operator marked "new normal" whose state this batch

@@ -45,6 +45,10 @@ ACOUSTIC_KINDS = frozenset(k for k, m in FAULT_KINDS.items() if m == ("audio",))
 LOG_KINDS = frozenset(k for k, m in FAULT_KINDS.items() if m == ("logs",))
 
 PRESETS = ("none", "all", "demo")
+# The demo's first fault comes once the stations have learned their own normal: a monitored
+# station learns its baseline from its first 120 windows (models/adaptation.py), 2 minutes at the
+# default 1 s hop, and only a guard threshold opens an event meanwhile
+DEMO_LEAD_S = 150.0
 MIN_FAULT_S, MAX_FAULT_S = 8.0, 30.0
 # Faults need a running line to be visible or audible at all; the plant keeps every asset running
 # from this long before a fault until this long after it, so idle periods never mask one.
@@ -171,8 +175,9 @@ def fault_schedule(preset: str, assets: list[str], start: float, duration_s: flo
 
     "all": every fault kind at least once, spread round-robin over the assets, never overlapping on
     one asset, each 8–30 s long with 12–90 s of normal operation between faults; kinds repeat
-    (reshuffled) while time remains. "demo": a visual, an acoustic and a cross-modal fault within
-    the first minute and a half, then one fault somewhere every 60–120 s.
+    (reshuffled) while time remains. "demo": once the stations have learned their baselines
+    (`DEMO_LEAD_S`), a visual, an acoustic and a cross-modal fault within a minute, then one fault
+    somewhere every 60–120 s.
     """
     if not assets:
         raise ConfigError("a fault schedule needs at least one asset")
@@ -223,7 +228,7 @@ def fault_schedule(preset: str, assets: list[str], start: float, duration_s: flo
         openers = [sorted(VISUAL_KINDS)[int(rng.integers(len(VISUAL_KINDS)))],
                    sorted(ACOUSTIC_KINDS)[int(rng.integers(len(ACOUSTIC_KINDS)))],
                    sorted(CROSS_MODAL_KINDS)[int(rng.integers(len(CROSS_MODAL_KINDS)))]]
-        t = start + 20.0
+        t = start + DEMO_LEAD_S
         cursor = {a: start for a in assets}
         for i, kind in enumerate(openers):
             asset = assets[i % len(assets)]
