@@ -183,6 +183,8 @@ class EventOut(BaseModel):
     verdict: VerdictOut | None
     media: MediaOut
     updated_at: datetime
+    learning: bool = Field(False, description="opened while the asset's baseline was being learned: `threshold` "
+                           "is then the guard threshold (models/adaptation.py)")
 
 
 class ScorePoint(BaseModel):

@@ -23,7 +23,7 @@ from services.db import make_engine, session_factory, session_scope
 from services.settings import Settings
 
 pytestmark = pytest.mark.slow
-TOKEN = "page-test-token"
+TOKEN = "page-test-token-0123456789"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -109,7 +109,7 @@ def test_review_page_end_to_end(server, browser, tmp_path):
     d = browser
     d.get(f"{base}/#token={TOKEN}")
     # the token moved from the URL into session storage
-    _wait(d, "return sessionStorage.getItem('fw-token') === 'page-test-token' && !location.hash", what="token")
+    _wait(d, f"return sessionStorage.getItem('fw-token') === '{TOKEN}' && !location.hash", what="token")
 
     # the queue lists the three unreviewed sample events, newest first, and opens the first one
     queue = _wait(d, "const b = document.querySelectorAll('#queue button'); return b.length === 3 && "
@@ -195,3 +195,36 @@ def _save_docs_screenshot(png: Path) -> None:
     img.thumbnail((1100, 1100))
     # a 128-colour palette keeps the README image small (the page is flat colours and text)
     img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(DOCS / "review-page.png", optimize=True)
+
+
+def test_stations_panel_shows_learning_and_marks_a_new_normal(server, browser):
+    """The page lists each station's baseline (learning / watching, from the monitor's committed
+    state) and records an operator's new normal with who and why; the station then shows pending."""
+    from selenium.webdriver.common.by import By
+    from sqlalchemy import select
+
+    from schemas.tables import BaselineReset, MonitorState
+
+    base, sessions, _ = server
+    with session_scope(sessions) as s:
+        s.add(MonitorState(group_id="g", asset_id="L1-S1", partition=0, last_window_start=0.0,
+                           lifecycle={"adaptation": {"phase": "learning", "seen": 42}}))
+        s.add(MonitorState(group_id="g", asset_id="L1-S2", partition=1, last_window_start=0.0,
+                           lifecycle={"adaptation": {"phase": "watching", "seen": 900}}))
+    d = browser
+    d.get(f"{base}/#token={TOKEN}")
+    _wait(d, "return document.querySelectorAll('#baselines li').length >= 2", what="stations listed")
+    text = d.find_element(By.ID, "baselines").text
+    assert "L1-S1 learning its baseline (42 windows)" in text and "L1-S2 watching (900 windows)" in text
+
+    d.find_element(By.ID, "reviewer").send_keys("Quinn")
+    d.execute_script("document.getElementById('nn-asset').value = 'L1-S2'")
+    d.find_element(By.ID, "nn-reason").send_keys("camera re-mounted after cleaning")
+    d.find_element(By.ID, "nn-go").click()
+    _wait(d, "return document.getElementById('nn-msg').textContent.includes('new normal recorded')", what="saved")
+    with sessions() as s:
+        rows = s.scalars(select(BaselineReset)).all()
+    assert [(r.asset_id, r.requested_by, r.reason, r.applied_at) for r in rows] == [
+        ("L1-S2", "Quinn", "camera re-mounted after cleaning", None)]
+    _wait(d, "return document.querySelector('#baselines li[data-asset=\"L1-S2\"]').textContent.includes('pending')",
+          what="pending shown")

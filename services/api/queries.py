@@ -126,7 +126,7 @@ def _common(event: Event, summary: Summary | None, asset_line: str | None) -> di
         severity=event.severity, peak_score=event.peak_score, mean_score=event.mean_score,
         threshold=event.threshold, model_version=event.model_version, windows=event.windows,
         serials=[str(s) for s in (event.serials or [])], verdict=verdict,
-        media=media_out(event.id, summary), updated_at=event.updated_at,
+        media=media_out(event.id, summary), updated_at=event.updated_at, learning=bool(event.learning),
     )
 
 

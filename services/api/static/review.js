@@ -164,6 +164,7 @@ function showEvent(ev) {
     "peak " + ev.peak_score.toFixed(3) + " vs threshold " + ev.threshold.toFixed(3) +
       " (×" + (ev.peak_score / ev.threshold).toFixed(2) + ")",
     ev.line ? "line " + ev.line : null, "model " + ev.model_version,
+    ev.learning ? "opened while the station learned its baseline (guard threshold)" : null,
   ].filter(Boolean).join(" · ");
   $("ev-verdict").textContent = ev.verdict
     ? "Verdict: " + label(ev.verdict.verdict) + " (" + label(ev.verdict.kind) + ") by " + ev.verdict.reviewer
@@ -359,6 +360,38 @@ function onKey(e) {
   else if (k === "a") { e.preventDefault(); act("ack"); }
 }
 
+// ---- station baselines ------------------------------------------------------------------------------
+
+async function loadBaselines() {
+  let rows;
+  try { rows = await api("/api/baselines"); } catch (_) { return; }
+  const phase = { learning: "learning its baseline", watching: "watching", pending: "new normal pending",
+    unknown: "not seen yet" };
+  $("baselines").replaceChildren(...rows.map((b) => {
+    const reset = b.last_reset ? " · new normal " + fmtTime(b.last_reset.requested_at) + " by " +
+      b.last_reset.requested_by + ": " + b.last_reset.reason : "";
+    return el("li", { class: "baseline " + b.phase, "data-asset": b.asset },
+      el("strong", {}, b.asset), " " + (phase[b.phase] || b.phase) + " (" + b.windows + " windows)" + reset);
+  }));
+  const keep = $("nn-asset").value;
+  $("nn-asset").replaceChildren(...rows.map((b) => el("option", { value: b.asset }, b.asset)));
+  if (keep) $("nn-asset").value = keep;
+}
+
+async function markNewNormal(e) {
+  e.preventDefault();
+  const who = reviewer();
+  if (!who) { $("nn-msg").textContent = "Enter your name as reviewer first."; $("reviewer").focus(); return; }
+  const asset = $("nn-asset").value;
+  try {
+    await api("/api/assets/" + encodeURIComponent(asset) + "/new-normal",
+      { method: "POST", body: { actor: who, reason: $("nn-reason").value.trim() } });
+    $("nn-msg").textContent = asset + ": new normal recorded; it learns its baseline again within ~10 s.";
+    $("nn-reason").value = "";
+    await loadBaselines();
+  } catch (err) { $("nn-msg").textContent = "Not saved: " + err.message; }
+}
+
 // ---- live updates ------------------------------------------------------------------------------------
 
 let refreshTimer = null;
@@ -403,9 +436,12 @@ async function start() {
     "imbalance", "belt_squeal", "cavitation", "unseen_error_code", "log_rate_anomaly", "motor_runs_conveyor_stopped",
     "estop_but_moving", "cycles_without_parts", "sensor_glitch", "normal_variation"];
   $("kinds").replaceChildren(...kinds.map((k) => el("option", { value: k })));
+  $("new-normal").addEventListener("submit", markNewNormal);
   await openSession();
   await loadQueue();
   if (state.items.length) await select(0);
+  await loadBaselines();
+  setInterval(loadBaselines, 15000);
   connectLive();
 }
 
