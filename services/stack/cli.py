@@ -19,6 +19,10 @@ def up(
     train_first: bool = typer.Option(False, "--train-first",
                                      help="With no model in var/model: train the quick recipe (~2 min) instead of "
                                           "copying the shipped standard-recipe checkpoint (factory profile)."),
+    clock: str = typer.Option(None, "--clock", metavar="HH:MM",
+                              help="Start the simulated plant's clock at the most recent HH:MM UTC instead of now, "
+                                   "e.g. 22:30 for the night shift or 13:55 for a shift handover (records are stamped "
+                                   "from then on, in real time)."),
 ) -> None:
     """Run everything on one box: broker, database, simulated plant, monitor, summarizer, scheduler, API.
 
@@ -36,4 +40,21 @@ def up(
     if faults is None:  # the call simulator has no fault schedule and refuses one
         faults = "none" if settings.profile == "callcenter" else "demo"
     run_up(settings, duration_s=duration, assets=assets, faults=faults, speed=speed, with_api=api,
-           train_first=train_first)
+           train_first=train_first, sim_start=_clock(clock) if clock else None)
+
+
+def _clock(text: str) -> float:
+    """The most recent moment (UTC) whose clock reads HH:MM."""
+    import time
+
+    from schemas.errors import ConfigError
+
+    try:
+        hh, mm = (int(v) for v in text.split(":"))
+        if not (0 <= hh < 24 and 0 <= mm < 60):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--clock must be HH:MM in UTC (e.g. 22:30), not {text!r}") from None
+    now = time.time()
+    t = now - now % 86400 + hh * 3600 + mm * 60
+    return t if t <= now else t - 86400

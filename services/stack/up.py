@@ -89,7 +89,7 @@ class LivePrinter:
 
 def up(settings: Settings, duration_s: float | None = None, assets: int = 4, faults: str = "demo",
        speed: float = 1.0, with_api: bool = True, stop: threading.Event | None = None,
-       train_first: bool = False) -> None:
+       train_first: bool = False, sim_start: float | None = None) -> None:
     stop = stop or install_stop_handlers()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -112,12 +112,17 @@ def up(settings: Settings, duration_s: float | None = None, assets: int = 4, fau
     console.print(f"Database: [bold]{_safe_url(settings.database.url)}[/] (migrated)")
     _ensure_model(settings, train_first)
 
-    parts = _parts(settings, bootstrap, topics, assets, faults, speed, duration_s, with_api)
+    parts = _parts(settings, bootstrap, topics, assets, faults, speed, duration_s, with_api, sim_start)
     for p in parts:
         p.start()
     console.print(f"Metrics: http://{settings.metrics.host}:{settings.metrics.base_port}/metrics (monitor)")
-    console.print(f"[dim]up in {time.monotonic() - started:.0f} s — simulating {assets} assets with the "
+    clock = time.strftime("%H:%M UTC", time.gmtime(sim_start if sim_start is not None else time.time()))
+    console.print(f"[dim]up in {time.monotonic() - started:.0f} s — simulating {assets} assets from {clock} with the "
                   f"'{faults}' fault schedule; events print below. Ctrl-C stops.[/]")
+    if settings.profile == "factory":
+        console.print("[dim]Each station first learns its own normal from its first windows (about 2 minutes; "
+                      "meanwhile only a guard threshold opens an event), then watches"
+                      + (" — the demo's first fault comes after that." if faults == "demo" else ".") + "[/]")
     try:
         deadline = time.monotonic() + duration_s if duration_s else None
         while not stop.wait(2.0):
@@ -138,7 +143,7 @@ def up(settings: Settings, duration_s: float | None = None, assets: int = 4, fau
 
 
 def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faults: str, speed: float,
-           duration_s: float | None, with_api: bool) -> list[_Part]:
+           duration_s: float | None, with_api: bool, sim_start: float | None = None) -> list[_Part]:
     from services.monitor.runner import run_monitor
     from services.simulator.run import run_simulation
 
@@ -148,7 +153,7 @@ def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faul
         _Part("simulator", lambda stop: run_simulation(settings, bootstrap, profile=settings.profile, assets=assets,
                                                        duration_s=duration_s, speed=speed, faults=faults, seed=0,
                                                        ground_truth_path=gt, stop_event=stop,
-                                                       on_ground_truth=printer.fault)),
+                                                       on_ground_truth=printer.fault, start_time=sim_start)),
         _Part("monitor", lambda stop: run_monitor(settings, bootstrap=bootstrap, stop=stop, on_change=printer.change)),
     ]
     try:
@@ -173,12 +178,12 @@ def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faul
 def _serve_api(settings: Settings, stop: threading.Event) -> None:
     import uvicorn
 
-    from services.api.app import create_app, review_url
+    from services.api.app import create_app, print_review_link
 
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="warning"))
     server.install_signal_handlers = lambda: None  # the main thread owns signals
-    console.print(f"Review page: [bold]{review_url(app)}[/]")
+    print_review_link(app, console)
     watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True)
     watcher.start()
     server.run()
