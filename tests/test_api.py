@@ -5,6 +5,7 @@ test_api_media.py; the browser drives the page in test_review_page.py."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -483,3 +484,171 @@ def test_sample_data_and_cli_recalibrate(sqlite_url, tmp_path, monkeypatch):
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert '"asset": "L1-S1"' in result.output and '"dry_run": true' in result.output
+
+
+# ── hostile requests and weak configuration (issue 23) ─────────────────────────────────────
+
+@pytest.fixture
+def live_server(sqlite_url, tmp_path):
+    """The API on a real uvicorn server (a request goes through the HTTP stack, not a test transport)."""
+    import threading
+
+    import uvicorn
+
+    from services.broker.embedded import free_port
+
+    seed(sqlite_url)
+    port = free_port()
+    settings = Settings(database={"url": sqlite_url}, media_root=tmp_path, api={"port": port, "token": TOKEN})
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def _raw_request(port: int, head: bytes, body_chunks=(), read_after_s: float = 5.0) -> tuple[int, bytes]:
+    """Send a request head and body chunks over a socket; return (status, response) — the server
+    may answer (and close) before the body is sent: that is the point."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=read_after_s) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data or len(data) < 12:
+                got = sock.recv(65536)
+                if not got:
+                    break
+                data += got
+        except (ConnectionResetError, socket.timeout):
+            pass
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_huge_bodies_are_refused_before_the_token_is_checked(live_server):
+    """A 200 MB body was read in full before the auth check. Now a declared length over the limit is
+    refused at once (nothing of it is sent here), and a chunked body as soon as it passes the limit."""
+    head = (b"PUT /api/thresholds/L1-S1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 200000000\r\n\r\n")
+    t0 = time.monotonic()
+    status, body = _raw_request(live_server, head)
+    assert status == 413, body[:300]
+    assert time.monotonic() - t0 < 3
+    chunked = (b"PUT /api/thresholds/L1-S1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * 65536
+    status, _ = _raw_request(live_server, chunked, [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 40 + [b"0\r\n\r\n"])
+    assert status == 413
+    # under the limit the token is what decides
+    small = json.dumps({"threshold": 1.1, "actor": "m", "reason": "why"}).encode()
+    status, _ = _raw_request(live_server, b"PUT /api/thresholds/L1-S1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(small), [small])
+    assert status == 401
+
+
+@pytest.mark.parametrize("token", ["CHANGE-ME", "CHANGE-ME-api-token", "short-token", "x" * 40, "my-api-secret-token"])
+def test_placeholder_or_short_tokens_are_refused_at_start(sqlite_url, tmp_path, token):
+    from schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="secrets.token_urlsafe"):
+        client_for(sqlite_url, tmp_path, token=token)
+
+
+def test_the_cli_refuses_the_deploy_placeholder_token(sqlite_url):
+    """deploy/k8s/secret.yaml ships FW_API_TOKEN=CHANGE-ME: `fusionwatch api` must not start with it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")} | {
+        "FW_API_TOKEN": "CHANGE-ME", "FW_DATABASE_URL": sqlite_url}
+    done = subprocess.run([sys.executable, "-m", "services.cli", "api", "--port", "1"], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode != 0
+    assert "FW_API_TOKEN" in done.stderr and "token_urlsafe" in done.stderr, done.stderr[-2000:]
+
+
+def test_manual_thresholds_are_bounded_by_the_calibration(sqlite_api):
+    """PUT {"threshold": 1e9} blinded an asset. L1-S1 is calibrated at 1.0: [0.5, 4] is allowed."""
+    body = {"actor": "qa-lead", "reason": "tuning"}
+    for bad in (1e9, 4.01, 0.49, 1e-9):
+        r = sqlite_api.put("/api/thresholds/L1-S1", headers=AUTH, json=body | {"threshold": bad})
+        assert r.status_code == 422 and "calibrated threshold 1" in r.json()["error"]["message"], (bad, r.text)
+    assert sqlite_api.put("/api/thresholds/L1-S1", headers=AUTH, json=body | {"threshold": 3.5}).status_code == 200
+    # the bound stays relative to the calibration, not to the override in force: no ratcheting upwards
+    assert sqlite_api.put("/api/thresholds/L1-S1", headers=AUTH, json=body | {"threshold": 5.0}).status_code == 422
+    r = sqlite_api.put("/api/thresholds/NEW-1", headers=AUTH, json=body | {"threshold": 1.0})
+    assert r.status_code == 409 and "no calibrated threshold" in r.json()["error"]["message"]
+
+
+def test_metrics_need_the_token_off_loopback(sqlite_url, tmp_path):
+    with client_for(sqlite_url, tmp_path, host="0.0.0.0") as c:
+        assert c.get("/metrics/").status_code == 401
+        assert c.get("/metrics/", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+        r = c.get("/metrics/", headers=AUTH)
+        assert r.status_code == 200 and "fusionwatch" in r.text
+    with client_for(sqlite_url, tmp_path) as c:  # loopback: reads (and metrics) stay open
+        assert c.get("/metrics/").status_code == 200
+
+
+def test_metrics_server_needs_a_token_off_loopback():
+    import urllib.error
+    import urllib.request
+
+    from schemas.errors import ConfigError
+    from services.broker.embedded import free_port
+    from services.observability.server import serve_metrics
+    from services.settings import MetricsSettings
+
+    port = free_port()
+    with pytest.raises(ConfigError, match="FW_METRICS__TOKEN"):
+        serve_metrics(Settings(metrics=MetricsSettings(host="0.0.0.0", port=port)), "monitor", {})
+    with pytest.raises(ConfigError, match="placeholder"):
+        serve_metrics(Settings(metrics=MetricsSettings(host="0.0.0.0", port=port), api={"token": "CHANGE-ME-api-token"}),
+                      "monitor", {})
+    server = serve_metrics(Settings(metrics=MetricsSettings(host="0.0.0.0", port=port), api={"token": TOKEN}),
+                           "monitor", {})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/metrics", timeout=5)
+        assert refused.value.code == 401
+        ok = urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}),
+                                    timeout=5)
+        assert ok.status == 200 and b"fusionwatch" in ok.read()
+        assert urllib.request.urlopen(f"{url}/healthz", timeout=5).status == 200  # probes stay open
+    finally:
+        server.stop()
+
+
+def test_a_generated_token_stays_out_of_logs(sqlite_url, tmp_path, caplog):
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from services.api.app import print_review_link
+
+    settings = Settings(database={"url": sqlite_url}, media_root=tmp_path, var_dir=tmp_path / "var", api={"token": None})
+    with caplog.at_level(logging.DEBUG):
+        app = create_app(settings)
+    token = app.state.ctx.auth.token
+    assert caplog.records and token not in caplog.text
+    out = io.StringIO()
+    print_review_link(app, Console(file=out, force_terminal=False))  # output captured, e.g. into a log file
+    assert token not in out.getvalue() and "api-token" in out.getvalue()
+    path = tmp_path / "var" / "api-token"
+    assert path.read_text().strip() == token and path.stat().st_mode & 0o777 == 0o600
+    tty = io.StringIO()
+    print_review_link(app, Console(file=tty, force_terminal=True, no_color=True, highlight=False))  # a person there
+    assert token in tty.getvalue()

@@ -37,7 +37,7 @@ def served(tmp_path_factory, media_root):
     sessions = session_factory(engine)
     with session_scope(sessions) as s:
         ids = write_sample(s, media_root, now=NOW)
-    settings = Settings(database={"url": sqlite_url}, media_root=media_root, api={"token": "t"})
+    settings = Settings(database={"url": sqlite_url}, media_root=media_root, api={"token": "media-test-token-0123456789"})
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         client.eid = ids[0]  # has a clip, subtitles and a thumbnail
         client.no_media = ids[3]  # has no summary

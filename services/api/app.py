@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.errors import ConfigError
 from services import db
 from services.db import safe_url
-from services.api.auth import LOOPBACK_HOSTS, Auth, Unauthorized
+from services.api.auth import LOOPBACK_HOSTS, Auth, Unauthorized, token_matches
 from services.api.context import ApiContext, ApiError
 from services.api.routes import admin, baselines, events, media
 from services.settings import Settings
@@ -62,6 +62,74 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes` with 413 before anything reads them — before the
+    token check too, which runs after FastAPI has read and parsed the body (a 200 MB body was read
+    in full, unauthenticated). A declared Content-Length is checked at once; a chunked body is
+    counted as it arrives."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._too_large(scope, receive, send)
+        seen, started, over = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    raise _TooLarge()
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if over:  # FastAPI turns the exception into its own 400 "error parsing the body": ours is the answer
+                return
+            started |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking)
+        except _TooLarge:
+            pass
+        if over and not started:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error(413, f"request body over {self.max_bytes} bytes (FW_API__MAX_BODY_BYTES)")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class MetricsGuard:
+    """/metrics needs the bearer token when the API is not bound to loopback (like the other reads;
+    the mounted Prometheus app would otherwise answer anyone who can reach the port)."""
+
+    def __init__(self, app: ASGIApp, auth: Auth):
+        self.app, self.auth = app, auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.auth.reads_open:
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not token_matches(header, self.auth.token):
+                response = _error(401, "/metrics needs 'Authorization: Bearer <token>' when the API is not bound to "
+                                  "loopback (FW_API_TOKEN; Prometheus: authorization.credentials_file)",
+                                  headers={"WWW-Authenticate": 'Bearer realm="fusionwatch"'})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _error(status: int, message: str, details: list | None = None, headers: dict | None = None) -> JSONResponse:
@@ -145,9 +213,9 @@ def create_app(settings: Settings, *, live_poll_s: float = 1.0) -> FastAPI:
         docs_url=None, redoc_url=None, lifespan=_lifespan,
     )
     app.state.ctx = ctx
-    if ctx.auth.generated:
-        log.warning("FW_API_TOKEN is not set; writes (verdicts) need this generated token. Open the review page at "
-                    "%s", review_url(app))
+    if ctx.auth.generated:  # the token itself never goes to the log (see review_url)
+        log.warning("FW_API_TOKEN is not set; writes (verdicts) need a token generated for this run, printed with the "
+                    "page link on the terminal. Set FW_API_TOKEN to keep one across restarts.")
     _install_error_handlers(app)
     app.include_router(events.router)
     app.include_router(media.router)
@@ -160,7 +228,7 @@ def create_app(settings: Settings, *, live_poll_s: float = 1.0) -> FastAPI:
 
         from services.observability.metrics import REGISTRY
 
-        app.mount("/metrics", make_asgi_app(registry=REGISTRY))
+        app.mount("/metrics", MetricsGuard(make_asgi_app(registry=REGISTRY), ctx.auth))
     except ImportError:  # observability is part of the same package; only a broken install lacks it
         log.warning("metrics module not importable; /metrics is off")
 
@@ -172,16 +240,34 @@ def create_app(settings: Settings, *, live_poll_s: float = 1.0) -> FastAPI:
                             headers={"Cache-Control": "no-cache"})
 
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)  # added last: runs first
     if ctx.auth.reads_open:
         # open reads on loopback: refuse other Host names so that DNS rebinding cannot reach them
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
     return app
 
 
-def review_url(app: FastAPI) -> str:
-    """The page link to print at start-up; carries a generated token in the fragment."""
+def review_url(app: FastAPI, with_token: bool = True) -> str:
+    """The page link to print at start-up; carries a generated token in the fragment (print that
+    one to a terminal only: `token_note` says where else to find the token)."""
     ctx: ApiContext = app.state.ctx
     host = ctx.settings.api.host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     url = f"http://{host}:{ctx.settings.api.port}/"
-    return url + f"#token={ctx.auth.token}" if ctx.auth.generated else url
+    return url + f"#token={ctx.auth.token}" if ctx.auth.generated and with_token else url
+
+
+def print_review_link(app: FastAPI, console) -> None:
+    """The page link on the terminal. A generated token goes into the link only when the console is a
+    terminal; otherwise (output captured into a log) it is written to <var_dir>/api-token, mode 0600."""
+    ctx: ApiContext = app.state.ctx
+    if not ctx.auth.generated or console.is_terminal:
+        console.print(f"Review page: [bold]{review_url(app)}[/]")
+        return
+    path = ctx.settings.var_dir / "api-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(ctx.auth.token + "\n")
+    console.print(f"Review page: [bold]{review_url(app, with_token=False)}[/] (writes need the token generated for "
+                  f"this run, in {path}; or set FW_API_TOKEN)")

@@ -26,7 +26,7 @@ def api(
     import uvicorn
     from rich.console import Console
 
-    from services.api.app import create_app, review_url
+    from services.api.app import create_app, print_review_link
     from services.settings import get_settings
 
     settings = get_settings()
@@ -35,7 +35,7 @@ def api(
     application = create_app(settings)
     if sample_data:
         _fill_sample(application)
-    Console(stderr=True).print(f"review page: [bold]{review_url(application)}[/]")
+    print_review_link(application, Console(stderr=True))
     uvicorn.run(application, host=settings.api.host, port=settings.api.port, log_level="warning",
                 access_log=False)
 

@@ -237,6 +237,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
+            if self.server.token is not None and not _token_matches(self.headers.get("Authorization"), self.server.token):
+                self._send(401, b"/metrics needs 'Authorization: Bearer <token>' off loopback (FW_METRICS__TOKEN, "
+                                b"else FW_API_TOKEN)\n")
+                return
             body, ctype = render_metrics(self.headers.get("Accept"), self.server.registry)
             self._send(200, body, ctype)
         elif path == "/healthz":
@@ -267,7 +271,8 @@ class MetricsServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, host: str, port: int, readiness: Readiness | None = None,
-                 liveness: Mapping[str, Check] | None = None, registry: CollectorRegistry = metrics.REGISTRY):
+                 liveness: Mapping[str, Check] | None = None, registry: CollectorRegistry = metrics.REGISTRY,
+                 token: str | None = None):
         try:
             super().__init__((host, port), _Handler)
         except OSError as e:
@@ -278,6 +283,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.readiness = readiness or Readiness()
         self.liveness: dict[str, Check] = dict(liveness or {})
         self.registry = registry
+        self.token = token  # required on /metrics when set (probes stay open: they carry no data)
         self._thread: threading.Thread | None = None
 
     @property
@@ -333,4 +339,29 @@ def serve_metrics(settings: "Settings", service: str, checks: Mapping[str, Check
     metrics.set_build_info(service)
     metrics.asset_labels.set_cap(settings.metrics.max_asset_labels)
     readiness = Readiness(checks, interval_s=settings.metrics.readiness_interval_s)
-    return MetricsServer(settings.metrics.host, metrics_port(settings, service), readiness, liveness).start()
+    return MetricsServer(settings.metrics.host, metrics_port(settings, service), readiness, liveness,
+                         token=metrics_token(settings)).start()
+
+
+def metrics_token(settings: "Settings") -> str | None:
+    """The token /metrics requires: none on loopback; off loopback FW_METRICS__TOKEN, else FW_API_TOKEN,
+    and refusing to start without one (a scrape endpoint open to the network tells anyone the assets,
+    their scores and thresholds)."""
+    from services.api.auth import check_token, is_loopback
+
+    if is_loopback(settings.metrics.host):
+        return None
+    secret, name = (settings.metrics.token, "FW_METRICS__TOKEN") if settings.metrics.token else \
+        (settings.api.token, "FW_API_TOKEN")
+    if secret is None:
+        raise ConfigError(f"metrics.host is {settings.metrics.host} (not loopback) and no token is set: set "
+                          "FW_METRICS__TOKEN (or FW_API_TOKEN) and give Prometheus the same token "
+                          "(scrape_config authorization.credentials_file), or bind FW_METRICS__HOST=127.0.0.1")
+    check_token(secret.get_secret_value(), name)
+    return secret.get_secret_value()
+
+
+def _token_matches(header: str | None, token: str) -> bool:
+    from services.api.auth import token_matches
+
+    return token_matches(header, token)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from schemas import api as shapes
 from services.api import queries, writes
 from services.api.auth import READ_COOKIE
-from services.api.context import can_read, can_write, ctx
+from services.api.context import ApiError, can_read, can_write, ctx
 from services.db import session_scope
 
 router = APIRouter(prefix="/api", tags=["statistics and thresholds"])
@@ -47,10 +47,29 @@ def threshold_changes(
 @router.put("/thresholds/{asset}", response_model=shapes.ThresholdChangeOut, dependencies=[Depends(can_write)],
             summary="Set an asset's threshold by hand (recorded with actor and reason)")
 def set_threshold(request: Request, asset: Asset, body: shapes.ThresholdIn) -> shapes.ThresholdChangeOut:
-    with session_scope(ctx(request).sessions) as session:
+    c = ctx(request)
+    with session_scope(c.sessions) as session:
         before = {t.asset: t.threshold for t in queries.thresholds(session)}.get(asset)
+        _check_bounds(session, c.settings, asset, body.threshold, before)
         change = writes.set_threshold(session, asset, body.threshold, body.actor, body.reason, old=before)
         return queries.change_out(change)
+
+
+def _check_bounds(session, settings, asset: str, new: float, current: float | None) -> None:
+    """A manual threshold stays within [min_factor, max_factor] x the asset's calibrated threshold (the
+    one before its first recorded change, else the model's on its events): an asset cannot be
+    blinded (1e9) or flooded (1e-9) by one request."""
+    from services.api.recalibration import _calibrated
+
+    if current is None:
+        raise ApiError(409, f"asset {asset} has no calibrated threshold yet (no event scored for it); a manual "
+                            "threshold is bounded relative to it — set it once the monitor has scored the asset")
+    calibrated = _calibrated(session, asset, current)
+    lo, hi = calibrated * settings.api.threshold_min_factor, calibrated * settings.api.threshold_max_factor
+    if not lo <= new <= hi:
+        raise ApiError(422, f"threshold {new:g} for {asset} is outside [{lo:.4g}, {hi:.4g}] "
+                            f"({settings.api.threshold_min_factor:g}x to {settings.api.threshold_max_factor:g}x its "
+                            f"calibrated threshold {calibrated:.4g}; FW_API__THRESHOLD_MIN_FACTOR / _MAX_FACTOR)")
 
 
 @router.post("/recalibrate", response_model=shapes.RecalibrationOut, dependencies=[Depends(can_write)],
