@@ -267,3 +267,74 @@ def test_scheduler_cli_help():
     assert result.exit_code == 0 and "--event" in result.output
 
 
+
+
+# ── no pickles from SQL (issue 23) ──────────────────────────────────────────────────────────
+
+class _Touch:
+    """Unpickling this creates a file: proof that something loaded the pickle."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_the_scheduler_never_unpickles_job_state_from_sql(db_url, tmp_path):
+    """APScheduler's SQLAlchemyJobStore unpickled `apscheduler_jobs.job_state` on start: whoever could
+    write that table ran code in the scheduler. A hostile row planted there is now never read."""
+    import pickle
+
+    from sqlalchemy import Column, Float, LargeBinary, MetaData, Table, Unicode
+
+    from services.settings import Settings
+
+    proof = tmp_path / "unpickled"
+    engine = make_engine(db_url)
+    table = Table("apscheduler_jobs", MetaData(), Column("id", Unicode(191), primary_key=True),
+                  Column("next_run_time", Float(25), index=True), Column("job_state", LargeBinary, nullable=False))
+    table.create(engine, checkfirst=True)
+    with engine.begin() as conn:
+        for job_id in ("retention", "recalibration", "planted"):
+            conn.execute(table.insert().values(id=job_id, next_run_time=time.time() - 5,
+                                               job_state=pickle.dumps(_Touch(str(proof)))))
+    settings = Settings(database={"url": db_url}, var_dir=tmp_path)
+    sched = start_scheduler(settings, engine, session_factory(engine), name="pickle-test")
+    try:
+        time.sleep(0.5)
+        assert {j.id for j in sched.get_jobs()} >= {"retention", "recalibration"}
+        assert "planted" not in {j.id for j in sched.get_jobs()}
+    finally:
+        sched.shutdown(wait=True)
+        engine.dispose()
+    assert not proof.exists(), "the scheduler unpickled job state read from SQL"
+
+
+def test_a_firing_missed_while_down_runs_at_start_once(sqlite_url, tmp_path):
+    """Jobs come from code (memory store); a missed firing is found from job_runs instead of a stored
+    next run time: the latest one within misfire_grace_s runs at start, and only once."""
+    from services.settings import SchedulerSettings, Settings
+
+    settings = Settings(database={"url": sqlite_url}, var_dir=tmp_path,
+                        scheduler=SchedulerSettings(recalibration_cron="* * * * *", misfire_grace_s=600))
+    engine = make_engine(sqlite_url)
+    factory = session_factory(engine)
+    runs = lambda: [r.scheduled_for for r in factory().scalars(  # noqa: E731
+        select(JobRun).where(JobRun.job == "recalibration", JobRun.outcome == "ok"))]
+    try:
+        sched = start_scheduler(settings, engine, factory, name="first")
+        deadline = time.monotonic() + 20
+        while not runs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sched.shutdown(wait=True)
+        first = runs()
+        assert len(first) == 1, first
+        assert first[0].replace(tzinfo=timezone.utc if first[0].tzinfo is None else first[0].tzinfo) <= \
+            datetime.now(timezone.utc) and first[0].second == 0
+        sched = start_scheduler(settings, engine, factory, name="second")  # restart: that firing has run
+        time.sleep(1.0)
+        sched.shutdown(wait=True)
+        assert len(runs()) == len(first) or runs()[-1] > first[0]  # at most the next minute's own firing
+    finally:
+        engine.dispose()

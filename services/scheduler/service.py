@@ -1,10 +1,13 @@
-"""Build and run the APScheduler instance: persistent job store, cron triggers, one executor.
+"""Build and run the APScheduler instance: jobs from code, cron triggers, one executor.
 
-Where it sits: the process `fusionwatch scheduler` (and `fusionwatch up`) runs. Jobs are stored in
-the project database (`apscheduler_jobs`, created by the job store itself on start) so a restart
-keeps the schedule and runs a firing it missed while down (within `misfire_grace_s`, coalesced to
-one run). Job definitions are (re)written from the settings on every start with
-`replace_existing`, so changing the shifts in the config and restarting is all it takes.
+Where it sits: the process `fusionwatch scheduler` (and `fusionwatch up`) runs. Jobs live in
+APScheduler's memory store and are added from the settings on every start: nothing is read back
+from SQL. (APScheduler's SQLAlchemyJobStore pickles each job into the database and unpickles it on
+start — whoever can write that table runs code in the scheduler. The `apscheduler_jobs` table of
+older versions is no longer read.) A firing missed while the scheduler was down is found from
+`job_runs`, which records every firing that ran: if the latest scheduled time of a job lies within
+`misfire_grace_s` and has no run, the job is added due at that time and runs at once (coalesced
+to one run; `claimed()` keeps a second scheduler from running it again).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import threading
 import uuid
 
 from apscheduler.events import EVENT_JOB_MISSED
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from datetime import datetime, timedelta, timezone
+
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
@@ -25,7 +30,6 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-JOBSTORE_TABLE = "apscheduler_jobs"
 DIGEST_PREFIX = "digest@"
 
 
@@ -43,7 +47,7 @@ def build_scheduler(settings: Settings, engine, session_factory, name: str | Non
     tz = zone(cfg.timezone)
     context = JobContext(settings, session_factory, name or f"{default_owner()}:{uuid.uuid4().hex[:6]}")
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
+        jobstores={"default": MemoryJobStore()},  # never a pickling store: see the module docstring
         executors={"default": ContextExecutor(context)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": cfg.misfire_grace_s},
         timezone=tz,
@@ -61,8 +65,9 @@ def build_scheduler(settings: Settings, engine, session_factory, name: str | Non
     return scheduler
 
 
-def install_jobs(scheduler: BackgroundScheduler, settings: Settings) -> list[str]:
-    """Write the job definitions (call after `start(paused=True)`: the job store must be open)."""
+def install_jobs(scheduler: BackgroundScheduler, settings: Settings, session_factory=None) -> list[str]:
+    """Add the job definitions (call after `start(paused=True)`); with `session_factory`, a job whose
+    latest firing was missed (no `job_runs` row, within misfire_grace_s) is added due at once."""
     cfg = settings.scheduler
     tz = zone(cfg.timezone)
     wanted: dict[str, tuple[str, CronTrigger]] = {}
@@ -76,18 +81,43 @@ def install_jobs(scheduler: BackgroundScheduler, settings: Settings) -> list[str
     for job in scheduler.get_jobs():
         if job.id.startswith(DIGEST_PREFIX) and job.id not in wanted:
             job.remove()  # a shift that is no longer configured
+    now = datetime.now(tz)
     for job_id, (func, trigger) in wanted.items():
-        existing = scheduler.get_job(job_id)
-        if existing is not None and existing.func_ref == func and str(existing.trigger) == str(trigger):
-            continue  # unchanged: keep its stored next run time, so a firing missed while down still runs
-        scheduler.add_job(func, trigger, id=job_id, name=job_id, replace_existing=True)
+        extra = {}
+        missed = _missed_firing(job_id, trigger, now, cfg.misfire_grace_s, session_factory)
+        if missed is not None:
+            log.info("job %s missed its run at %s while the scheduler was down; running it now", job_id, missed)
+            extra["next_run_time"] = missed
+        scheduler.add_job(func, trigger, id=job_id, name=job_id, replace_existing=True, **extra)
     return sorted(wanted)
+
+
+def _missed_firing(job_id: str, trigger: CronTrigger, now: datetime, grace_s: int, session_factory) -> datetime | None:
+    """The job's latest scheduled time within the grace period, when no scheduler ran it."""
+    if session_factory is None:
+        return None
+    from sqlalchemy import select
+
+    from schemas.tables import JobRun
+
+    latest, t = None, trigger.get_next_fire_time(None, now - timedelta(seconds=grace_s))
+    for _ in range(100_000):  # bounded: a per-second cron over a day of grace
+        if t is None or t > now:
+            break
+        latest, t = t, trigger.get_next_fire_time(t, t + timedelta(microseconds=1))
+    if latest is None:
+        return None
+    task = DIGEST_TASK if job_id.startswith(DIGEST_PREFIX) else job_id
+    with session_factory() as s:
+        ran = s.scalar(select(JobRun.job).where(JobRun.job == task,
+                                                JobRun.scheduled_for == latest.astimezone(timezone.utc)))
+    return None if ran is not None else latest
 
 
 def start_scheduler(settings: Settings, engine, session_factory, name: str | None = None) -> BackgroundScheduler:
     scheduler = build_scheduler(settings, engine, session_factory, name)
     scheduler.start(paused=True)
-    ids = install_jobs(scheduler, settings)
+    ids = install_jobs(scheduler, settings, session_factory)
     scheduler.resume()
     for job in scheduler.get_jobs():
         log.info("job %s next runs at %s", job.id, job.next_run_time)
