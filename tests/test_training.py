@@ -324,3 +324,36 @@ def test_confirmed_anomalies_are_kept_out_of_normal_training_data():
     a = kept.asset_idx == kept.assets.index("A")
     t = kept.start[a] - START
     assert not ((t > 13) & (t < 35)).any() and (kept.asset_idx == kept.assets.index("B")).sum() == 60
+
+
+def test_cli_calibrate_commissions_a_site_keeping_the_weights(tmp_path, monkeypatch):
+    """`fusionwatch calibrate`: a trained model's tails and per-station calibration fitted to a
+    site's normal operation (here a saved dataset of stations it never saw), the trained weights
+    unchanged, the site's log codes known afterwards."""
+    import torch
+    from typer.testing import CliRunner
+
+    from models import checkpoint as ckpt
+    from services.cli import app
+    from services.settings import get_settings
+    from services.training.dataset import SimSpec
+
+    monkeypatch.setenv("FW_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("FW_DATABASE_URL", f"sqlite:///{tmp_path / 'none.db'}")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--recipe", "tiny", "--out", str(tmp_path / "m"), "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    site = simulate_dataset(SimSpec(assets=3, seed=909, duration_s=90), FC)
+    site.save(tmp_path / "site")
+    res = runner.invoke(app, ["calibrate", "-c", str(tmp_path / "m"), "--source", "dataset", "--dataset",
+                              str(tmp_path / "site"), "--out", str(tmp_path / "m2"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    before, cal_before, _ = ckpt.load(tmp_path / "m")
+    after, cal_after, config = ckpt.load(tmp_path / "m2")
+    assert set(cal_after.assets) == set(site.assets) and config["training"]["commissioned"]["windows"] == len(site)
+    weights = [k for k in before.state_dict() if not k.startswith("tails.") and k != "line_bank"]
+    assert all(torch.equal(before.state_dict()[k], after.state_dict()[k]) for k in weights)
+    assert not torch.equal(before.tails.knots_x, after.tails.knots_x)  # refitted on the site
+    assert site.code_vocab() <= after.code_vocab
+    get_settings.cache_clear()

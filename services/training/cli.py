@@ -146,6 +146,80 @@ def train(
                   f"threshold {cal.pooled.threshold:.2f} ({cal.tail.method}, budget {budget:g} per {budget_hours:g} h)")
 
 
+@app.command()
+def calibrate(
+    checkpoint: Path = typer.Option(None, "--checkpoint", "-c", file_okay=False,
+                                    help="The trained model to commission (default: var/model)."),
+    source: str = typer.Option("kafka", "--source", help="'kafka': a time range of the input topics; 'dataset': a "
+                               "directory saved by `train --save-dataset`."),
+    since: str = typer.Option(None, "--since", help="Kafka source: RFC 3339 start of a period of normal operation."),
+    until: str = typer.Option(None, "--until", help="Kafka source: RFC 3339 end of the range (default: now)."),
+    bootstrap: str = typer.Option(None, "--bootstrap", "-b", help="Kafka bootstrap HOST:PORT (default FW_KAFKA_BOOTSTRAP)."),
+    dataset: Path = typer.Option(None, "--dataset", file_okay=False, help="Dataset source: the directory."),
+    out: Path = typer.Option(None, "--out", "-o", file_okay=False, help="Where to write the commissioned model "
+                             "(default: over --checkpoint; the monitor reloads it on restart)."),
+    budget: float = typer.Option(1.0, "--budget", min=0.01, help="False events allowed per asset per --budget-hours."),
+    budget_hours: float = typer.Option(8.0, "--budget-hours", min=0.1, help="Period of the budget (default: a shift)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Commission a site: fit a trained model's normal tails and per-station thresholds to a time
+    range of this site's normal operation, keeping its trained weights — a forward pass over the
+    range, minutes where `train --source kafka` takes a full training. The site's normal log lines
+    and codes join the model's memory. Windows inside events reviewers confirmed as real are left out.
+    """
+    import numpy as np
+    import torch
+    from rich.console import Console
+
+    from models import checkpoint as ckpt
+    from models.data import WindowArrays
+    from models.train import component_table, fit_component_stats
+    from schemas.errors import ConfigError
+    from services.settings import get_settings
+    from services.training.card import model_card
+    from services.training.recipes import calibrate_model
+    from services.training.ui import progress_bars
+
+    settings = get_settings()
+    console = Console(stderr=True)
+    checkpoint = checkpoint or settings.checkpoint_dir
+    model, _, config = ckpt.load(checkpoint, device="cpu")
+    with progress_bars(progress, console) as bar:
+        if source == "kafka":
+            data = _kafka_windows(settings, bootstrap, since, until, model.cfg.features, bar)
+        elif source == "dataset":
+            if dataset is None:
+                raise ConfigError("--source dataset needs --dataset DIR")
+            data = WindowArrays.load(dataset)
+        else:
+            raise ConfigError(f"--source must be kafka or dataset, not {source!r}")
+    data = _without_confirmed_anomalies(settings, data, console)
+    if len(data) < 200:
+        raise ConfigError(f"only {len(data)} windows in that range: commission on at least a few minutes of normal "
+                          "operation per station (an hour or a shift is better)")
+    bank = np.concatenate([model.line_bank.numpy(), data.unique_lines()])
+    model.line_bank = torch.from_numpy(np.unique(bank, axis=0))
+    model.code_vocab = frozenset(model.code_vocab) | data.code_vocab()
+    console.print(f"commissioning {checkpoint} on {len(data)} windows of {len(data.assets)} stations …")
+    table = component_table(model, data)
+    stats = fit_component_stats(model, data, table=table)
+    calibration = calibrate_model(model, data, per_asset=True, table=table, budget_events=budget,
+                                  budget_hours=budget_hours)
+    info = dict(config.get("training", {}))
+    info["commissioned"] = {"source": source, "since": since, "until": until, "dataset": str(dataset) if dataset else None,
+                            "windows": len(data), "assets": data.assets}
+    info["component_stats"] = stats
+    info.setdefault("data", {})["calibration"] = {"windows": len(data), "assets": data.assets, "source": source}
+    version = ckpt.model_version(model)
+    target = out or checkpoint
+    ckpt.save(target, model, calibration, card=model_card(version, model, calibration, info),
+              extra={"training": _jsonable(info)}, version=version)
+    console.print(f"[bold green]model {version}[/] → {target}: normal tails and per-station scales of "
+                  f"{len(calibration.assets)} stations, threshold {calibration.pooled.threshold:.2f} ({calibration.tail.method}, "
+                  f"budget {budget:g} per {budget_hours:g} h). Restart the monitor to use it; each station still "
+                  "learns its own baseline when the monitor starts.")
+
+
 def _rows(text: str) -> tuple[int, int] | None:
     """'44:84' -> (44, 84); 'none' -> None."""
     from schemas.errors import ConfigError
@@ -205,6 +279,12 @@ def _without_confirmed_anomalies(settings, data, console):
     if confirmed:
         console.print(f"left out {dropped} windows inside {len(confirmed)} confirmed anomalies (review verdicts)")
     return data
+
+
+def _jsonable(x):
+    from services.training.recipes import _jsonable as jsonable
+
+    return jsonable(x)
 
 
 def _time_split(data, fraction: float):

@@ -35,6 +35,7 @@ from models.data import WindowArrays
 from models.fusion import COMPONENT_NAMES, INTRA_NAMES, FusionModel
 from models.train import component_table, same_intra
 from models.adaptation import table_phases
+from services.training.recipes import MIN_WATCHING_WINDOWS
 from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
 
 DETECT_WITHIN_S = 10.0  # an event must open this soon after a fault starts to count as its detection
@@ -269,7 +270,9 @@ def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowAr
         raw_c = variant_raw(model, cc, cm, comps, calib)
         raw_t = variant_raw(model, tc, tm, comps, test)
         base = model.cfg.baseline
-        raw_c = np.where(table_phases(calib.asset_idx, calib.start, base)[0], np.nan, raw_c)  # as calibrate_model
+        calib_learning = table_phases(calib.asset_idx, calib.start, base)[0]
+        if (~calib_learning).sum() >= MIN_WATCHING_WINDOWS:  # as calibrate_model
+            raw_c = np.where(calib_learning, np.nan, raw_c)
         learning, judged = table_phases(test.asset_idx, test.start, base)
         cal = calibrate(raw_c, np.array(calib.assets)[calib.asset_idx], calib.start, budget_events=budget_events,
                         budget_hours=budget_hours, hop_s=_hop(calib), open_after=open_after, close_after=close_after,

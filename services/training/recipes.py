@@ -67,6 +67,7 @@ RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(
         "tiny", SimSpec(assets=2, seed=101, duration_s=40), SimSpec(assets=2, seed=102, duration_s=60),
         SimSpec(assets=4, seed=103, duration_s=95, faults="all"), tiny_model=True,
+        model=dict(learn_windows=20, judge_after=5),
         steps=dict(intra_steps=8, fusion_steps=8, frames_per_step=8, windows_per_step=16, checkpoint_every=4),
         description="seconds; for tests and smoke runs (the model is not useful)"),
     "quick": Recipe(
@@ -156,13 +157,21 @@ def fit_model(model: FusionModel, train_data: WindowArrays, calib_data: WindowAr
     return calibration, info
 
 
+MIN_WATCHING_WINDOWS = 200
+
+
 def calibrate_model(model: FusionModel, calib_data: WindowArrays, per_asset: bool = False, device: str = "cpu",
                     table: tuple[np.ndarray, np.ndarray] | None = None, **kw: Any) -> Calibration:
     comps, masks = table if table is not None else component_table(model, calib_data, device=device)
     raw, _, _ = model.combine_arrays(comps, masks, windows=(calib_data.asset_idx, calib_data.start))
     # thresholds are for watching assets: windows scored while a baseline is learned do not count
+    # (unless a short recording holds little else: then every window is better than none)
     learning, _ = table_phases(calib_data.asset_idx, calib_data.start, model.cfg.baseline)
-    raw = np.where(learning, np.nan, raw)
+    if (~learning).sum() >= MIN_WATCHING_WINDOWS:
+        raw = np.where(learning, np.nan, raw)
+    else:
+        log.warning("calibration data hold only %d windows past each station's learning phase: calibrating on all %d",
+                    int((~learning).sum()), len(raw))
     assets = np.array(calib_data.assets)[calib_data.asset_idx]
     hop = float(calib_data.meta.get("spec", {}).get("hop_s", 1.0))
     return calibrate(raw, assets, calib_data.start, per_asset=per_asset, hop_s=hop, **kw)
