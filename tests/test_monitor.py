@@ -269,3 +269,60 @@ def test_a_station_learns_its_own_normal_and_an_operator_can_reset_it(broker, ma
         assert [b.phase for b in baselines.baselines(s) if b.asset == "L1-S1"] == ["learning"]
     assert [e.asset_id for e in events()] == ["L1-S2"]
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_failing_commits_make_the_monitor_unready_and_sigterm_still_stops_it(broker, make_topics, unique_group,
+                                                                             pg_url):
+    """Issue 23: with every commit failing, /readyz stayed 200 and SIGTERM waited 60 s for a retry
+    loop. Now /readyz (the runner's `commits` check, served over HTTP) turns 503 after
+    monitor.commit_failing_unready_s, and a stop inside the retry loop ends the run in seconds."""
+    import urllib.error
+    import urllib.request
+
+    from sqlalchemy.engine import make_url
+
+    from services.broker.embedded import free_port
+    from services.observability.server import CheckResult, serve_metrics
+    from services.settings import MetricsSettings, MonitorSettings
+    from tests.support.tcp_proxy import TcpProxy
+
+    ks, topics = make_topics(partitions=2)
+    start = time.time() - 60
+    produce(make_producer(ks, broker.bootstrap), topics, bright_fault_stream(["L1-S1", "L1-S2"], start, 20, {}))
+    u = make_url(pg_url)
+    proxy = TcpProxy(u.host, u.port or 5432)
+    engine = db.make_engine(u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    settings = Settings(kafka=ks, monitor=MonitorSettings(commit_failing_unready_s=2.0),
+                        metrics=MetricsSettings(port=free_port(), readiness_interval_s=0.2))
+    monitor = Monitor(settings, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=unique_group())
+    server = serve_metrics(settings, "monitor", {"commits": lambda: CheckResult(*monitor.commit_health())})
+
+    def readyz() -> int:
+        try:
+            return urllib.request.urlopen(f"{server.url}/readyz", timeout=5).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    stop = threading.Event()
+    t = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
+    try:
+        t.start()
+        deadline = time.monotonic() + 60
+        while not monitor.ready.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxy.cut()  # partitions claimed; from here on every commit fails
+        commits = monitor.stats.commits
+        while readyz() == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert readyz() == 503, "readiness stayed up while every commit failed"
+        assert monitor.stats.commits == commits and monitor.commit_health()[1].startswith("SQL commits failing")
+        t0 = time.monotonic()
+        stop.set()  # what SIGTERM does (services/lifecycle.py)
+        t.join(30)
+        assert not t.is_alive() and time.monotonic() - t0 < 8, f"stop took {time.monotonic() - t0:.1f} s"
+    finally:
+        stop.set()
+        server.stop()
+        proxy.close()
+        engine.dispose()
