@@ -436,7 +436,10 @@ def test_sasl_without_credentials_is_a_config_error():
 
 
 SECRETS = {"FW_KAFKA__SASL_PASSWORD": "kafka-Pw-9f3c1", "FW_API_TOKEN": "api-Tok-77e2a",
-           "FW_DATABASE_URL": "postgresql://fw:db-Pw-4c21d@127.0.0.1:1/nowhere"}
+           # every password form libpq takes in a URL: the user part, ?password=, ?sslpassword=
+           "FW_DATABASE_URL": "postgresql://fw:db-Pw-4c21d@127.0.0.1:1/nowhere?password=qp-Pw-8e1f0"
+                              "&sslpassword=ssl-Pw-31c9a&sslmode=prefer"}
+SECRET_VALUES = ("kafka-Pw-9f3c1", "api-Tok-77e2a", "db-Pw-4c21d", "qp-Pw-8e1f0", "ssl-Pw-31c9a")
 
 
 def _fusionwatch(args: list[str], extra_env: dict[str, str], timeout: float = 120) -> str:
@@ -452,7 +455,7 @@ def test_no_secrets_in_config_output():
     for args in (["config"], ["config", "--json"]):
         out = _fusionwatch(args, env)
         assert "sasl_password" in out or "SASL_PASSWORD" in out, out[-2000:]  # the setting is shown...
-        for secret in ("kafka-Pw-9f3c1", "api-Tok-77e2a", "db-Pw-4c21d"):
+        for secret in SECRET_VALUES:
             assert secret not in out, f"{secret} printed by `fusionwatch {' '.join(args)}`"  # ...masked
 
 
@@ -464,8 +467,25 @@ def test_no_secrets_in_monitor_start_up_logs(broker, tmp_path):
            "FW_DATABASE__CONNECT_TIMEOUT_S": "2", "FW_VAR_DIR": str(tmp_path), "FW_LOG_LEVEL": "DEBUG"}
     out = _fusionwatch(["--log-level", "DEBUG", "monitor"], env)
     assert "did not answer" in out or "database" in out.lower(), out[-2000:]
-    for secret in ("kafka-Pw-9f3c1", "api-Tok-77e2a", "db-Pw-4c21d"):
+    for secret in SECRET_VALUES:
         assert secret not in out, f"{secret} appears in the monitor's output:\n{out[-3000:]}"
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql://fw:pw1@db/x", "postgresql://fw:***@db/x"),
+    ("postgresql://fw@db/x?password=pw2&sslmode=require", "postgresql://fw@db/x?password=***&sslmode=require"),
+    ("postgresql://db/x?sslpassword=pw3&PASSWORD=pw4", "postgresql://db/x?sslpassword=***&PASSWORD=***"),
+    ("postgresql+psycopg://u:p%40ss@db:5432/x?passfile=/p", "postgresql+psycopg://u:***@db:5432/x?passfile=***"),
+    ("sqlite:///./var/fusionwatch.db", "sqlite:///./var/fusionwatch.db"),
+])
+def test_database_urls_are_printed_without_any_password(url, shown):
+    from services.db import redact, safe_url
+
+    assert safe_url(url) == shown
+    message = redact("driver said: pw1 pw2 pw3 pw4 p@ss", url)
+    for secret in ("pw1", "pw2", "pw3", "pw4", "p@ss"):
+        if secret in url or (secret == "p@ss" and "p%40ss" in url):
+            assert secret not in message, message
 
 
 def test_network_endpoints_bind_to_loopback_by_default():
