@@ -92,8 +92,8 @@ def run_simulation(settings: Settings, bootstrap: str | None, profile: str = "fa
     """Produce a simulation to Kafka (or, with dry_run, only generate it: a throughput benchmark).
 
     duration_s None (or <= 0) runs until stop_event is set. start_time defaults to now, or to
-    now - duration_s when speed is 0 (a fast replay then ends near the present, keeping every
-    ce_time inside the consumers' ±24 h window).
+    now - duration_s when the run is faster than real time (speed 0 or > 1: a fast replay then
+    ends at the present, keeping every ce_time behind the consumers' clock).
     """
     if speed < 0:
         raise ConfigError("--speed must be 0 (as fast as possible) or positive (1 = real time)")
@@ -102,13 +102,19 @@ def run_simulation(settings: Settings, bootstrap: str | None, profile: str = "fa
     bounded = duration_s is not None and duration_s > 0
     if not bounded and speed == 0:
         raise ConfigError("an unbounded run (no --duration) needs a real-time --speed; speed 0 would never stop")
+    if not bounded and speed > 1 and start_time is None:
+        raise ConfigError(f"--speed {speed:g} without --duration would stamp records ahead of the clock, and consumers "
+                          "dead-letter those (time_in_future): give a --duration (the run then ends at the present) "
+                          "or a --start-time in the past")
     bootstrap = bootstrap or settings.kafka.bootstrap
     if not dry_run and not bootstrap:
         raise ConfigError("no Kafka broker configured: run `fusionwatch broker` (or `fusionwatch up`) and set "
                           "FW_KAFKA_BOOTSTRAP=127.0.0.1:19092, or pass --bootstrap HOST:PORT")
     now = time.time()
     if start_time is None:
-        start_time = now - duration_s if (speed == 0 and bounded) else now
+        # faster than real time, a bounded run starts in the past and ends at the present: every
+        # ce_time stays behind the consumers' clock (they dead-letter records from the future)
+        start_time = now - duration_s if ((speed == 0 or speed > 1) and bounded) else now
     start_time = round(start_time, 3)
     horizon = duration_s if bounded else UNBOUNDED_HORIZON_S
     source = make_source(profile, assets, seed, start_time, faults, horizon)
