@@ -40,7 +40,7 @@ def collect(source, duration_s: float) -> dict[str, list[tuple[float, str, bytes
     return out
 
 
-def decoded(kind: Kind, rows, now: float = T):
+def decoded(kind: Kind, rows, now: float = T + 3600):  # the consumer reads after the fact
     out = []
     for t, key, value, headers in rows:
         got = decode(kind, key.encode(), value, headers, now=now)
@@ -82,8 +82,11 @@ def test_all_preset_covers_every_kind_without_overlap(n_assets, seed):
 
 def test_demo_and_none_presets():
     assert fault_schedule("none", ["L1-S1"], T, 600, 0) == []
+    from services.simulator.faults import DEMO_LEAD_S
+
     demo = fault_schedule("demo", asset_names(4), T, 300, 0)
-    assert demo and demo[0].start < T + 60
+    # the first fault once the stations have learned their baselines, and soon after that
+    assert demo and T + DEMO_LEAD_S <= demo[0].start < T + DEMO_LEAD_S + 30
     assert any(f.cross_modal for f in demo[:3])
 
 
@@ -130,7 +133,7 @@ def test_plant_records_follow_the_contract_in_event_time_order():
     assert times == sorted(times) and T <= times[0] and times[-1] < T + 10
     counts = defaultdict(int)
     for kind, rec in rows:
-        got = decode(kind, rec.key, rec.value, rec.headers, now=T)
+        got = decode(kind, rec.key, rec.value, rec.headers, now=T + 3600)
         assert isinstance(got, Accepted), got
         counts[(kind, got.envelope.asset)] += 1
         if kind is Kind.FRAME:

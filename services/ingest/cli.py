@@ -15,9 +15,10 @@ ingest_app = typer.Typer(
 )
 app.add_typer(ingest_app, name="ingest")
 
-_START_HELP = ("What wall-clock time media time zero is: 'now' (default), 'metadata' (the container's creation_time, "
-               "else the file's modification time) or an RFC 3339 time such as 2026-03-01T08:00:00Z. Event times are this "
-               "plus the position in the recording.")
+_START_HELP = ("What wall-clock time media time zero is: 'now' (default: a recording replayed faster than real time "
+               "is stamped so that it ends now — consumers refuse records from the future), 'metadata' (the container's "
+               "creation_time, else the file's modification time) or an RFC 3339 time such as 2026-03-01T08:00:00Z. "
+               "Event times are this plus the position in the recording.")
 _BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default FW_KAFKA_BOOTSTRAP)."
 _SPEED_HELP = "Replay speed for recordings: 0 = as fast as possible (default), 1 = real time, N = N x. Live streams pace themselves."
 
@@ -93,8 +94,10 @@ def video(
     options = MediaOptions(fps=fps, max_width=max_width, jpeg_quality=quality, audio=audio, chunk_s=chunk_s,
                            resample=resample, open_timeout_s=timeout_s, rtsp_transport=rtsp_transport)
     container = open_container(src, options)
-    origin = resolve_origin(start_time, container.metadata.get("creation_time"), src)
     total = container.duration / 1e6 if container.duration else None
+    origin = resolve_origin(start_time, container.metadata.get("creation_time"), src)
+    if start_time.strip() == "now" and total and (speed == 0 or speed > 1):
+        origin -= total  # a fast replay ends at the present, never ahead of the consumers' clock
     stats = IngestStats(src, asset)
     try:
         _run(stats, lambda stop: media_records(container, src, asset, origin, options), bootstrap, speed, total, as_json,
@@ -122,8 +125,10 @@ def audio_cmd(
     check_asset(asset)
     options = MediaOptions(video=False, chunk_s=chunk_s, resample=resample, open_timeout_s=timeout_s)
     container = open_container(src, options)
-    origin = resolve_origin(start_time, container.metadata.get("creation_time"), src)
     total = container.duration / 1e6 if container.duration else None
+    origin = resolve_origin(start_time, container.metadata.get("creation_time"), src)
+    if start_time.strip() == "now" and total and (speed == 0 or speed > 1):
+        origin -= total  # a fast replay ends at the present, never ahead of the consumers' clock
     stats = IngestStats(src, asset)
     try:
         _run(stats, lambda stop: media_records(container, src, asset, origin, options), bootstrap, speed, total, as_json,

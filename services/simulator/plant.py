@@ -60,13 +60,18 @@ class _Station:
     def __init__(self, plant: "Plant", index: int, asset: str, faults: list[Fault]):
         seed = plant.seed
         self.index, self.asset, self.faults = index, asset, faults
+        # What the station *is* (its camera scene, acoustics, mounting) is drawn from the seed and
+        # the station alone; what it *does* (its operating timeline, parts, log lines, sensor noise)
+        # also from the start time, so two runs of one plant at different hours are the same
+        # stations doing different work — not the same minutes replayed under another light.
         rng = lambda stream: np.random.default_rng([seed, index, stream])  # noqa: E731
-        self.timeline = Timeline(plant.start_time, rng(1), faults, shift_s=plant.shift_s)
-        self.conveyor = Conveyor(self.timeline, faults, rng(2))
+        run = lambda stream: np.random.default_rng([seed, index, stream, int(plant.start_time)])  # noqa: E731
+        self.timeline = Timeline(plant.start_time, run(1), faults, shift_s=plant.shift_s)
+        self.conveyor = Conveyor(self.timeline, faults, run(2))
         self.scene = Scene(rng(3), plant.frame_size)
         self.acoustics = Acoustics(rng(4), plant.sample_rate)
-        self.plc = PlcLog(asset, self.timeline, self.conveyor, faults, rng(5), plant.start_time)
-        self.frame_rng, self.audio_rng = rng(6), rng(7)
+        self.plc = PlcLog(asset, self.timeline, self.conveyor, faults, run(5), plant.start_time)
+        self.frame_rng, self.audio_rng = run(6), run(7)
         line, _, station = asset.partition("-")
         base = f"/sim/{line}/{station}" if station else f"/sim/{asset}"
         self.sources = {Kind.FRAME: f"{base}/cam1", Kind.AUDIO: f"{base}/mic1", Kind.LOG: f"{base}/plc"}

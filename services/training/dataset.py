@@ -35,7 +35,7 @@ from schemas.errors import ConfigError, FusionwatchError
 
 log = logging.getLogger(__name__)
 
-DATASET_VERSION = 6  # bump when featurization, labelling or the simulator changes, so stale caches are rebuilt
+DATASET_VERSION = 7  # bump when featurization, labelling or the simulator changes, so stale caches are rebuilt
 # A fixed, reproducible default start: 2026-01-05 08:00 UTC (inside a day shift).
 DEFAULT_START = 1767600000.0
 # Runs that span the day start at the morning handover, 2026-01-05 06:00 UTC: with 3, 6, 12 or 24
