@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from schemas.errors import ConfigError
+
 app = typer.Typer()
 ingest_app = typer.Typer(
     help="Feed real data in: video files and RTSP/HTTP camera streams, audio files and streams, log files "
@@ -23,7 +25,10 @@ _BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default FW_KAFKA_BOOTSTRAP)."
 _SPEED_HELP = "Replay speed for recordings: 0 = as fast as possible (default), 1 = real time, N = N x. Live streams pace themselves."
 
 
-def _run(stats, records, bootstrap: str | None, speed: float, total_s: float | None, as_json: bool, label: str) -> None:
+def _run(stats, records, bootstrap: str | None, speed: float, total_s: float | None, as_json: bool, label: str,
+         tracker=None) -> None:
+    """Send `records(stop)` to Kafka. With a follow-position tracker, each record sent is marked and
+    the position is saved after the producer's final flush (and by the reader as it goes)."""
     import signal
     import threading
     import time
@@ -35,9 +40,13 @@ def _run(stats, records, bootstrap: str | None, speed: float, total_s: float | N
     from services.settings import get_settings
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # SIGTERM (systemd, docker stop) ends the run like Ctrl-C: flushed, and the position saved
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     console = Console(stderr=True)
     sink = KafkaSink(get_settings(), bootstrap, stats)
+    if tracker is not None:
+        sink.track_delivery = True
+        tracker.flush = sink.flush
     pacer = Pacer(speed, stop)
     wall0 = time.monotonic()
     try:
@@ -48,6 +57,8 @@ def _run(stats, records, bootstrap: str | None, speed: float, total_s: float | N
                 if not pacer.wait(t):
                     break
                 sink.send(kind, rec, t)
+                if tracker is not None:
+                    tracker.mark_sent()
                 if stats.records % 20 == 1:
                     span = (stats.last_time - stats.first_time) if stats.first_time is not None else 0.0
                     progress.update(task, completed=span if total_s else None,
@@ -55,9 +66,14 @@ def _run(stats, records, bootstrap: str | None, speed: float, total_s: float | N
                                          f"{stats.by_kind['audio']} audio, {stats.by_kind['logs']} logs)")
             progress.update(task, completed=total_s)
     finally:
-        signal.signal(signal.SIGINT, previous)
-        sink.close()
-        stats.wall_seconds = time.monotonic() - wall0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            if tracker is not None:
+                tracker.checkpoint()
+        finally:
+            sink.close()
+            stats.wall_seconds = time.monotonic() - wall0
     if as_json:
         print(json.dumps(stats.to_json(), indent=2))
     else:
@@ -139,24 +155,54 @@ def audio_cmd(
 
 @ingest_app.command("logs")
 def logs_cmd(
-    path: Path = typer.Argument(..., dir_okay=False, help="The log file (plain text or JSON lines)."),
+    path: Path = typer.Argument(..., dir_okay=False,
+                                help="The log file: syslog (RFC 3164 / 5424), JSON lines (ECS, structlog, the contract's "
+                                     "msg), logfmt or plain text with a leading timestamp; a file may mix them."),
     asset: str = typer.Option(..., "--asset", "-a", help="Asset id the records are keyed by, e.g. L3-S2."),
     follow: bool = typer.Option(False, "--follow", "-F",
-                                help="Keep reading new lines like `tail -F` (survives rotation) until Ctrl-C."),
-    from_start: bool = typer.Option(False, "--from-start", help="With --follow: read the existing lines first."),
+                                help="Keep reading new lines like `tail -F` (survives rotation) until Ctrl-C / SIGTERM; "
+                                     "the position is saved, so a restart resumes at the first line not yet sent."),
+    from_start: bool = typer.Option(False, "--from-start",
+                                    help="With --follow and no saved position: read the existing lines first."),
+    position_file: Path = typer.Option(None, "--position-file",
+                                       help="With --follow: where the read position is kept (default: "
+                                            "<var_dir>/ingest/positions/<asset>-<file>-<hash>.json). Delete it to start over."),
     time_source: str = typer.Option("auto", "--time-source",
                                     help="Event time of a line: 'auto' (its own timestamp if it has one, else now), "
                                          "'line' (require one) or 'now' (time read; use for old files, since consumers "
                                          "reject times more than 24 h away)."),
+    tz: str = typer.Option("local", "--timezone",
+                           help="Zone of timestamps that carry none (RFC 3164 syslog, '2026-03-01 08:00:00'): 'local' "
+                                "(this machine's, the default: syslog daemons write local time), 'UTC' or an IANA "
+                                "name such as Europe/Berlin."),
     bootstrap: str = typer.Option(None, "--bootstrap", "-b", help=_BOOTSTRAP_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the final statistics as JSON."),
 ) -> None:
-    """Ingest a log file line by line (JSON lines keep level/code/serial/speaker), once or following it."""
-    from services.ingest.common import IngestStats, check_asset
-    from services.ingest.logs import log_records
+    """Ingest a log file line by line (time, level, app and message read from the line), once or following it."""
+    from rich.console import Console
 
+    from services.ingest.common import IngestStats, check_asset
+    from services.ingest.logformats import parse_zone
+    from services.ingest.logs import TIME_SOURCES, check_log_file, log_records
+    from services.ingest.position import PositionStore, PositionTracker, default_position_file
+    from services.settings import get_settings
+
+    # everything local is checked before the broker is waited for
     check_asset(asset)
+    check_log_file(path, follow)
+    zone = parse_zone(tz)
+    if time_source not in TIME_SOURCES:
+        raise ConfigError(f"--time-source must be one of {', '.join(TIME_SOURCES)}")
+    tracker = None
+    if follow:
+        store = PositionStore(position_file or default_position_file(get_settings().var_dir, path, asset), path)
+        tracker = PositionTracker(store)
+        where = f"resuming at byte {tracker.saved.offset}" if tracker.saved else \
+            ("from its start" if from_start else "from its end")
+        Console(stderr=True).print(f"following {path} {where}; position kept in {store.path}")
+    elif position_file is not None:
+        raise ConfigError("--position-file needs --follow (a whole file is read from its start every time)")
     stats = IngestStats(str(path), asset)
     _run(stats, lambda stop: log_records(path, asset, stats, follow=follow, from_start=from_start,
-                                         time_source=time_source, stop=stop),
-         bootstrap, 0.0, None, as_json, f"{'following' if follow else 'ingesting'} {path.name}")
+                                         time_source=time_source, stop=stop, zone=zone, tracker=tracker),
+         bootstrap, 0.0, None, as_json, f"{'following' if follow else 'ingesting'} {path.name}", tracker=tracker)

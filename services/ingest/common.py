@@ -128,15 +128,35 @@ class KafkaSink:
         self.topics = {Kind.FRAME: topics.frames, Kind.AUDIO: topics.audio, Kind.LOG: topics.logs}
         self.producer = make_producer(settings.kafka, bootstrap)
         self.stats = stats
+        # with a follow position, each send's future is kept until the next flush checks it
+        self.track_delivery = False
+        self._futures: list = []
 
     def send(self, kind: Kind, rec: WireRecord, event_time: float) -> None:
         from kafka.errors import KafkaError
 
         try:
-            self.producer.send(self.topics[kind], key=rec.key, value=rec.value, headers=rec.headers)
+            future = self.producer.send(self.topics[kind], key=rec.key, value=rec.value, headers=rec.headers)
         except KafkaError as e:
             raise DependencyUnavailable(f"producing to Kafka at {self.bootstrap} failed ({e}); is the broker running?") from None
+        if self.track_delivery:
+            self._futures.append(future)
         count(self.stats, kind, rec, event_time)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every record sent so far is acknowledged; raise if one was not."""
+        from kafka.errors import KafkaError
+
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaError as e:
+            raise DependencyUnavailable(f"Kafka at {self.bootstrap} did not acknowledge the records within "
+                                        f"{timeout_s:.0f} s ({e}); is the broker running?") from None
+        failed = [f for f in self._futures if f.failed()]
+        self._futures.clear()
+        if failed:
+            raise DependencyUnavailable(f"{len(failed)} records were not delivered to Kafka at {self.bootstrap} "
+                                        f"({failed[0].exception}); is the broker running?")
 
     def close(self) -> None:
         try:
