@@ -50,11 +50,12 @@ def main(
 ) -> None:
     import os
 
-    from services.settings import get_settings
+    from services.settings import check_environment, get_settings
 
     if config:
         os.environ["FW_CONFIG"] = config
         get_settings.cache_clear()
+    check_environment()  # a misspelt FW_* variable stops every command, not only those that read it
     setup_logging(log_level or os.environ.get("FW_LOG_LEVEL", "INFO"))
 
 
@@ -91,14 +92,17 @@ app.add_typer(db_app, name="db")
 def db_upgrade(
     url: str = typer.Option(None, "--url", help="Database URL (default: FW_DATABASE_URL or the SQLite file under var/)."),
     revision: str = typer.Option("head", help="Target revision."),
+    wait_s: float = typer.Option(0.0, "--wait-s", min=0,
+                                 help="Wait up to this long for the server to answer (e.g. an init container "
+                                      "started with the database); default: one attempt."),
 ) -> None:
     """Create or migrate the database to the latest schema. Safe to run repeatedly."""
     from services import db
     from services.settings import get_settings
 
     url = url or get_settings().database.url
-    db.upgrade(url, revision)
-    err.print(f"database at {url} is at revision [bold]{db.current_revision(url)}[/]")
+    db.upgrade(url, revision, wait_s=wait_s)
+    err.print(f"database at {db.safe_url(url)} is at revision [bold]{db.current_revision(url)}[/]")
 
 
 @db_app.command("current")
@@ -183,12 +187,41 @@ def _register_service_commands() -> None:
 _register_service_commands()
 
 
+def _dependency_failure(e: BaseException) -> str | None:
+    """One sentence for a broker or database that stopped answering mid-run (the checks at start
+    catch the common cases; these come from deep inside the clients), else None."""
+    kind = type(e).__name__
+    if type(e).__module__.startswith("kafka") and kind in ("KafkaTimeoutError", "NoBrokersAvailable",
+                                                          "KafkaConnectionError"):
+        return (f"the Kafka broker stopped answering ({str(e).splitlines()[0][:200]}); check that it runs and "
+                "FW_KAFKA_BOOTSTRAP, then start the command again")
+    if type(e).__module__.startswith("sqlalchemy") and kind == "OperationalError":
+        from services import db
+        from services.settings import get_settings
+
+        try:
+            url = get_settings().database.url
+        except FusionwatchError:
+            url = ""
+        text = str(getattr(e, "orig", None) or e).strip().splitlines()
+        return (f"the database stopped answering ({db.redact(text[0][:200] if text else kind, url)}); check the "
+                "server and FW_DATABASE_URL, then start the command again")
+    return None
+
+
 def run() -> None:
-    """Console-script entry: turn our own errors into one clear line and exit code 2."""
+    """Console-script entry: turn our own errors, and a dependency gone mid-run, into one clear
+    line and exit code 2."""
     try:
         app()
     except FusionwatchError as e:
         err.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except Exception as e:
+        line = _dependency_failure(e)
+        if line is None:
+            raise
+        err.print(f"[bold red]error:[/] {line}")
         sys.exit(2)
 
 

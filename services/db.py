@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from schemas.errors import DependencyUnavailable
+from schemas.errors import ConfigError, DependencyUnavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "schemas" / "migrations"
@@ -67,7 +67,32 @@ def redact(message: str, url) -> str:
     return message
 
 
+_URL_HINT = ("write sqlite:///./var/fusionwatch.db or postgresql://USER@HOST:5432/DATABASE "
+             "(FW_DATABASE_URL, or --url)")
+
+
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a database URL as people write it (postgres:// included, as libpq
+    and hosting providers write it), or a ConfigError that says how to write one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend, _, driver = make_url(url).drivername.partition("+")
+    except ArgumentError:
+        raise ConfigError(f"{safe_url(url)!r} is not a database URL; {_URL_HINT}") from None
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return url
+    if backend in ("postgresql", "postgres"):
+        if driver not in ("", "psycopg"):
+            raise ConfigError(f"the database URL asks for the {driver} driver, which fusionwatch does not ship "
+                              "(it uses psycopg 3); write postgresql://USER@HOST:5432/DATABASE")
+        return re.sub(r"^[^:]+://", "postgresql+psycopg://", url, count=1)
+    raise ConfigError(f"{backend}:// is not a database fusionwatch supports (SQLite and PostgreSQL); {_URL_HINT}")
+
+
 def make_engine(url: str) -> Engine:
+    url = engine_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -84,8 +109,6 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    if url.startswith("postgresql://"):
-        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}, json_serializer=_json_strict)
 
 
@@ -101,7 +124,8 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
 
 
-def wait_for_database(engine: Engine, timeout_s: float = 30.0) -> None:
+def wait_for_database(engine: Engine, timeout_s: float = 30.0, url: str | None = None) -> None:
+    """Bounded wait for the server to answer; `url` is the database URL as the user wrote it."""
     deadline = time.monotonic() + timeout_s
     delay = 0.2
     while True:
@@ -110,14 +134,20 @@ def wait_for_database(engine: Engine, timeout_s: float = 30.0) -> None:
                 conn.execute(text("SELECT 1"))
             return
         except OperationalError as e:
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
+                within = f" within {timeout_s:.0f} s" if timeout_s > 0 else ""
                 raise DependencyUnavailable(
-                    f"the database at {safe_url(engine.url)} did not answer within "
-                    f"{timeout_s:.0f} s ({redact(str(e.orig), engine.url)}); check FW_DATABASE_URL and that the server runs"
+                    f"the database at {safe_url(url or engine.url)} did not answer{within} ({_first_line(e, engine.url)}); "
+                    "check FW_DATABASE_URL and that the server runs"
                 ) from None
             log.warning("database not reachable yet, retrying in %.1f s", delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _first_line(e: Exception, url) -> str:
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return redact(text[0] if text else type(e).__name__, url)
 
 
 def alembic_config(url: str):
@@ -129,15 +159,31 @@ def alembic_config(url: str):
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", wait_s: float = 0.0) -> None:
+    """Migrate to `revision`; waits up to `wait_s` for the server first (0: one attempt)."""
     from alembic import command
 
-    make_engine(url).dispose()  # creates the SQLite parent folder
-    command.upgrade(alembic_config(url), revision)
+    engine = make_engine(url)  # checks the URL, creates the SQLite parent folder
+    try:
+        wait_for_database(engine, wait_s, url)
+    finally:
+        engine.dispose()
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except OperationalError as e:  # the server went away mid-migration, or refused a statement
+        raise DependencyUnavailable(f"migrating the database at {safe_url(url)} failed ({_first_line(e, url)}); "
+                                    "check the server, then run `fusionwatch db upgrade` again (it is safe to repeat)") from None
 
 
 def current_revision(url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with make_engine(url).connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as e:
+        raise DependencyUnavailable(f"the database at {safe_url(url)} did not answer ({_first_line(e, url)}); "
+                                    "check FW_DATABASE_URL and that the server runs") from None
+    finally:
+        engine.dispose()

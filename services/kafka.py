@@ -5,6 +5,7 @@ Apache Kafka cluster alike (SASL_SSL/SCRAM, TLS)."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from kafka.admin import NewTopic
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from schemas.errors import DependencyUnavailable
+from schemas.errors import ConfigError, DependencyUnavailable
 from services.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,46 @@ def make_consumer(kafka: KafkaSettings, bootstrap: str, group_id: str | None, **
     return KafkaConsumer(**(cfg | overrides))
 
 
+def bootstrap_servers(bootstrap: str) -> list[tuple[str, int]]:
+    """HOST:PORT pairs of a bootstrap list ("a:9092,b:9092", "[::1]:9092"), or a ConfigError."""
+    out = []
+    for entry in bootstrap.split(","):
+        entry = entry.strip().split("://", 1)[-1]  # PLAINTEXT://host:9092 as listeners are written
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"Kafka bootstrap {entry!r} is not HOST:PORT; set FW_KAFKA_BOOTSTRAP (or --bootstrap) "
+                              "like 127.0.0.1:19092 or kafka-1:9092,kafka-2:9092")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+    """Bounded wait until a bootstrap server accepts a TCP connection. Before any Kafka client
+    exists, so a broker that is down (or a wrong address) is one sentence, not the client's
+    retry log and a traceback half a minute later."""
+    servers = bootstrap_servers(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    logged = False
+    while True:
+        for host, port in servers:
+            try:
+                socket.create_connection((host, port), timeout=max(0.5, min(3.0, deadline - time.monotonic()))).close()
+                return
+            except OSError as e:
+                error = e
+        if time.monotonic() >= deadline:
+            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            raise DependencyUnavailable(
+                f"no Kafka broker answers at {bootstrap} ({reason}) after {timeout_s:.0f} s; start one "
+                "(`fusionwatch broker`, or `fusionwatch up` for everything) or fix FW_KAFKA_BOOTSTRAP")
+        if not logged:
+            log.info("waiting up to %.0f s for the Kafka broker at %s", timeout_s, bootstrap)
+            logged = True
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
 def make_admin(kafka: KafkaSettings, bootstrap: str, timeout_s: float = 20.0) -> KafkaAdminClient:
+    wait_for_broker(bootstrap, kafka.connect_timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -7,11 +7,12 @@ from an optional TOML file named by `FW_CONFIG` or `--config`. Environment beats
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -33,6 +34,9 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    # how long a service waits at start for a bootstrap server to accept a connection before it
+    # says so and exits (a container orchestrator restarts it; a person fixes the address)
+    connect_timeout_s: float = Field(15.0, ge=0)
     # kafka-python 3 defaults to a 45 s session; groups then take ~23 s to form on Tansu.
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
@@ -235,15 +239,66 @@ class _TomlFile(PydanticBaseSettingsSource):
         if not path:
             return {}
         try:
-            return tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"FW_CONFIG={path} does not exist; unset it or point it at a TOML file") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        _check_toml_keys(data, path)
+        return data
+
+
+# FW_* variables that are not settings: the config file, the fault-injection hook
+# (services/monitor/faultpoints.py), the benchmark's keep flag, and the test suite's own knobs.
+_OTHER_VARIABLES = {"FW_CONFIG", "FW_FAULT_POINTS", "FW_BENCH_KEEP", "FW_SOAK_MINUTES", "FW_UPDATE_SCREENSHOT"}
+_OTHER_PREFIXES = ("FW_TEST_", "FW_FUZZ_")
+
+
+def setting_names() -> dict[str, tuple[str, ...]]:
+    """Every settings environment variable → its path in Settings (groups themselves take JSON)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for name, info in Settings.model_fields.items():
+        names[f"FW_{name.upper()}"] = (name,)
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            for sub in group.model_fields:
+                names[f"FW_{name.upper()}__{sub.upper()}"] = (name, sub)
+    for alias, path in _ALIASES.items():
+        names[alias] = path
+    return names
+
+
+def _unknown(name: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "`fusionwatch config` lists every setting with its variable"
+    return ConfigError(f"{name} ({where}) is not a fusionwatch setting; {hint} Fix or remove it.")
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse FW_* variables that set nothing: a misspelt one would otherwise be silently ignored."""
+    environ = os.environ if environ is None else environ
+    valid = setting_names()
+    for key in sorted(environ):
+        name = key.upper()
+        if not name.startswith("FW_") or name in valid or name in _OTHER_VARIABLES or name.startswith(_OTHER_PREFIXES):
+            continue
+        raise _unknown(name, sorted(valid), "environment variable")
+
+
+def _check_toml_keys(data: dict[str, Any], path: str) -> None:
+    valid = set(setting_names().values())
+    groups = {p[0] for p in valid if len(p) == 2}
+    dotted = sorted(".".join(p) for p in valid)
+    for key, value in data.items():
+        paths = [(key, sub) for sub in value] if key in groups and isinstance(value, dict) else [(key,)]
+        for p in paths:
+            if p not in valid:
+                raise _unknown(".".join(p), dotted, f"in {path}")
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    check_environment()
     try:
         return Settings()
     except ConfigError:

@@ -464,7 +464,9 @@ def test_no_secrets_in_monitor_start_up_logs(broker, tmp_path):
     """A monitor start with every secret set, at DEBUG, against an unreachable database: the error
     tells the user what to do without printing the password."""
     env = {"FW_KAFKA_BOOTSTRAP": broker.bootstrap, "FW_KAFKA__SASL_USERNAME": "fw",
-           "FW_DATABASE__CONNECT_TIMEOUT_S": "2", "FW_VAR_DIR": str(tmp_path), "FW_LOG_LEVEL": "DEBUG"}
+           "FW_DATABASE__CONNECT_TIMEOUT_S": "2", "FW_VAR_DIR": str(tmp_path), "FW_LOG_LEVEL": "DEBUG",
+           # the checkpoint is a local input, checked before the database is tried: give it a real one
+           "FW_MODEL_DIR": str(ROOT / "models" / "pretrained" / "factory-standard")}
     out = _fusionwatch(["--log-level", "DEBUG", "monitor"], env)
     assert "did not answer" in out or "database" in out.lower(), out[-2000:]
     for secret in SECRET_VALUES:

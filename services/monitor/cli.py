@@ -25,8 +25,10 @@ def monitor(
     event changes are published to fw.events. Needs FW_KAFKA_BOOTSTRAP (or run `fusionwatch up`).
     Stops cleanly on Ctrl-C / SIGTERM.
     """
-    from services.monitor.runner import run_monitor
+    from services.monitor.runner import check_checkpoint, run_monitor
     from services.settings import get_settings
 
     settings = get_settings()
+    checkpoint = checkpoint or settings.checkpoint_dir
+    check_checkpoint(checkpoint)  # a local input: checked before any broker or database is waited for
     run_monitor(settings, checkpoint=checkpoint, group=group, device=device)

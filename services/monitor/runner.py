@@ -6,9 +6,9 @@ import logging
 import threading
 from pathlib import Path
 
-from schemas.errors import ConfigError, FusionwatchError
+from schemas.errors import ConfigError
 from services import db
-from services.kafka import Topics, make_producer
+from services.kafka import Topics, make_producer, wait_for_broker
 from services.lifecycle import install_stop_handlers
 from services.monitor.outbox import OutboxRelay
 from services.monitor.service import Monitor
@@ -19,10 +19,14 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def load_scorer(checkpoint: Path, device: str = "auto"):
+def check_checkpoint(checkpoint: Path) -> None:
     if not (checkpoint / "config.json").exists():
-        raise FusionwatchError(f"no model checkpoint in {checkpoint}; train one with `fusionwatch train` "
-                               "(or run `fusionwatch up`, which trains a small one on first start)")
+        raise ConfigError(f"no model checkpoint in {checkpoint}; train one with `fusionwatch train` "
+                          "(or run `fusionwatch up`, which installs the shipped one on first start)")
+
+
+def load_scorer(checkpoint: Path, device: str = "auto"):
+    check_checkpoint(checkpoint)
     from models.scorer import AnomalyScorer
 
     scorer = AnomalyScorer.load(checkpoint, device=device)
@@ -67,14 +71,17 @@ def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str |
     if not bootstrap:
         raise ConfigError("no Kafka broker configured: set FW_KAFKA_BOOTSTRAP=host:port, "
                           "or run `fusionwatch up` to start the embedded broker with everything else")
+    # each dependency with a bounded wait and one sentence if it fails (the CLI checked the checkpoint)
+    checkpoint = checkpoint or settings.checkpoint_dir
+    wait_for_broker(bootstrap, settings.kafka.connect_timeout_s)
     stop = stop or install_stop_handlers()
     engine = db.make_engine(settings.database.url)
-    db.wait_for_database(engine, settings.database.connect_timeout_s)
+    db.wait_for_database(engine, settings.database.connect_timeout_s, settings.database.url)
     db.upgrade(settings.database.url)
     topics = Topics.from_settings(settings.kafka)
     _configure_asset_labels(settings, engine)
     set_torch_threads(settings.monitor.torch_threads)
-    scorer = load_scorer(checkpoint or settings.checkpoint_dir, device or settings.monitor.device)
+    scorer = load_scorer(checkpoint, device or settings.monitor.device)
     calibrated_for = getattr(getattr(scorer, "calibration", None), "open_after", settings.monitor.open_after)
     if calibrated_for != settings.monitor.open_after:
         log.warning("the checkpoint's threshold was calibrated for events opening after %d windows, the monitor "
