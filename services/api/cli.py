@@ -77,7 +77,7 @@ def recalibrate(
 
     settings = get_settings()
     engine = db.make_engine(settings.database.url)
-    db.wait_for_database(engine, settings.database.connect_timeout_s)
+    db.wait_for_database(engine, settings.database.connect_timeout_s, settings.database.url)
     sessions = db.session_factory(engine)
     with db.session_scope(sessions) as session:
         plans = plan(session, settings)

@@ -39,7 +39,7 @@ def scheduler(
         settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": database_url})})
     console = Console(stderr=True)
     engine = db.make_engine(settings.database.url)
-    db.wait_for_database(engine, settings.database.connect_timeout_s)
+    db.wait_for_database(engine, settings.database.connect_timeout_s, settings.database.url)
     factory = db.session_factory(engine)
     if run_now:
         if run_now not in JOBS:

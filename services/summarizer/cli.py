@@ -30,6 +30,7 @@ def summarize(
     from rich.console import Console
 
     from services import db
+    from services.kafka import wait_for_broker
     from services.settings import get_settings
     from services.summarizer.service import SummarizerService, bootstrap_of
 
@@ -40,10 +41,12 @@ def summarize(
     if database_url:
         updates["database"] = settings.database.model_copy(update={"url": database_url})
     settings = settings.model_copy(update=updates) if updates else settings
+    bootstrap = bootstrap or bootstrap_of(settings)
     engine = db.make_engine(settings.database.url)
-    db.wait_for_database(engine, settings.database.connect_timeout_s)
+    db.wait_for_database(engine, settings.database.connect_timeout_s, settings.database.url)
+    wait_for_broker(bootstrap, settings.kafka.connect_timeout_s)  # one sentence if it is down, not the client's log
     factory = db.session_factory(engine)
-    service = SummarizerService(settings, bootstrap or bootstrap_of(settings), factory)
+    service = SummarizerService(settings, bootstrap, factory)
     console = Console(stderr=True)
     if event:
         _one(service, factory, event, settings, console)
