@@ -280,7 +280,7 @@ def _setting_exists(env_name: str) -> bool:
 
 
 def test_every_fw_variable_in_deploy_is_a_real_setting():
-    """Settings ignore unknown FW_* names, so a typo in a manifest would silently do nothing."""
+    """A typo in a manifest would stop every service at start (unknown FW_* names are refused): catch it here."""
     names: set[str] = set()
     services = json.loads(compose_config().stdout)["services"]
     for svc in services.values():
