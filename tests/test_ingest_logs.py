@@ -129,6 +129,9 @@ def test_prose_stays_text_and_a_broken_json_line_is_still_sent():
         got = parse_line(line)
         assert (got.format, got.msg, got.time) == ("text", line, None), line
     assert parse_line("level=info status=200 path=/x").msg == "status=200 path=/x"
+    # a small number in a time field is an uptime or a counter, not 1970: the reader's clock stamps the line
+    assert parse_line('{"msg": "boot done", "ts": 12.5}').time is None
+    assert parse_line('{"msg": "cooling", "t": 81.2}').msg == "cooling t=81.2"
 
 
 # --- a followed file's position --------------------------------------------------------------

@@ -37,7 +37,7 @@ SYSLOG_LEVELS = ("CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARNING", "NOTICE
 _NUMERIC_LEVELS = {10: "TRACE", 20: "DEBUG", 30: "INFO", 40: "WARN", 50: "ERROR", 60: "FATAL"}
 
 _MSG_KEYS = ("msg", "message", "event")  # contract / ECS / structlog, in that order
-_TIME_KEYS = ("@timestamp", "timestamp", "time", "ts", "t")
+_TIME_KEYS = ("@timestamp", "timestamp", "time", "ts")
 _HOST_KEYS = ("host.hostname", "host.name", "hostname", "host")  # ECS, then the usual flat names
 _LEVEL_KEYS = ("level", "log.level", "levelname", "severity", "lvl")
 # transport metadata, not what the line says: left out of the message
@@ -123,7 +123,8 @@ def parse_epoch_or_iso(value: Any, zone: tzinfo | None) -> float | None:
         value = float(value)
     if isinstance(value, (int, float)):
         v = float(value)
-        return v / 1000.0 if v > 1e11 else v  # epoch milliseconds are common in JSON logs
+        v = v / 1000.0 if v > 1e11 else v  # epoch milliseconds are common in JSON logs
+        return v if v >= 1e9 else None  # before 2001: an uptime or a counter, not a time of day
     if isinstance(value, str):
         return parse_iso(value, zone)
     return None
