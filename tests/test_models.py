@@ -518,10 +518,12 @@ def test_shipped_checkpoint_loads_and_scores():
     windows = list(offline_windows(plant.records(50), options=scorer.decode_options))
     scores = scorer.score(windows)
     faulty = [s.score for w, s in zip(windows, scores) if w.asset == "L1-S1" and start + 22 <= w.start <= start + 36]
-    normal = [s.score for w, s in zip(windows, scores) if w.asset == "L1-S2"]
+    normal = [s for w, s in zip(windows, scores) if w.asset == "L1-S2"]
     threshold = scorer.threshold("L1-S1")
     assert faulty and min(faulty) > threshold, (faulty, threshold)
-    assert len(normal) > 30 and sum(s > scorer.threshold("L1-S2") for s in normal) <= 2, normal
+    # the normal station is learning its baseline: judged from its 20th window, against the guard
+    assert len(normal) > 30 and sum(s.judged and s.score >= s.threshold for s in normal) <= 2, \
+        [(round(s.score, 2), s.judged) for s in normal]
 
 
 def test_bf16_autocast_keeps_the_evidence_of_near_duplicate_log_lines():

@@ -95,7 +95,7 @@ def test_train_score_round_trip(tiny_train, tmp_path):
     scores = scorer.score(windows)
     assert len(scores) == len(windows) > 30
     for w, s in zip(windows, scores):
-        assert np.isfinite(s.score) and s.threshold > 0 and s.threshold == scorer.threshold(w.asset)
+        assert np.isfinite(s.score) and s.threshold > 0 and s.threshold == scorer.threshold(w.asset) * s.guard
         present = [m for m, ok in s.present.items() if ok]
         if present:
             assert set(s.modality_shares) == set(present)
