@@ -141,7 +141,7 @@ def return_level(u: float, xi: float, sigma: float, rate_u: float, target_rate: 
     return u + sigma / xi * (m ** xi - 1.0)
 
 
-# open_after/close_after defaults: the monitor's (services.monitor.lifecycle; models/ does not import services/)
+# open_after/close_after defaults: the monitor's (streamlogic.event_lifecycle; models/ does not import services/)
 def calibrate(raw: np.ndarray, assets: np.ndarray | list[str], starts: np.ndarray, budget_events: float = 1.0,
               budget_hours: float = 8.0, hop_s: float = 1.0, open_after: int = 3, close_after: int = 3,
               per_asset: bool = True, prior_windows: int = 300, u_quantile: float = 0.99, min_clusters: int = 30,

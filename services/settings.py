@@ -18,7 +18,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.errors import ConfigError
-from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
+from streamlogic.event_lifecycle import CLOSE_AFTER, OPEN_AFTER
 
 
 class KafkaSettings(BaseModel):

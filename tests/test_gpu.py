@@ -55,7 +55,7 @@ def test_bf16_scores_of_the_shipped_model_match_fp32_on_cuda():
 
     from models.features import collate
     from models.scorer import AnomalyScorer
-    from services.monitor.windows import offline_windows
+    from streamlogic.windows import offline_windows
     from services.simulator.plant import Fault, Plant
     from services.stack.up import SHIPPED_MODEL
 

@@ -296,7 +296,7 @@ def test_records_stamped_ahead_of_the_consumer_clock(ahead_s, reason):
 # ── floods: the per-asset rate limit ────────────────────────────────────────────────────────
 
 def test_rate_limiter_unit_one_flooder_does_not_starve_the_others():
-    from services.monitor.ratelimit import AssetRateLimiter
+    from streamlogic.ratelimit import AssetRateLimiter
 
     rl = AssetRateLimiter(rate_per_s=10, burst_s=2.0)
     t = 1000.0
@@ -317,7 +317,7 @@ def test_rate_limiter_unit_one_flooder_does_not_starve_the_others():
 def test_rate_limiter_lets_a_backlog_through_at_the_plants_own_rate():
     """Catching up (after an outage or a restart): ten minutes of a 7-records/s asset read in a
     second of wall time is not a flood, and out-of-order event times across topics do not refill."""
-    from services.monitor.ratelimit import AssetRateLimiter
+    from streamlogic.ratelimit import AssetRateLimiter
 
     rl = AssetRateLimiter(rate_per_s=10, burst_s=2.0)
     now = 10_000.0

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from schemas.tables import AssetThreshold, Event, ThresholdChange
 from services.api.recalibration import labelled_windows, opening_score, plan, recalibrate
 from services.db import make_engine, session_factory, session_scope
-from services.monitor.lifecycle import EventLifecycle, ScoredWindow
+from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
 from services.settings import Settings
 
 T0 = 1_790_000_000.0  # epoch seconds of the first window

@@ -79,7 +79,7 @@ def test_simulated_dataset_is_cached_and_labelled(tiny_train, tmp_path):
 def test_train_score_round_trip(tiny_train, tmp_path):
     """Tiny recipe -> checkpoint -> AnomalyScorer scores live windows from the monitor's aligner."""
     from models.scorer import AnomalyScorer
-    from services.monitor.windows import offline_windows
+    from streamlogic.windows import offline_windows
     from services.simulator.plant import Fault, Plant
     from services.training.recipes import run_recipe
 
@@ -197,7 +197,7 @@ def test_training_windows_are_whole_ones():
     first window of an asset starts before its first record and the flushed last one ends after
     its last (half their evidence missing — the cross-modal components' heaviest normal values
     came from them). The monitor itself keeps every window."""
-    from services.monitor.windows import offline_windows
+    from streamlogic.windows import offline_windows
     from services.simulator.plant import Plant
     from services.training.dataset import dataset_from_records
 
@@ -230,7 +230,7 @@ def test_bf16_scores_match_fp32_on_cuda(tiny_train, tmp_path):
     from models.features import collate
     from models.fusion import COMPONENTS
     from models.scorer import AnomalyScorer
-    from services.monitor.windows import offline_windows
+    from streamlogic.windows import offline_windows
     from services.simulator.plant import Plant
     from services.training.recipes import run_recipe
 

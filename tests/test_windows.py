@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.envelope import Envelope, Kind, LogPayload
-from services.monitor.windows import Position, WindowAligner
+from streamlogic.windows import Position, WindowAligner
 
 
 class Clock:

@@ -112,7 +112,7 @@ def score_timeline(start: datetime, peak: float, threshold: float, rng: random.R
     """A bump over the threshold, then the windows under it that close the event. At least
     `OPEN_AFTER` consecutive windows are over the threshold: the monitor would not have opened the
     event otherwise (and recalibration reasons about the windows that opened it)."""
-    from services.monitor.lifecycle import OPEN_AFTER
+    from streamlogic.event_lifecycle import OPEN_AFTER
 
     points = []
     for i in range(windows):

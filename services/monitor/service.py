@@ -41,13 +41,13 @@ from models.inputs import WindowInputs
 from schemas.envelope import Accepted, ContractLimits, DecodeOptions, Kind, decode
 from schemas.events import Attribution
 from services.kafka import Topics, make_consumer, make_producer
-from services.monitor.lifecycle import EventLifecycle, ScoredWindow
-from services.monitor.ratelimit import AssetRateLimiter
+from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
+from streamlogic.ratelimit import AssetRateLimiter
 from schemas.errors import FusionwatchError
 from services.db import redact
 from services.monitor.dlq import DeadLetters
 from services.monitor.sink import AssetSnapshot, CallPoint, CommitBatch, Fenced, NonFiniteValue, SqlSink, find_nonfinite
-from services.monitor.windows import AlignedWindow, Position, WindowAligner
+from streamlogic.windows import AlignedWindow, Position, WindowAligner
 from services.observability import metrics as m
 from services.settings import Settings
 

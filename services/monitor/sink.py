@@ -30,7 +30,7 @@ from schemas.tables import (Asset, AssetThreshold, BaselineReset, CallSummary, C
                             utcnow)
 from services.db import session_factory
 from services.monitor import faultpoints
-from services.monitor.lifecycle import EventChange
+from streamlogic.event_lifecycle import EventChange
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]

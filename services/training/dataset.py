@@ -95,7 +95,7 @@ def featurize_stream(windows: Iterable[WindowInputs], features: FeatureConfig, f
 
 def windows_from_records(records: Iterable[tuple[Kind, WireRecord]], features: FeatureConfig,
                          hop_s: float = 1.0) -> Iterator[WindowInputs]:
-    from services.monitor.windows import offline_windows
+    from streamlogic.windows import offline_windows
 
     options = DecodeOptions(frame_size=features.frame_size, sample_rate=features.sample_rate)
     return offline_windows(records, window_s=features.window_s, hop_s=hop_s, options=options, whole_only=True)

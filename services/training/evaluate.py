@@ -36,7 +36,7 @@ from models.fusion import COMPONENT_NAMES, INTRA_NAMES, FusionModel
 from models.train import component_table, same_intra
 from models.adaptation import table_phases
 from services.training.recipes import MIN_WATCHING_WINDOWS
-from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
+from streamlogic.event_lifecycle import CLOSE_AFTER, OPEN_AFTER
 
 DETECT_WITHIN_S = 10.0  # an event must open this soon after a fault starts to count as its detection
 SHIFT_NAMES = ("day", "evening", "night")  # the simulator's shifts from 06:00, 14:00 and 22:00 UTC
@@ -158,7 +158,7 @@ def run_lifecycle(scores: np.ndarray, thresholds: np.ndarray, data: WindowArrays
                   close_after: int = CLOSE_AFTER, judged: np.ndarray | None = None,
                   learning: np.ndarray | None = None) -> list[EvalEvent]:
     """Events from the monitor's hysteresis lifecycle over each asset's windows."""
-    from services.monitor.lifecycle import EventLifecycle, ScoredWindow
+    from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
 
     events: list[EvalEvent] = []
     w = data.features.window_s

@@ -32,7 +32,7 @@ from models.fusion import FusionConfig, FusionModel
 from models.train import (TrainConfig, TrainResult, clear_train_state, component_table, fit_component_stats,
                           fit_intra_statistics, fit_normalisers, train)
 from schemas.errors import ConfigError
-from services.monitor.lifecycle import CLOSE_AFTER, OPEN_AFTER
+from streamlogic.event_lifecycle import CLOSE_AFTER, OPEN_AFTER
 from services.training.dataset import DAY_START, SimSpec, simulate_dataset
 
 log = logging.getLogger(__name__)

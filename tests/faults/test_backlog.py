@@ -17,7 +17,7 @@ import pytest
 
 from schemas.envelope import Envelope, Kind, LogPayload
 from services import db
-from services.monitor.windows import WindowAligner
+from streamlogic.windows import WindowAligner
 from tests.faults import ledger
 from tests.faults.procs import MonitorProc, wait_for
 
