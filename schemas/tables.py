@@ -272,3 +272,48 @@ class CallSummary(Base):
     turning_point: Mapped[datetime | None]
     overall: Mapped[str | None] = mapped_column(String(16))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class NotifyDelivery(Base):
+    """The notifier's ledger: one row per (event revision, channel) that was delivered or given up
+    on. Written right after the receiver acknowledged, before the Kafka offset is committed, so a
+    replayed fw.events record finds its row and is not sent again (services/notify/ledger.py)."""
+
+    __tablename__ = "notify_deliveries"
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64), primary_key=True)
+    transition: Mapped[str] = mapped_column(String(16))  # opened | escalated | closed | test
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered | dead_lettered
+    attempts: Mapped[int] = mapped_column(Integer)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class NotifyDeadLetter(Base):
+    """A notification the notifier gave up on after its attempt or age limit, kept whole (the
+    payload as it would have been sent) so an operator can see what was missed and replay it."""
+
+    __tablename__ = "notify_dead_letters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(64))
+    transition: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_attempt_at: Mapped[datetime]
+    last_attempt_at: Mapped[datetime]
+    last_error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class NotifyEventState(Base):
+    """The highest severity the notifier has seen per event: fw.events says only "updated", and an
+    update is an escalation when its severity is above this one."""
+
+    __tablename__ = "notify_event_state"
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    asset_id: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(Integer)
+    severity: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
