@@ -98,6 +98,11 @@ class MonitorSettings(BaseModel):
     torch_threads: int | None = Field(None, ge=1)
     # call-centre profile: an escalation opens when frustration (0..1) stays at or above this
     escalation_threshold: float = Field(0.6, gt=0, le=1)
+    # ... for escalation_open_after windows, and closes only after escalation_close_after windows
+    # below escalation_close_threshold: one event per angry episode (streamlogic/escalation.py)
+    escalation_close_threshold: float = Field(0.4, ge=0, le=1)
+    escalation_open_after: int = Field(3, ge=1)
+    escalation_close_after: int = Field(8, ge=1)
 
 
 class ApiSettings(BaseModel):

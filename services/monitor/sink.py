@@ -30,6 +30,7 @@ from schemas.tables import (Asset, AssetThreshold, BaselineReset, CallSummary, C
                             utcnow)
 from services.db import session_factory
 from services.monitor import faultpoints
+from streamlogic.call_summary import CLASSES as CALL_CLASSES, overall_sentiment
 from streamlogic.event_lifecycle import EventChange
 
 log = logging.getLogger(__name__)
@@ -314,9 +315,7 @@ def _update_call(s: Session, call_id: str, points: list[CallPoint]) -> None:
     peak = max(curve, key=lambda c: c[4])
     row.peak_time, row.peak_frustration = dt(_epoch(peak[0])), peak[4]
     row.turning_point = _turning_point(curve)
-    tail = curve[-max(1, len(curve) // 3):]  # how the call ends decides its overall sentiment
-    means = [sum(c[i] for c in tail) / len(tail) for i in (1, 2, 3)]
-    row.overall = ("negative", "neutral", "positive")[means.index(max(means))]
+    row.overall = CALL_CLASSES[overall_sentiment([c[1:4] for c in curve])]  # how the call ends
 
 
 def _turning_point(curve: list[list]):

@@ -214,14 +214,25 @@ def _call_sentences(f: EventFacts, tz: str) -> list[str]:
     if call and call.peak_frustration is not None and call.peak_time:
         out.append(f"Frustration peaked at {percent(call.peak_frustration)} at {clock(call.peak_time, tz, seconds=True)}.")
     out.append(f"Escalation score {ratio_words(f.ratio)} the threshold.")
-    out += _modality_sentences(f, CALL_NAMES)
-    lines = list(dict.fromkeys(f.attribution.top_log_lines or f.log_lines))[:MAX_QUOTES]
-    for line in lines:
-        speaker, text = _split_speaker(line)
-        out.append(f"The {speaker} said {quote(text)}." if speaker else f"Transcript: {quote(text)}.")
+    # An escalation is the frustration head's verdict on the customer, not an anomaly score: its
+    # modality shares say nothing about why, so the narration names the customer's turns heard
+    # while frustration was over the threshold (the event keeps only those windows' lines).
+    turns = customer_turns(f)
+    if turns:
+        out.append(f"Driven by what the customer said: {'; '.join(quote(t) for t in turns[:MAX_QUOTES])}.")
+    else:
+        for line in list(dict.fromkeys(f.attribution.top_log_lines or f.log_lines))[:MAX_QUOTES]:
+            speaker, text = _split_speaker(line)
+            out.append(f"The {speaker} said {quote(text)}." if speaker else f"Transcript: {quote(text)}.")
     if call and call.overall and re.fullmatch(r"[A-Za-z ]{1,16}", call.overall):
         out.append(f"Overall, the call was {call.overall.lower()}.")
     return out
+
+
+def customer_turns(f: EventFacts) -> list[str]:
+    """The customer's transcript lines of an escalation, in the order they were said."""
+    said = [_split_speaker(line) for line in dict.fromkeys(f.log_lines or f.attribution.top_log_lines)]
+    return [text for speaker, text in said if speaker in ("customer", "caller")]
 
 
 # ── grounding check ──────────────────────────────────────────────────────────────────────────
