@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from schemas.errors import FusionwatchError
 
 COMMAND_MODULES = ("broker", "simulator", "ingest", "monitor", "training", "summarizer", "scheduler", "api",
-                   "bench", "stack")
+                   "bench", "stack", "notify")
 
 app = typer.Typer(
     name="fusionwatch",

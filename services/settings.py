@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.errors import ConfigError
@@ -184,6 +184,107 @@ class SchedulerSettings(BaseModel):
     misfire_grace_s: int = Field(3600, ge=1)
 
 
+Transition = Literal["opened", "escalated", "closed"]
+SEVERITY_ORDER = ("low", "medium", "high", "critical")
+# lower case: FW_NOTIFY__WEBHOOKS__<NAME>__<FIELD> names a channel and the environment is case-blind
+CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    # a misspelt key inside a channel or rule is an error, not a silently ignored line
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttChannelSettings(_Strict):
+    """One MQTT broker to publish to (services/notify/mqtt.py; docs/production.md "Delivering alerts")."""
+
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None  # None with tls: the system's CAs
+    client_id: str | None = None  # None: fusionwatch-notify-<channel>-<pid>
+    topic_prefix: str = Field("fusionwatch", pattern=r"^[^#+]+$")
+    site: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # topic level between prefix and asset
+    qos: Literal[1, 2] = 1
+    # retained <prefix>/<site>/<asset>/state (open | clear) and .../attributes (the last payload)
+    retain_state: bool = True
+    homeassistant_discovery: bool = False
+    discovery_prefix: str = "homeassistant"
+    keepalive_s: int = Field(30, ge=5)
+    timeout_s: float = Field(10.0, gt=0, description="connect and acknowledgement wait per attempt")
+
+
+class WebhookChannelSettings(_Strict):
+    """One HTTP endpoint that receives signed JSON (services/notify/webhook.py)."""
+
+    url: str = Field(pattern=r"^https?://")
+    # HMAC-SHA256 key; the receiver verifies X-Fusionwatch-Signature with it
+    secret: SecretStr = Field(min_length=16)
+    timeout_s: float = Field(10.0, gt=0)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. an Authorization header the receiver wants (masked in `config`)
+
+
+class NotifyRule(_Strict):
+    """Which notifications go to which channels. Every rule that matches adds its channels."""
+
+    name: str | None = None
+    assets: list[str] = Field(default_factory=lambda: ["*"], min_length=1)  # shell globs (fnmatch), e.g. "L1-*"
+    kinds: list[str] = Field(default_factory=lambda: ["*"], min_length=1)  # globs over the event kind
+    min_severity: Literal["low", "medium", "high", "critical"] = "low"
+    transitions: list[Transition] = Field(default_factory=lambda: ["opened", "escalated", "closed"], min_length=1)
+    channels: list[str] = Field(min_length=1)
+
+
+class NotifyRetrySettings(_Strict):
+    """Per notification and channel: exponential backoff with jitter until delivered, or dead-lettered
+    once either limit is reached. While one channel retries, later records of the same partition wait
+    (per-asset order is kept), so the limits also bound how long a dead receiver holds the others up."""
+
+    max_attempts: int = Field(12, ge=1)
+    max_age_s: float = Field(900.0, gt=0, description="give up this long after the first attempt")
+    initial_delay_s: float = Field(1.0, gt=0)
+    max_delay_s: float = Field(60.0, gt=0)
+
+
+class NotifySettings(_Strict):
+    """`fusionwatch notify`: opened / escalated / closed events to MQTT and signed webhooks."""
+
+    group_id: str = "fw-notifier"
+    # where people reach the review page and API; links in every notification start with it
+    base_url: str = Field("http://127.0.0.1:8080", pattern=r"^https?://")
+    # a new consumer group starts at the end of fw.events: a first deployment does not replay 30 days
+    # of history to the receivers (a group that exists resumes at its committed offset either way)
+    new_group_start: Literal["latest", "earliest"] = "latest"
+    mqtt: dict[str, MqttChannelSettings] = Field(default_factory=dict)
+    webhooks: dict[str, WebhookChannelSettings] = Field(default_factory=dict)
+    rules: list[NotifyRule] = Field(default_factory=list)
+    retry: NotifyRetrySettings = NotifyRetrySettings()
+    ledger_retention_days: float = Field(30.0, gt=0, description="delivery ledger rows older than this are pruned")
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> "NotifySettings":
+        import re
+
+        both = set(self.mqtt) & set(self.webhooks)
+        if both:
+            raise ValueError(f"channel name(s) {sorted(both)} used for both an MQTT and a webhook channel")
+        for name in self.channels:
+            if not re.match(CHANNEL_NAME, name):
+                raise ValueError(f"channel name {name!r}: use lower-case letters, digits, '_' and '-' (e.g. ops_pager)")
+        for i, rule in enumerate(self.rules):
+            unknown = [c for c in rule.channels if c not in self.channels]
+            if unknown:
+                raise ValueError(f"notify rule {rule.name or i} names unknown channel(s) {unknown}; "
+                                 f"configured: {sorted(self.channels) or 'none'}")
+        return self
+
+    @property
+    def channels(self) -> list[str]:
+        return sorted([*self.mqtt, *self.webhooks])
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FW_", env_nested_delimiter="__", extra="ignore")
 
@@ -201,6 +302,7 @@ class Settings(BaseSettings):
     recalibration: RecalibrationSettings = RecalibrationSettings()
     summarizer: SummarizerSettings = SummarizerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def media_dir(self) -> Path:
@@ -257,6 +359,9 @@ class _TomlFile(PydanticBaseSettingsSource):
 # (services/monitor/faultpoints.py), the benchmark's keep flag, and the test suite's own knobs.
 _OTHER_VARIABLES = {"FW_CONFIG", "FW_FAULT_POINTS", "FW_BENCH_KEEP", "FW_SOAK_MINUTES", "FW_UPDATE_SCREENSHOT"}
 _OTHER_PREFIXES = ("FW_TEST_", "FW_FUZZ_")
+# channels are named by the operator, so their variables go one level deeper than setting_names();
+# pydantic still refuses an unknown field under them (extra="forbid")
+_CHANNEL_PREFIXES = ("FW_NOTIFY__MQTT__", "FW_NOTIFY__WEBHOOKS__")
 
 
 def setting_names() -> dict[str, tuple[str, ...]]:
@@ -285,7 +390,8 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     valid = setting_names()
     for key in sorted(environ):
         name = key.upper()
-        if not name.startswith("FW_") or name in valid or name in _OTHER_VARIABLES or name.startswith(_OTHER_PREFIXES):
+        if (not name.startswith("FW_") or name in valid or name in _OTHER_VARIABLES
+                or name.startswith(_OTHER_PREFIXES + _CHANNEL_PREFIXES)):
             continue
         raise _unknown(name, sorted(valid), "environment variable")
 

@@ -162,6 +162,29 @@ SCHEDULER_JOB_LAST_SUCCESS = Gauge("fusionwatch_scheduler_job_last_success_times
                                    "Unix time of the job's last successful run.", ["task"], registry=REGISTRY)
 
 
+# --- notifier (services/notify) ---------------------------------------------------------------------
+# `channel` is a configured channel name (bounded by `notify_channel_label`); `transition` is one of
+# opened, escalated, closed, test.
+NOTIFY_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+NOTIFICATIONS_DELIVERED = Counter("fusionwatch_notifications_delivered_total",
+                                  "Notifications a channel's receiver acknowledged, by channel and transition.",
+                                  ["channel", "transition"], registry=REGISTRY)
+NOTIFICATION_ATTEMPTS_FAILED = Counter("fusionwatch_notification_attempts_failed_total",
+                                       "Delivery attempts that failed (each retry counts), by channel.",
+                                       ["channel"], registry=REGISTRY)
+NOTIFICATIONS_DEAD_LETTERED = Counter("fusionwatch_notifications_dead_lettered_total",
+                                      "Notifications given up on after the attempt or age limit (or refused "
+                                      "by the receiver), stored in notify_dead_letters, by channel.",
+                                      ["channel"], registry=REGISTRY)
+NOTIFICATIONS_SKIPPED = Counter("fusionwatch_notifications_skipped_total",
+                                "fw.events records or channels not sent: already_delivered (the ledger has the "
+                                "revision, a replay) or invalid (not an anomaly CloudEvent).",
+                                ["reason"], registry=REGISTRY)
+NOTIFICATION_LATENCY = Histogram("fusionwatch_notification_delivery_seconds",
+                                 "From the monitor's commit of the event change to the receiver's "
+                                 "acknowledgement, by channel (retries included).",
+                                 ["channel"], buckets=NOTIFY_LATENCY_BUCKETS, registry=REGISTRY)
+
 # --- every service ---------------------------------------------------------------------------------
 READINESS_CHECK_OK = Gauge("fusionwatch_readiness_check_ok",
                            "1 when the named readiness check (broker, database, ...) passed at its last run, else 0.",
@@ -258,6 +281,7 @@ class AssetLabels(BoundedLabel):
 SEVERITIES = ("low", "medium", "high", "critical")
 severity_label = BoundedLabel(allowed=SEVERITIES, cap=0)
 kind_label = BoundedLabel(allowed=("anomaly", "escalation"), cap=32)
+notify_channel_label = BoundedLabel(cap=0)  # configured notifier channels (services/notify allows them)
 reason_label = BoundedLabel(cap=64, pattern=re.compile(r"^[a-z][a-z0-9_.-]{0,63}$"))
 job_label = BoundedLabel(cap=32)
 

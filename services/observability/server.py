@@ -11,7 +11,7 @@ check is waiting out its timeout, and a burst of probes never multiplies connect
 the database. Liveness checks run on each probe and must be cheap (a `Heartbeat` age check).
 
 Ports: one per service on a box, `metrics.base_port` + the service's offset (monitor +0,
-summarizer +1, scheduler +2, broker supervisor / `up` +3); `FW_METRICS__PORT` overrides it for
+summarizer +1, scheduler +2, broker supervisor / `up` +3, notifier +4); `FW_METRICS__PORT` overrides it for
 one process (a second monitor on the same box). The API serves the same three paths on its own
 port through `render_metrics` and a `Readiness` of its own.
 """
@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # heavy imports only where a check is built
 
 log = logging.getLogger(__name__)
 
-PORT_OFFSETS = {"monitor": 0, "summarizer": 1, "scheduler": 2, "broker": 3, "up": 3}
+PORT_OFFSETS = {"monitor": 0, "summarizer": 1, "scheduler": 2, "broker": 3, "up": 3, "notify": 4}
 
 
 @dataclass(frozen=True)
