@@ -100,6 +100,9 @@ class WindowAligner:
         s = self._assets[asset]
         return s.next_start, sorted(k.value for k in s.expected)
 
+    def partition_of(self, asset: str) -> int | None:
+        return self._assets[asset].partition
+
     def assets(self, partition: int | None = None) -> list[str]:
         return [a for a, s in self._assets.items() if partition is None or s.partition == partition]
 

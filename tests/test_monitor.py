@@ -147,11 +147,11 @@ def test_a_fenced_batch_reloads_every_topic_of_its_partitions(tmp_path, monkeypa
     engine = db.make_engine(f"sqlite:///{tmp_path / 'f.db'}")
     monitor = Monitor(Settings(), "127.0.0.1:9", engine, BrightnessScorer())
     t = monitor.topics
-    monitor._assigned = {(topic, p) for topic in (t.frames, t.audio, t.logs) for p in (1, 3)}
+    monitor.book.assigned = {(topic, p) for topic in (t.frames, t.audio, t.logs) for p in (1, 3)}
     reloaded = []
-    monkeypatch.setattr(monitor, "_reload", lambda tps: reloaded.extend((tp.topic, tp.partition) for tp in tps))
-    monitor._fenced.put([(t.audio, 3), (t.logs, 3)])
-    monitor._drain_feedback()
+    monkeypatch.setattr(monitor.recovery, "reload", lambda tps: reloaded.extend((tp.topic, tp.partition) for tp in tps))
+    monitor.stage.fenced.put([(t.audio, 3), (t.logs, 3)])
+    monitor.drain_feedback()
     assert sorted(reloaded) == sorted((topic, 3) for topic in (t.frames, t.audio, t.logs))
     assert monitor.stats.fenced == 1
     engine.dispose()
@@ -165,7 +165,7 @@ def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state
     from models.adaptation import BaselineConfig, SurpriseAdapter
     from models.logmemory import LogMemory
     from models.scorer import AnomalyScorer
-    from services.monitor.service import _Restore
+    from services.monitor.scoring import Restore
 
     class MemoryScorer(BrightnessScorer):
         stream_state, restore_stream, forget_stream, adaptation, baseline_phase, rebaseline = (
@@ -182,21 +182,21 @@ def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state
     first.scorer.log_memory.hold("L1-S1", 100.0, 0.9, True)
     for _ in range(3):
         first.scorer.adapter.adapt("L1-S1", np.array([5.0, 0.1]), np.array([True, True]))
-    state = first._asset_state("L1-S1")
+    state = first.stage.asset_state("L1-S1")
     assert state["log_memory"][0]["value"] == pytest.approx(0.9) and "over" in state
     assert state["adaptation"]["seen"] == 3 and state["adaptation"]["phase"] == "watching"
 
     second = Monitor(Settings(), "127.0.0.1:9", engine, MemoryScorer())
-    second._queue.put(_Restore({"L1-S1": state | {"expected": ["frames"]}}))
-    second._queue.put(None)
-    second._score_loop()
+    second.stage.put(Restore({"L1-S1": state | {"expected": ["frames"]}}))
+    second.stage.put(None)
+    second.stage.run()
     assert second.scorer.log_memory.hold("L1-S1", 102.0, 0.1, True)[0].value == pytest.approx(0.9)
     window = (np.array([5.0, 0.1]), np.array([True, True]))
     assert second.scorer.adapter.adapt("L1-S1", *window) == pytest.approx(first.scorer.adapter.adapt("L1-S1", *window))
     assert second.scorer.adapter.adapt("L1-S1", *window)[0] < 5.0  # learned: the shift is taken off
     assert second.scorer.adaptation("L1-S1")["frames"] > 0 and second.scorer.adaptation("L9-S9") == {}
-    assert not {"log_memory", "adaptation"} & set(second.lifecycle.state("L1-S1"))
-    second._forget("L1-S1")
+    assert not {"log_memory", "adaptation"} & set(second.stage.lifecycle.state("L1-S1"))
+    second.stage.forget("L1-S1")
     assert second.scorer.log_memory.state("L1-S1") == [] and second.scorer.adapter.state("L1-S1") == {}
     engine.dispose()
 

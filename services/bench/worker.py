@@ -170,15 +170,15 @@ def snapshot(monitor, started: float, marks: list, final: bool = False, drain: D
     usage = proc_cpu_rss(os.getpid()) or (float("nan"), float("nan"))
     now = time.time()
     marks.append([now, len(st.latencies)])
+    gauges = monitor.gauges()
     data = {
         "pid": os.getpid(), "t": now, "started": started, "ready": monitor.ready.is_set(),
         "records": st.records, "aligned": st.aligned, "rejected": st.rejected, "late": st.late,
         "windows": st.windows, "commits": st.commits, "events_opened": st.events_opened, "fenced": st.fenced,
-        "cpu_s": usage[0], "rss_mb": usage[1], "assigned": len({p for _, p in monitor._assigned}),
+        "cpu_s": usage[0], "rss_mb": usage[1], "assigned": len({p for _, p in gauges.assigned}),
         # work still inside the monitor: records held for open windows, windows not yet batched,
         # batches not yet committed (a backlog is drained when all three are zero)
-        "buffered": monitor.aligner.buffered(), "pending": len(monitor._pending),
-        "in_flight": monitor._queue.unfinished_tasks,
+        "buffered": gauges.buffered, "pending": gauges.pending, "in_flight": gauges.in_flight,
         "final": final, "latency_marks": marks, "model_cpu_s": MODEL_CPU[0],
     }
     data["drain"] = {"first": drain.first, "last": drain.last} if drain else None

@@ -36,7 +36,7 @@ _stats_lock = threading.Lock()  # the sampler and a fault point's callback both 
 def write_stats(monitor: Monitor, path: Path) -> None:
     data = {k: v for k, v in asdict(monitor.stats).items() if k != "latencies"}
     data["pid"] = os.getpid()
-    data["assigned"] = sorted(f"{t}:{p}" for t, p in monitor._assigned)
+    data["assigned"] = [f"{t}:{p}" for t, p in monitor.gauges().assigned]
     with _stats_lock:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -52,9 +52,7 @@ def dump_state(monitor: Monitor) -> None:
                  "paused": [f"{tp.topic}[{tp.partition}]" for tp in c.paused()],
                  "positions": {f"{tp.topic}[{tp.partition}]": (c.position(tp, timeout_ms=0), c.highwater(tp))
                                for tp in tps},
-                 "monitor_paused": monitor._paused, "pending": len(monitor._pending),
-                 "buffered": monitor.aligner.buffered(), "queue": monitor._queue.qsize(),
-                 "assigned": len(monitor._assigned), "incoming": monitor._incoming}
+                 "monitor": asdict(monitor.gauges())}
     except Exception as e:  # a diagnostic must not kill the process
         state = {"error": repr(e)}
     print("STATE", json.dumps(state, default=str), file=sys.stderr, flush=True)

@@ -27,6 +27,9 @@ class BrightnessScore:
     kind: str | None = None
     sentiment: dict | None = None
     frustration: float | None = None
+    baseline: str = "watching"
+    judged: bool = True
+    guard: float = 1.0
 
 
 class BrightnessScorer:
