@@ -24,6 +24,10 @@ from models.text import EMBED_DIM
 from schemas.errors import FusionwatchError
 
 FORMAT_VERSION = 1
+# per-window arrays only some datasets have (None otherwise): transcript speakers, stereo channels
+OPTIONAL = ("log_speakers", "channel_mel", "channel_mask")
+PER_WINDOW = ("asset_idx", "start", "frame_idx", "frame_times", "mel", "audio_mask", "log_emb", "log_levels",
+              "log_code", "log_times", "log_mask", "log_count", "log_present")
 
 
 class DatasetError(FusionwatchError):
@@ -51,6 +55,9 @@ class WindowArrays:
     codes: list[str]
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # optional per-window labels
     meta: dict[str, Any] = field(default_factory=dict)
+    log_speakers: np.ndarray | None = None  # (N, L) int8 models.features.SPEAKERS ids
+    channel_mel: np.ndarray | None = None  # (N, 2, n_mels, T_a) float16, per models.features.CHANNELS entry
+    channel_mask: np.ndarray | None = None  # (N, 2, T_a) bool; all False for a mono window
 
     def __len__(self) -> int:
         return len(self.start)
@@ -66,9 +73,8 @@ class WindowArrays:
 
     def subset(self, idx: np.ndarray) -> "WindowArrays":
         idx = np.asarray(idx)
-        per_window = ("asset_idx", "start", "frame_idx", "frame_times", "mel", "audio_mask", "log_emb", "log_levels",
-                      "log_code", "log_times", "log_mask", "log_count", "log_present")
-        kw = {k: getattr(self, k)[idx] for k in per_window}
+        kw = {k: getattr(self, k)[idx] for k in PER_WINDOW}
+        kw |= {k: getattr(self, k)[idx] for k in OPTIONAL if getattr(self, k) is not None}
         return WindowArrays(features=self.features, assets=self.assets, frame_pool=self.frame_pool, codes=self.codes,
                             labels={k: v[idx] for k, v in self.labels.items()}, meta=dict(self.meta), **kw)
 
@@ -100,6 +106,9 @@ class WindowArrays:
             for k in labels:
                 labels[k].append(p.labels[k])
         arrays = {k: np.concatenate(v) for k, v in out.items()}
+        for k in OPTIONAL:  # kept when every part has it
+            if all(getattr(p, k) is not None for p in parts):
+                arrays[k] = np.concatenate([getattr(p, k) for p in parts])
         return WindowArrays(features=cfg, assets=assets, codes=codes, labels={k: np.concatenate(v) for k, v in labels.items()},
                             meta={"parts": [p.meta for p in parts]}, **arrays)
 
@@ -129,6 +138,9 @@ class WindowArrays:
             log_code_state=t(state.astype(np.int64)), log_times=t(self.log_times[idx] / w),
             log_mask=t(self.log_mask[idx]), log_count=t(self.log_count[idx].astype(np.float32)),
             log_present=t(self.log_present[idx]),
+            log_speakers=t(self.log_speakers[idx].astype(np.int64)) if self.log_speakers is not None else None,
+            channel_mel=t(self.channel_mel[idx].astype(np.float32)) if self.channel_mel is not None else None,
+            channel_mask=t(self.channel_mask[idx]) if self.channel_mask is not None else None,
         )
 
     # ── persistence ──────────────────────────────────────────────────────────────────────────
@@ -138,6 +150,7 @@ class WindowArrays:
         arrays = {k: getattr(self, k) for k in ("asset_idx", "start", "frame_pool", "frame_idx", "frame_times", "mel",
                                                  "audio_mask", "log_emb", "log_levels", "log_code", "log_times",
                                                  "log_mask", "log_count", "log_present")}
+        arrays.update({k: getattr(self, k) for k in OPTIONAL if getattr(self, k) is not None})
         arrays.update({f"label_{k}": v for k, v in self.labels.items()})
         tmp = path / "arrays.tmp.npz"
         np.savez(tmp, **arrays)
@@ -189,6 +202,7 @@ class _Builder:
         self.rows: dict[str, list] = {k: [] for k in ("asset_idx", "start", "frame_idx", "frame_times", "mel", "audio_mask",
                                                        "log_emb", "log_levels", "log_code", "log_times", "log_mask",
                                                        "log_count", "log_present")}
+        self.optional: dict[str, list] = {k: [] for k in OPTIONAL}
 
     def add(self, f: WindowFeatures) -> None:
         cfg, T, L = self.cfg, self.cfg.max_frames, self.cfg.max_lines
@@ -227,6 +241,12 @@ class _Builder:
         r["log_mask"].append(lm)
         r["log_count"].append(f.log_count)
         r["log_present"].append(f.log_present)
+        spk = np.zeros(L, np.int8)
+        spk[:len(f.log_speakers)] = f.log_speakers
+        self.optional["log_speakers"].append(spk)
+        stereo = f.channel_mel is not None
+        self.optional["channel_mel"].append(f.channel_mel.astype(np.float16) if stereo else None)
+        self.optional["channel_mask"].append(f.channel_mask if stereo else None)
 
     def finish(self, meta: dict[str, Any]) -> WindowArrays:
         cfg = self.cfg
@@ -235,5 +255,12 @@ class _Builder:
         dtypes = {"asset_idx": np.int32, "start": np.float64, "log_count": np.int32, "log_present": bool}
         arrays = {k: np.asarray(v, dtype=dtypes.get(k)) if k in dtypes else np.stack(v) for k, v in self.rows.items()}
         pool = np.stack(self.pool) if self.pool else np.zeros((0, cfg.frame_height, cfg.frame_width, 3), np.uint8)
+        arrays["log_speakers"] = np.stack(self.optional["log_speakers"])
+        if any(m is not None for m in self.optional["channel_mel"]):  # mono windows of a stereo set: all masked
+            shape = (2, cfg.n_mels, cfg.audio_frames)
+            arrays["channel_mel"] = np.stack([np.zeros(shape, np.float16) if m is None else m
+                                              for m in self.optional["channel_mel"]])
+            arrays["channel_mask"] = np.stack([np.zeros((2, cfg.audio_frames), bool) if m is None else m
+                                               for m in self.optional["channel_mask"]])
         return WindowArrays(features=cfg, assets=list(self.assets), codes=list(self.codes), frame_pool=pool, meta=meta,
                             **arrays)

@@ -30,6 +30,15 @@ LEVELS = {"debug": 0, "trace": 0, "info": 1, "notice": 1, "warn": 2, "warning": 
           "critical": 4, "fatal": 4, "alarm": 4}
 N_LEVELS = 6  # the five above + unknown/none
 CODE_NONE, CODE_KNOWN, CODE_UNKNOWN = 0, 1, 2
+# who said a transcript line (LogPayload.speaker) and which channel of a stereo call is whose;
+# index 0 = unknown / the mixed channel. Only models built with speaker or channel inputs use them.
+SPEAKERS = ("", "agent", "customer")
+CHANNELS = ("agent", "customer")
+
+
+def speaker_id(speaker: str | None) -> int:
+    s = (speaker or "").lower()
+    return SPEAKERS.index(s) if s in SPEAKERS else 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,10 @@ class WindowFeatures:
     log_count: int  # all lines in the window, before sub-sampling
     log_present: bool
     serials: list[str] = field(default_factory=list)
+    log_speakers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n_l,) SPEAKERS ids
+    # stereo calls: log-mel and mask per CHANNELS entry, (2, n_mels, audio_frames) / (2, audio_frames)
+    channel_mel: np.ndarray | None = None
+    channel_mask: np.ndarray | None = None
 
     @property
     def present(self) -> dict[str, bool]:
@@ -123,9 +136,13 @@ class WindowBatch:
     # (B, T_f, H, W, 3) uint8: the bytes behind `frames`, where the batch was made from them (the
     # frame memo hashes these, a quarter of the float32 pixels); None after `to` another device
     frame_pixels: "Any" = None
+    log_speakers: "Any" = None  # (B, L) int64 SPEAKERS ids; None: unknown
+    channel_mel: "Any" = None  # (B, 2, n_mels, T_a) per CHANNELS entry; None: no stereo window in the batch
+    channel_mask: "Any" = None  # (B, 2, T_a) bool
 
     def to(self, device) -> "WindowBatch":
-        moved = {k: v.to(device, non_blocking=True) for k, v in self.__dict__.items() if k != "frame_pixels"}
+        moved = {k: v.to(device, non_blocking=True) for k, v in self.__dict__.items()
+                 if k != "frame_pixels" and v is not None}
         return WindowBatch(**moved, frame_pixels=self.frame_pixels if self.frames.device == moved["frames"].device else None)
 
     @property
@@ -159,9 +176,17 @@ class Featurizer:
         flat = [p.msg for lines in kept for _, p in lines]
         emb = self.text.embed(flat) if flat else np.zeros((0, EMBED_DIM), np.float32)
         mels = self._log_mel([self._canvas(w) for w in windows])
+        stereo = [i for i, w in enumerate(windows) if w.channels]
+        channel_mels = self._log_mel([self._canvas(windows[i], windows[i].channels.get(c, []))
+                                      for i in stereo for c in CHANNELS])
+        per_window = {i: channel_mels[2 * j: 2 * j + 2] for j, i in enumerate(stereo)}
         out, pos = [], 0
-        for w, lines, mel in zip(windows, kept, mels):
-            out.append(self._featurize(w, lines, emb[pos:pos + len(lines)], mel))
+        for i, (w, lines, mel) in enumerate(zip(windows, kept, mels)):
+            f = self._featurize(w, lines, emb[pos:pos + len(lines)], mel)
+            if i in per_window:
+                f.channel_mel = np.stack([m for m, _ in per_window[i]])
+                f.channel_mask = np.stack([k for _, k in per_window[i]])
+            out.append(f)
             pos += len(lines)
         return out
 
@@ -191,6 +216,7 @@ class Featurizer:
             log_levels=np.array([LEVELS.get((p.level or "").lower(), N_LEVELS - 1) for _, p in lines], np.int64),
             log_codes=[p.code for _, p in lines], log_text=[p.msg for _, p in lines],
             log_count=len(w.logs), log_present=bool(w.logs) or present_other, serials=serials,
+            log_speakers=np.array([speaker_id(p.speaker) for _, p in lines], np.int64),
         )
 
     def _frames(self, w: WindowInputs) -> tuple[np.ndarray, np.ndarray]:
@@ -210,15 +236,16 @@ class Featurizer:
         frames = np.stack(arrays).astype(np.uint8) if arrays else np.zeros((0, *shape), np.uint8)
         return frames, np.array([t - w.start for t, _ in items], np.float32)
 
-    def _canvas(self, w: WindowInputs) -> tuple[np.ndarray, np.ndarray]:
-        """Audio chunks laid on a window-long canvas by start time; (samples, covered)."""
+    def _canvas(self, w: WindowInputs, chunks: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Audio chunks (default: the window's mono `audio`) laid on a window-long canvas by start
+        time; (samples, covered)."""
         import torch
 
         cfg = self.cfg
         n = cfg.audio_samples
         canvas = np.zeros(n, np.float32)
         covered = np.zeros(n, bool)
-        for t, samples in w.audio:
+        for t, samples in (w.audio if chunks is None else chunks):
             if w.sample_rate != cfg.sample_rate:
                 import torchaudio.functional as AF
 
@@ -284,7 +311,14 @@ def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set
     log_mask = np.zeros((B, L), bool)
     log_count = np.zeros(B, np.float32)
     log_present = np.zeros(B, bool)
+    log_speakers = np.zeros((B, L), np.int64)
+    stereo = any(f.channel_mel is not None for f in items)
+    channel_mel = np.zeros((B, len(CHANNELS), cfg.n_mels, cfg.audio_frames), np.float32) if stereo else None
+    channel_mask = np.zeros((B, len(CHANNELS), cfg.audio_frames), bool) if stereo else None
     for i, f in enumerate(items):
+        log_speakers[i, :len(f.log_speakers)] = f.log_speakers
+        if f.channel_mel is not None:
+            channel_mel[i], channel_mask[i] = f.channel_mel, f.channel_mask
         nf, nl = len(f.frames), len(f.log_text)
         frames[i, :nf] = f.frames
         frame_mask[i, :nf] = True
@@ -304,6 +338,8 @@ def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set
         frame_mask=t(frame_mask), frame_times=t(frame_times),
         mel=t(mel), audio_mask=t(audio_mask), log_emb=t(log_emb), log_levels=t(log_levels), log_code_state=t(log_state),
         log_times=t(log_times), log_mask=t(log_mask), log_count=t(log_count), log_present=t(log_present),
+        log_speakers=t(log_speakers), channel_mel=t(channel_mel) if stereo else None,
+        channel_mask=t(channel_mask) if stereo else None,
     )
 
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from models.adaptation import BaselineConfig, adapt_table
 from models.encoders import AudioAutoencoder, AudioStateEncoder, FrameAutoencoder, FrameStateEncoder, LogEncoder, time_features
-from models.features import MODALITIES, FeatureConfig, WindowBatch
+from models.features import CHANNELS, MODALITIES, SPEAKERS, FeatureConfig, WindowBatch
 
 if TYPE_CHECKING:
     from models.framememo import FrameMemo
@@ -108,6 +108,11 @@ class FusionConfig:
     kind_classes: list[str] = field(default_factory=list)  # optional defect-kind head (labels needed)
     sentiment_classes: list[str] = field(default_factory=list)  # optional call-centre heads
     frustration_head: bool = False
+    # call-centre inputs (off for the factory): a learned embedding of who said each transcript
+    # line added to its token, and a stereo call's agent and customer channels as audio tokens of
+    # their own (with a channel embedding) instead of their mix
+    speaker_embedding: bool = False
+    channel_audio: bool = False
     features: FeatureConfig = field(default_factory=FeatureConfig)
     seed: int = 0
 
@@ -387,6 +392,12 @@ class FusionModel(nn.Module):
         self.kind_head = nn.Linear(d, len(cfg.kind_classes)) if cfg.kind_classes else None
         self.sentiment_head = nn.Linear(d, len(cfg.sentiment_classes)) if cfg.sentiment_classes else None
         self.frustration_head = nn.Linear(d, 1) if cfg.frustration_head else None
+        if (cfg.speaker_embedding or cfg.channel_audio) and cfg.fusion == "late":
+            raise ValueError("speaker and channel inputs feed the fusion: use fusion 'cross' or 'concat'")
+        # zero-initialised: a model starts as if it had no speaker/channel input (no RNG drawn, so
+        # every other parameter is initialised exactly as without them)
+        self.speaker_embed = nn.Parameter(torch.zeros(len(SPEAKERS), d)) if cfg.speaker_embedding else None
+        self.channel_embed = nn.Parameter(torch.zeros(1 + len(CHANNELS), d)) if cfg.channel_audio else None
         # Fitted on normal data (not by gradient), saved with the weights: log-mel normalisation,
         # the normal log-line memory bank, the frame-statistics Gaussian, and each score
         # component's normal tail (`tails`).
@@ -525,6 +536,11 @@ class FusionModel(nn.Module):
                                          batch.log_count, batch.log_present)  # (B, 1 + L, D)
         dev, dt = frame_tokens.device, frame_tokens.dtype
         t_audio = ((torch.arange(audio_tokens.shape[1], device=dev, dtype=dt) + 0.5) / audio_tokens.shape[1]).expand(B, -1)
+        if self.channel_embed is not None:
+            audio_tokens, audio_mask, t_audio = self._channel_tokens(batch, audio_tokens, audio_mask, t_audio)
+        if self.speaker_embed is not None and batch.log_speakers is not None:
+            spk = torch.cat([torch.zeros_like(batch.log_speakers[:, :1]), batch.log_speakers], dim=1)  # rate token: 0
+            log_tokens = log_tokens + self.speaker_embed.to(dt)[spk]
         t_logs = torch.cat([torch.full((B, 1), 0.5, device=dev, dtype=dt), batch.log_times.to(dt)], dim=1)
         me = self.modality_embed.to(dt)
         return Tokens(
@@ -532,6 +548,24 @@ class FusionModel(nn.Module):
             audio_tokens + me[1] + self.time_proj(time_features(t_audio)), audio_mask,
             log_tokens + me[2] + self.time_proj(time_features(t_logs)), log_mask,
         )
+
+    def _channel_tokens(self, batch: WindowBatch, mixed: torch.Tensor, mixed_mask: torch.Tensor, t_mixed: torch.Tensor):
+        """Audio tokens [mix, agent channel, customer channel], each with its channel embedding. A
+        stereo window's mix is masked (its channels say more); a mono window (no channel audio,
+        e.g. a live monitor that decodes to mono) keeps its mix and masks the channel slots."""
+        ce = self.channel_embed.to(mixed.dtype)
+        B, T, D = mixed.shape
+        if batch.channel_mel is None:
+            return mixed + ce[0], mixed_mask, t_mixed
+        C = batch.channel_mel.shape[1]
+        mel = self.normalise_mel(batch.channel_mel.flatten(0, 1))  # (B*C, M, T_a)
+        tok, mask = self.audio_state(mel, batch.channel_mask.flatten(0, 1))
+        tok = tok.reshape(B, C, T, D) + ce[1:, None, :]
+        mask = mask.reshape(B, C, T)
+        stereo = mask.any(2).any(1, keepdim=True)  # (B, 1)
+        tokens = torch.cat([(mixed + ce[0])[:, None], tok], dim=1).flatten(1, 2)  # (B, (1 + C) T, D)
+        masks = torch.cat([(mixed_mask & ~stereo)[:, None], mask], dim=1).flatten(1, 2)
+        return tokens, masks, t_mixed.repeat(1, 1 + C)
 
     def modality_embeddings(self, tokens: Tokens) -> torch.Tensor:
         """(B, 3, D) unit-norm pooled state embedding per modality (contrastive objective)."""

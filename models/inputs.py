@@ -22,6 +22,9 @@ class WindowInputs:
     audio: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (chunk start, (N,) float32 mono)
     logs: list[tuple[float, LogPayload]] = field(default_factory=list)  # (time, parsed line)
     sample_rate: int = 16_000
+    # per-speaker channels of a stereo call ("agent", "customer"), each as `audio` is; `audio` then
+    # holds their mix. Empty for mono sources (every factory stream, a mono call)
+    channels: dict[str, list[tuple[float, np.ndarray]]] = field(default_factory=dict)
 
     @property
     def duration(self) -> float:

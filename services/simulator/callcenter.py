@@ -26,6 +26,9 @@ from schemas.envelope import Kind, WireRecord, encode_audio, encode_log, format_
 from schemas.errors import ConfigError
 from services.simulator.tts import Tone, speak
 
+# a call "should escalate" when a customer turn is at least this frustrated (the monitor's default threshold)
+ESCALATION_FRUSTRATION = 0.6
+CHANNEL_ORDER = ("agent", "customer")  # channel 0 and 1 of a stereo call this simulator writes
 CALL_TYPES = ("calm", "frustrated", "escalating", "sarcastic")
 DEFAULT_MIX = {"calm": 0.35, "frustrated": 0.25, "escalating": 0.25, "sarcastic": 0.15}
 AGENT_VOICES = (("en-us+f3", 55, "Dana"), ("en-us+m2", 45, "Sam"), ("en+f2", 58, "Priya"), ("en-us+m7", 42, "Marco"))
@@ -54,30 +57,43 @@ LINES: dict[str, list[tuple[str, str, float]]] = {
               ("Thanks for your patience. Have a good day.", "positive", 0.0)],
     # customers
     "calm_request": [("Hi, I would like to check on my order, number {order}.", "neutral", 0.1),
-                     ("Hello. My {product} is making a strange noise and I wanted to ask about the warranty.", "neutral", 0.15)],
-    "calm_ack": [("Sure, it is {order}.", "neutral", 0.05), ("Okay, no rush.", "neutral", 0.05)],
+                     ("Hello. My {product} is making a strange noise and I wanted to ask about the warranty.", "neutral", 0.15),
+                     ("Good morning. I am ringing about order {order}, could you tell me where it is?", "neutral", 0.1)],
+    "calm_ack": [("Sure, it is {order}.", "neutral", 0.05), ("Okay, no rush.", "neutral", 0.05),
+                 ("Yes, go ahead, I can wait.", "neutral", 0.05)],
     "calm_thanks": [("That is great, thank you so much for your help.", "positive", 0.0),
-                    ("Perfect, that works for me. Thanks!", "positive", 0.0)],
+                    ("Perfect, that works for me. Thanks!", "positive", 0.0),
+                    ("Brilliant, you have been very helpful. Cheers!", "positive", 0.0)],
     "frustrated_open": [("I have called {times} times about my {product} and nobody has fixed anything.", "negative", 0.7),
-                        ("This is ridiculous. My order {order} is two weeks late and no one answers my emails.", "negative", 0.75)],
+                        ("This is ridiculous. My order {order} is two weeks late and no one answers my emails.", "negative", 0.75),
+                        ("Every single time I call, I get a different story about my {product}.", "negative", 0.72)],
     "frustrated_more": [("I have been on hold for {minutes} minutes. I want this sorted out today.", "negative", 0.8),
-                        ("That is what the last person told me too. It never happens.", "negative", 0.8)],
+                        ("That is what the last person told me too. It never happens.", "negative", 0.8),
+                        ("I am sick of waiting. Somebody needs to fix this properly today.", "negative", 0.8)],
     "frustrated_after": [("Fine. But if it does not show up this time I am cancelling everything.", "negative", 0.6),
-                         ("Okay. I will believe it when I see it.", "negative", 0.55)],
+                         ("Okay. I will believe it when I see it.", "negative", 0.55),
+                         ("Alright, but I am not happy about any of this.", "negative", 0.58)],
     "esc_1": [("Hi, I am calling about my {product}, it stopped working after a week.", "neutral", 0.2),
-              ("Hello, my delivery for order {order} did not arrive.", "neutral", 0.2)],
+              ("Hello, my delivery for order {order} did not arrive.", "neutral", 0.2),
+              ("Hi there, my {product} arrived with a cracked door.", "neutral", 0.2)],
     "esc_2": [("Wait, why would I have to pay for that? It is brand new.", "negative", 0.5),
-              ("What do you mean you cannot change it? I was never told.", "negative", 0.5)],
+              ("What do you mean you cannot change it? I was never told.", "negative", 0.5),
+              ("Hang on, nobody said anything about a fee before.", "negative", 0.5)],
     "esc_3": [("No, that is not acceptable. I want to speak to someone who can actually help.", "negative", 0.75),
-              ("You are not listening to me. This is the third time I am explaining this.", "negative", 0.78)],
+              ("You are not listening to me. This is the third time I am explaining this.", "negative", 0.78),
+              ("That is a joke. Put me through to a manager who can actually decide something.", "negative", 0.76)],
     "esc_4": [("This is absolutely unbelievable! I am done with your company!", "negative", 0.95),
-              ("Forget it! I am reporting this and I want my money back now!", "negative", 0.95)],
+              ("Forget it! I am reporting this and I want my money back now!", "negative", 0.95),
+              ("Enough! This is a disgrace and I am taking my business elsewhere!", "negative", 0.95)],
     "sarc_open": [("Oh wonderful, another {minutes} minutes on hold. Just fantastic.", "negative", 0.75),
-                  ("Great, just great. My brand new {product} broke again. Love it.", "negative", 0.78)],
+                  ("Great, just great. My brand new {product} broke again. Love it.", "negative", 0.78),
+                  ("Oh brilliant, the {product} died again. What a lovely surprise.", "negative", 0.76)],
     "sarc_more": [("Oh sure, a technician on Thursday. Because that worked so well last time.", "negative", 0.8),
-                  ("Perfect. Amazing service as always. Really, thank you so much.", "negative", 0.8)],
+                  ("Perfect. Amazing service as always. Really, thank you so much.", "negative", 0.8),
+                  ("Sure, Thursday. I am absolutely sure that will go perfectly this time.", "negative", 0.8)],
     "sarc_close": [("Wow, you have been super helpful. Truly the best.", "negative", 0.75),
-                   ("Oh, I can hardly wait. Fantastic.", "negative", 0.72)],
+                   ("Oh, I can hardly wait. Fantastic.", "negative", 0.72),
+                   ("Oh, marvellous. You have made my whole week.", "negative", 0.73)],
 }
 SCRIPTS = {
     "calm": ["greet", "calm_request", "lookup", "calm_ack", "resolve", "calm_thanks", "close"],
@@ -85,6 +101,9 @@ SCRIPTS = {
     "escalating": ["greet", "esc_1", "lookup", "esc_2", "policy", "esc_3", "apologise", "esc_4", "escalate"],
     "sarcastic": ["greet", "sarc_open", "apologise", "sarc_more", "offer", "sarc_close", "close"],
 }
+# Customer stages have a third phrasing (index 2) that only a simulator built with
+# phrasings="unseen" says, and it then says nothing else: a held-out test of wording never trained on.
+SEEN_PHRASINGS = 2
 AGENT_STAGES = frozenset({"greet", "lookup", "resolve", "apologise", "offer", "policy", "escalate", "close"})
 PRODUCTS = ("dishwasher", "washing machine", "fridge", "oven", "dryer", "coffee machine")
 
@@ -105,7 +124,9 @@ class Utterance:
 
 @dataclass
 class Call:
-    """One call and its ground truth. `audio` is the whole call, mono float32."""
+    """One call and its ground truth. `audio` is the whole call, mono float32 (the two speakers
+    mixed, as a mono line carries them); `channels` the same call as two tracks, (2, N) in
+    CHANNEL_ORDER (what a stereo call recording keeps apart)."""
 
     call_id: str
     call_type: str
@@ -115,6 +136,8 @@ class Call:
     agent: str
     utterances: list[Utterance]
     audio: np.ndarray | None = field(default=None, repr=False)
+    channels: np.ndarray | None = field(default=None, repr=False)
+    sample_rate: int = 16000
 
     def to_json(self) -> dict[str, Any]:
         return {"call_id": self.call_id, "call_type": self.call_type, "line": self.line,
@@ -143,8 +166,12 @@ class CallCenter:
     """Simulated call centre with `assets` concurrent lines. `records(duration_s)` is stateful."""
 
     def __init__(self, assets: int = 4, seed: int = 0, start_time: float | None = None, sample_rate: int = 16000,
-                 audio_chunk_s: float = 0.5, mix: dict[str, float] | None = None):
+                 audio_chunk_s: float = 0.5, mix: dict[str, float] | None = None, phrasings: str = "seen"):
         import time
+
+        if phrasings not in ("seen", "unseen"):
+            raise ConfigError("phrasings must be 'seen' (the two trained on) or 'unseen' (the held-out third)")
+        self.phrasings = phrasings
 
         if isinstance(assets, list):  # accepted for symmetry with Plant: the count of lines matters
             assets = len(assets)
@@ -200,7 +227,9 @@ class CallCenter:
         utterances: list[Utterance] = []
         last_frustration = 0.0
         for stage in SCRIPTS[call_type]:
-            template, sentiment, frustration = LINES[stage][int(rng.integers(len(LINES[stage])))]
+            pool = LINES[stage] if stage in AGENT_STAGES else (
+                LINES[stage][:SEEN_PHRASINGS] if self.phrasings == "seen" else LINES[stage][SEEN_PHRASINGS:])
+            template, sentiment, frustration = pool[int(rng.integers(len(pool)))] if len(pool) > 1 else pool[0]
             text = template.format(**slots)
             if stage not in AGENT_STAGES:
                 speaker = "customer"
@@ -222,18 +251,36 @@ class CallCenter:
                 t += float(rng.uniform(0.35, 0.9)) + 0.2 * last_frustration  # agents pause before answering anger
             t = max(t, utterances[-1].start - start + 0.5 if utterances else 0.0)  # overlap, never a restart
             wave = speak(text, voice if speaker == "customer" else agent_voice, tone, sr)
-            pieces.append((int(t * sr), gain * wave))
+            pieces.append((int(t * sr), gain * wave, CHANNEL_ORDER.index(speaker)))
             utterances.append(Utterance(start + t, start + t + len(wave) / sr, speaker, text, sentiment, frustration))
             t += len(wave) / sr
         length = int((t + 0.6) * sr)
-        audio = (0.002 * rng.standard_normal(length)).astype(np.float32)  # line noise
-        for offset, wave in pieces:
+        noise = (0.002 * rng.standard_normal(length)).astype(np.float32)  # line noise
+        audio = noise.copy()
+        channels = np.stack([0.5 * noise, 0.5 * noise])  # each side's own line noise, mixing to the mono line's
+        for offset, wave, ch in pieces:
             audio[offset:offset + len(wave)] += wave[: max(length - offset, 0)]
+            channels[ch, offset:offset + len(wave)] += wave[: max(length - offset, 0)]
         np.clip(audio, -1, 1, out=audio)
-        call = Call(call_id, call_type, line.index, start, start + length / sr, agent_name, utterances, audio)
+        np.clip(channels, -1, 1, out=channels)
+        call = Call(call_id, call_type, line.index, start, start + length / sr, agent_name, utterances, audio,
+                    channels, sr)
         self.calls.append(call)
         self._by_id[call_id] = call
         return call
+
+    def complete_calls(self, duration_s: float) -> Iterator[Call]:
+        """The calls that start in the next `duration_s`, whole (audio and both channels), in
+        start order: the same calls `records` would stream, for writers and datasets that need
+        the recording rather than the wire."""
+        end = self._t + duration_s
+        while self._next_starts and self._next_starts[0][0] < end:
+            t0, li = heapq.heappop(self._next_starts)
+            line = self._lines[li]
+            call = self._new_call(t0, line)
+            heapq.heappush(self._next_starts, (call.end + float(line.rng.uniform(2, 10)), li))
+            yield call
+        self._t = end
 
     # ── records ─────────────────────────────────────────────────────────────────────────────
     def records(self, duration_s: float) -> Iterator[tuple[Kind, WireRecord]]:
@@ -274,8 +321,33 @@ class CallCenter:
             state["utt"] += 1
         if state["utt"] >= len(call.utterances) and call.start + state["chunk"] * self.audio_chunk_s >= call.end:
             state["done"] = True
-            call.audio = None  # the ground truth stays; the waveform is no longer needed
+            call.audio = call.channels = None  # the ground truth stays; the waveform is no longer needed
 
 
 def call_ground_truth_line(call: Call) -> str:
     return json.dumps(call.to_json())
+
+
+def write_call_folder(call: Call, root: "Path", stereo: bool = True) -> "Path":
+    """One call in the labelled call-folder format (docs/callcenter.md, "Your own calls"):
+    `root/<call_id>/call.wav` (stereo: channel 0 the agent, 1 the customer; or the mono mix) at the
+    simulator's sample rate, `transcript.jsonl` (one turn a line: speaker, start, end in seconds
+    from the start of call.wav, text, sentiment, frustration) and `labels.json` (per call)."""
+    from pathlib import Path
+
+    if call.audio is None or (stereo and call.channels is None):
+        raise ConfigError(f"{call.call_id}: its audio was already streamed and dropped; write calls from complete_calls()")
+    folder = Path(root) / call.call_id
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = call.channels.T if stereo else call.audio
+    (folder / "call.wav").write_bytes(wav_bytes(np.ascontiguousarray(samples), call.sample_rate))
+    turns = [{"speaker": u.speaker, "start": round(u.start - call.start, 3), "end": round(u.end - call.start, 3),
+              "text": u.text, "sentiment": u.sentiment, "frustration": round(u.frustration, 3)} for u in call.utterances]
+    (folder / "transcript.jsonl").write_text("".join(json.dumps(t) + "\n" for t in turns))
+    said = [u for u in call.utterances if u.speaker == "customer"]
+    labels = {"call_id": call.call_id, "start_time": format_time(call.start), "call_type": call.call_type,
+              "channels": {name: i for i, name in enumerate(CHANNEL_ORDER)} if stereo else None,
+              "overall": said[-1].sentiment if said else "neutral",
+              "escalation": any(u.frustration >= ESCALATION_FRUSTRATION for u in said), "source": "simulator"}
+    (folder / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    return folder

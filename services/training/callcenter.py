@@ -45,14 +45,19 @@ import numpy as np
 
 from models.data import WindowArrays
 from models.features import FeatureConfig, Featurizer
+from streamlogic.escalation import EscalationRule
 from schemas.envelope import Kind, WireRecord
 from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SENTIMENT_CLASSES = ("negative", "neutral", "positive")
-CALLCENTER_DATASET_VERSION = 1  # bump when featurization or the call simulator changes (cached datasets)
-LABELS_VERSION = 2  # labels are re-derived on load; bump when they change (trained eval rows are redone)
+from services.training.callcenter_eval import Predictions, call_outcomes, escalation_events, escalation_score, \
+    turn_predictions, turn_truth, vader_predictions
+from services.training.callcenter_data import SENTIMENT_CLASSES, CallDirConfig, featurize_recordings, read_call_dir, \
+    recording_from_sim
+
+CALLCENTER_DATASET_VERSION = 2  # bump when featurization or the call simulator changes (cached datasets)
+LABELS_VERSION = 3  # labels are re-derived on load; bump when they change (trained eval rows are redone)
 DEFAULT_START = 1767600000.0  # 2026-01-05 08:00 UTC, as the factory datasets
 # customer script stages whose second phrasing (index 1) is kept out of training: see module docstring
 HELD_OUT_STAGES = ("sarc_open", "sarc_more", "sarc_close")
@@ -86,6 +91,8 @@ class CallSpec:
     mix: tuple[tuple[str, float], ...] = ()  # call-type weights; () = the simulator's default mix
     hop_s: float = 1.0
     min_speech_s: float = 0.5  # customer speech a window must hear to be labelled
+    # "unseen": every customer line in a third phrasing no recipe trains on (held-out wording)
+    phrasings: str = "seen"
 
     def key(self, features: FeatureConfig) -> str:
         blob = json.dumps({"spec": asdict(self), "features": features.to_dict(), "v": CALLCENTER_DATASET_VERSION},
@@ -107,7 +114,6 @@ def simulate_calls(spec: CallSpec, features: FeatureConfig, cache_dir: Path | No
     else the customer's latest utterance so far). The calls' ground truth is in meta['calls'].
     """
     from services.simulator.callcenter import CALL_TYPES, CallCenter
-    from services.training.dataset import featurize_stream, windows_from_records
 
     path = cache_dir / spec.name(features) if cache_dir else None
     if path is not None and (path / "meta.json").exists():
@@ -117,24 +123,21 @@ def simulate_calls(spec: CallSpec, features: FeatureConfig, cache_dir: Path | No
         data.labels.update(call_window_labels(data, data.meta["calls"], spec.min_speech_s))
         return data
     t0 = time.perf_counter()
-    cc = CallCenter(spec.lines, seed=spec.seed, start_time=spec.start_time, mix=dict(spec.mix) or None)
+    cc = CallCenter(spec.lines, seed=spec.seed, start_time=spec.start_time, mix=dict(spec.mix) or None,
+                    sample_rate=features.sample_rate, phrasings=spec.phrasings)
     total = spec.duration_s * spec.lines
 
-    def records() -> Iterator[tuple[Kind, WireRecord]]:
-        done, step = 0.0, 10.0
-        while done < spec.duration_s - 1e-9:
-            d = min(step, spec.duration_s - done)
-            yield from cc.records(d)
-            done += d
+    def recordings():
+        for call in cc.complete_calls(spec.duration_s):
+            yield recording_from_sim(call)
+            call.audio = call.channels = None
             if progress:
-                progress(done * spec.lines, total)
+                progress(min(total, (call.start - spec.start_time) * spec.lines), total)
 
-    feats = featurize_stream(windows_from_records(records(), features, spec.hop_s), features, featurizer)
-    data = WindowArrays.from_features(feats, features, {"source": "callcenter-simulator", "spec": asdict(spec)})
-    calls = [c.to_json() for c in cc.calls]
-    data.meta["calls"] = calls
+    data = featurize_recordings(recordings(), features, spec.hop_s, featurizer,
+                                {"source": "callcenter-simulator", "spec": asdict(spec)})
     data.meta["call_types"] = list(CALL_TYPES)
-    data.labels.update(call_window_labels(data, calls, spec.min_speech_s))
+    data.labels.update(call_window_labels(data, data.meta["calls"], spec.min_speech_s))
     data.meta["build_seconds"] = round(time.perf_counter() - t0, 1)
     if path is not None:
         data.save(path)
@@ -155,44 +158,50 @@ def call_window_labels(data: WindowArrays, calls: list[dict], min_speech_s: floa
     mood_sentiment = np.full(n, SENTIMENT_CLASSES.index("neutral"), np.int8)
     mood_frustration = np.zeros(n, np.float32)
     mood_held_out = np.zeros(n, bool)  # the mood comes from a held-out phrasing: not trained on either
+    in_call = np.zeros(n, bool)
     by_id = {c["call_id"]: c for c in calls}
     for i in range(n):
         call = by_id.get(data.assets[data.asset_idx[i]])
         if call is None:
             continue
-        call_type[i] = CALL_TYPES.index(call["call_type"])
+        in_call[i] = True
+        call_type[i] = CALL_TYPES.index(call["call_type"]) if call.get("call_type") in CALL_TYPES else -1
         s, e = float(data.start[i]), float(data.start[i]) + w
         votes = np.zeros(len(SENTIMENT_CLASSES))
         peak = -1.0
         for u in call["segments"]:
-            if u["speaker"] != "customer":
-                continue
+            if u["speaker"] != "customer" or u.get("sentiment") not in SENTIMENT_CLASSES:
+                continue  # the agent's tone, or a turn nobody labelled
             if s <= u["start"] < e:
                 has_line[i] = True
             heard = min(e, u["end"]) - max(s, u["start"])
             if heard <= 0:
                 continue
             votes[SENTIMENT_CLASSES.index(u["sentiment"])] += heard
-            peak = max(peak, float(u["frustration"]))
+            if u.get("frustration") is not None:
+                peak = max(peak, float(u["frustration"]))
             held_out[i] |= is_held_out_phrasing(u["text"])
         if votes.sum() >= min_speech_s:
             sentiment[i] = int(votes.argmax())
-            frustration[i] = peak
-            mood_sentiment[i], mood_frustration[i] = sentiment[i], peak
+            frustration[i] = peak if peak >= 0 else np.nan
+            mood_sentiment[i], mood_frustration[i] = sentiment[i], max(peak, 0.0)
         else:  # the call's mood: the customer's latest utterance by the window's end (neutral before any)
-            latest = [u for u in call["segments"] if u["speaker"] == "customer" and u["start"] < e]
+            latest = [u for u in call["segments"] if u["speaker"] == "customer" and u["start"] < e
+                      and u.get("sentiment") in SENTIMENT_CLASSES]
             if latest:
                 mood_sentiment[i] = SENTIMENT_CLASSES.index(latest[-1]["sentiment"])
-                mood_frustration[i] = float(latest[-1]["frustration"])
+                mood_frustration[i] = float(latest[-1].get("frustration") or 0.0)
                 mood_held_out[i] = is_held_out_phrasing(latest[-1]["text"])
     return {"sentiment": sentiment, "frustration": frustration, "call_type": call_type, "held_out": held_out,
             "has_line": has_line, "mood_sentiment": mood_sentiment, "mood_frustration": mood_frustration,
-            "mood_held_out": mood_held_out}
+            "mood_held_out": mood_held_out, "in_call": in_call}
 
 
 # ── training ────────────────────────────────────────────────────────────────────────────────
 
-MODALITY_SETS = {"text": ("logs",), "audio": ("audio",), "fused": ("frames", "audio", "logs")}
+# "channels": a stereo call's agent and customer channels are seen apart (else only their mix)
+MODALITY_SETS = {"text": ("logs",), "audio": ("audio", "channels"), "fused": ("frames", "audio", "logs", "channels"),
+                 "mono": ("frames", "audio", "logs")}
 
 
 @dataclass
@@ -208,6 +217,9 @@ class CallTrainConfig:
     # towards the call's mood (the customer's latest utterance): the monitor scores those windows
     # too, and the call's sentiment curve and outcome must not swing whenever the agent talks
     mood_fraction: float = 0.25
+    # share of stereo windows shown as their mono mix (channels masked): the live monitor decodes
+    # audio to mono until the wire carries channels, and mono recordings exist
+    mono_fraction: float = 0.3
     seed: int = 0
     # torch CPU threads while training (restored after); None = leave as is. One by default: at
     # these tensor sizes a second thread costs more in synchronisation than it gains (measured on
@@ -237,6 +249,10 @@ def keep_modalities(batch, keep: tuple[str, ...]):
         batch.frame_mask = torch.zeros_like(batch.frame_mask)
     if "audio" not in keep:
         batch.audio_mask = torch.zeros_like(batch.audio_mask)
+        if batch.channel_mask is not None:
+            batch.channel_mask = torch.zeros_like(batch.channel_mask)
+    if "channels" not in keep and batch.channel_mask is not None:  # a mono line: the mix only
+        batch.channel_mask = torch.zeros_like(batch.channel_mask)
     if "logs" not in keep:
         batch.log_mask = torch.zeros_like(batch.log_mask)
         batch.log_present = torch.zeros_like(batch.log_present)
@@ -254,7 +270,7 @@ def mood_windows(data: WindowArrays) -> np.ndarray:
     hears a held-out phrasing, nor one whose mood comes from such an utterance."""
     if "mood_sentiment" not in data.labels:
         return np.zeros(0, np.int64)
-    unlabelled = (data.labels["sentiment"] < 0) & (data.labels["call_type"] >= 0)
+    unlabelled = (data.labels["sentiment"] < 0) & data.labels.get("in_call", data.labels["call_type"] >= 0)
     return np.flatnonzero(unlabelled & ~data.labels["held_out"] & ~data.labels["mood_held_out"])
 
 
@@ -316,7 +332,11 @@ def _train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tup
         if n_mood:
             idx = np.concatenate([idx, mood_pool[rng.integers(len(mood_pool), size=n_mood)]])
         model.train()
-        batch = keep_modalities(data.batch(idx, model.code_vocab), keep).to(cfg.device)
+        batch = keep_modalities(data.batch(idx, model.code_vocab), keep)
+        if batch.channel_mask is not None and cfg.mono_fraction > 0:
+            mono = torch.from_numpy(rng.random(len(idx)) < cfg.mono_fraction)
+            batch.channel_mask = batch.channel_mask & ~mono[:, None, None]
+        batch = batch.to(cfg.device)
         _, summary, _ = model.fuse(model.tokens(batch))
         y = torch.from_numpy(y_mood[idx]).to(cfg.device)
         f = torch.from_numpy(f_all[idx]).to(cfg.device)
@@ -377,11 +397,16 @@ class CallRow:
     without_line_accuracy: float
     sarcastic_held_out_with_line_accuracy: float  # positive words never trained on, in the window
     frustration_mae: float
-    outcome_accuracy: float  # the call summary's "overall" (monitor's rule) vs the customer's last utterance
+    outcome_accuracy: float  # the call summary's "overall" (monitor's rule) vs how the call ended
     escalated: dict[str, float]  # call type -> fraction of complete calls with an escalation event
-    events_per_escalated_call: float  # > 1: the event closes while the agent talks and opens again
+    events_per_escalated_call: float  # > 1: the event closed and opened again within one call
     confusion: list[list[int]]  # rows: true class, columns: predicted (SENTIMENT_CLASSES order)
     note: str = ""
+    # per labelled customer turn: the windows' probabilities weighted by how much of the turn each hears
+    turn_accuracy: float = float("nan")
+    turn_macro_f1: float = float("nan")
+    escalation_recall: float = float("nan")  # complete calls that should escalate with an event
+    spurious_per_100_calls: float = float("nan")  # events where none was due + repeats within a call
 
 
 @dataclass
@@ -398,6 +423,8 @@ class CallEvalReport:
     train_config: dict
     seconds: dict[str, float] = field(default_factory=dict)  # training time per trained model
     notes: list[str] = field(default_factory=list)
+    source: str = "sim"  # "sim" (the simulator's test seed) or "dir:PATH" (labelled call folders)
+    turns: int = 0  # labelled customer turns of the test calls
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -410,12 +437,6 @@ class CallEvalReport:
 
     def row(self, name: str) -> CallRow:
         return next(r for r in self.rows if r.name == name)
-
-
-@dataclass
-class Predictions:
-    probs: np.ndarray  # (N, 3) for every window of the dataset
-    frustration: np.ndarray  # (N,)
 
 
 def call_labels(data: WindowArrays) -> dict[str, int]:
@@ -442,41 +463,8 @@ def call_predictions(data: WindowArrays, probs: np.ndarray) -> dict[str, int]:
     return out
 
 
-def call_outcomes(data: WindowArrays, probs: np.ndarray, calls: set[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(true, predicted) outcome per call in `calls`: truth is the sentiment of the customer's last
-    utterance; the prediction is the monitor's call-summary rule (`services.monitor.sink`: the
-    class with the highest mean probability over the last third of *all* the call's windows)."""
-    last = {}
-    for c in data.meta.get("calls", []):
-        said = [u for u in c["segments"] if u["speaker"] == "customer"]
-        if said and c["call_id"] in calls:
-            last[c["call_id"]] = SENTIMENT_CLASSES.index(said[-1]["sentiment"])
-    true, guess = [], []
-    for a, asset in enumerate(data.assets):
-        if asset not in last:
-            continue
-        idx = np.flatnonzero(data.asset_idx == a)
-        idx = idx[np.argsort(data.start[idx])]
-        tail = idx[-max(1, len(idx) // 3):]
-        true.append(last[asset])
-        guess.append(int(probs[tail].mean(0).argmax()))
-    return np.array(true, int), np.array(guess, int)
-
-
-def escalations(data: WindowArrays, frustration: np.ndarray, threshold: float = 0.6, open_after: int = 2,
-                close_after: int = 3) -> dict[str, int]:
-    """Escalation events per call: the monitor's own hysteresis lifecycle over every window of
-    the call (agent-only windows included, as live), frustration against `threshold`."""
-    from services.training.evaluate import run_lifecycle
-
-    events = run_lifecycle(frustration, np.full(len(data), threshold), data, open_after, close_after)
-    out = {a: 0 for a in data.assets}
-    for ev in events:
-        out[ev.asset] += 1
-    return out
-
-
-def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float = 0.6, note: str = "") -> CallRow:
+def score_row(name: str, data: WindowArrays, pred: Predictions, rule: EscalationRule | None = None,
+              note: str = "") -> CallRow:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
     from services.simulator.callcenter import CALL_TYPES
@@ -498,7 +486,7 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
     cp = np.array([guess[i] for i in ids])
     types = {c["call_id"]: c["call_type"] for c in data.meta.get("calls", [])}
     sarc_calls = np.array([types.get(i) == "sarcastic" for i in ids], bool)
-    esc = escalations(data, pred.frustration, threshold)
+    esc = escalation_events(data, pred.frustration, rule or EscalationRule())
     run_end = float(data.start.max()) + data.features.window_s if len(data) else 0.0
     complete = {c["call_id"] for c in data.meta.get("calls", []) if c["end"] <= run_end}  # not cut by the run's end
     escalated = {}
@@ -508,6 +496,10 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
     f_true = data.labels["frustration"]
     outcome_true, outcome_pred = call_outcomes(data, pred.probs, complete)
     per_call = [esc[i] for i in ids if i in complete and esc.get(i, 0) > 0]
+    esc_score = escalation_score(data, esc, complete)
+    yt = turn_truth(data)
+    tp = (pred.turn_probs if pred.turn_probs is not None else turn_predictions(data, pred.probs)).argmax(1) \
+        if len(yt) else np.zeros(0, int)
     return CallRow(
         name=name, window_accuracy=acc(lab), window_macro_f1=float(f1_score(y[lab], yp[lab], average="macro")),
         call_accuracy=float(accuracy_score(ct, cp)) if len(ids) else float("nan"),
@@ -522,6 +514,9 @@ def score_row(name: str, data: WindowArrays, pred: Predictions, threshold: float
         escalated=escalated, events_per_escalated_call=float(np.mean(per_call)) if per_call else float("nan"),
         confusion=confusion_matrix(y[lab], yp[lab], labels=list(range(len(SENTIMENT_CLASSES)))).tolist(),
         note=note,
+        turn_accuracy=float(accuracy_score(yt, tp)) if len(yt) else float("nan"),
+        turn_macro_f1=float(f1_score(yt, tp, average="macro")) if len(yt) else float("nan"),
+        escalation_recall=esc_score.recall, spurious_per_100_calls=esc_score.spurious_per_100_calls,
     )
 
 
@@ -551,7 +546,10 @@ def pick_late_weight(data: WindowArrays, text: Predictions, audio: Predictions) 
 
 # Video calls are optional: two frame slots per 2 s window (1 fps) keep a face in view without
 # paying for eight empty slots on every audio-only call.
-CALL_FEATURES = FeatureConfig(max_frames=2)
+# Telephony is 8 kHz: the call-centre features are computed at 8 kHz (the telephone band, up to
+# 4 kHz; 20 ms hop, 32 ms FFT, 40 mel bands), so a narrowband call is never upsampled and a
+# wideband one is downsampled to what every phone line carries.
+CALL_FEATURES = FeatureConfig(max_frames=2, sample_rate=8000, n_fft=256, hop_length=160, n_mels=40, f_max=4000.0)
 StageFn = Callable[[str, float, float, dict], None]  # (stage, done, total, info), as services.training.ui
 
 
@@ -572,7 +570,7 @@ class CallRecipe:
         base = FusionConfig.tiny if self.tiny_model else FusionConfig
         kw = {"dropout": 0.0, **dict(self.model)}  # weight decay regularises; attention dropout doubles CPU time
         return base(fusion=variant, sentiment_classes=list(SENTIMENT_CLASSES), frustration_head=True,
-                    features=CALL_FEATURES, **kw)
+                    speaker_embedding=True, channel_audio=True, features=CALL_FEATURES, **kw)
 
     def train_config(self, **overrides) -> CallTrainConfig:
         return CallTrainConfig(**{**dict(self.steps), **{k: v for k, v in overrides.items() if v is not None}})
@@ -593,8 +591,8 @@ CALL_RECIPES: dict[str, CallRecipe] = {
         description="a few minutes on 2 CPU cores; what `fusionwatch up --profile callcenter` trains on first start"),
     "standard": CallRecipe(
         "standard", (CallSpec(lines=4, seed=1, duration_s=900), CallSpec(lines=4, seed=2, duration_s=900)),
-        CallSpec(lines=4, seed=3, duration_s=900), CallSpec(lines=4, seed=4, duration_s=1800), steps=(("steps", 300),),
-        description="the evaluated recipe"),
+        CallSpec(lines=4, seed=3, duration_s=900), CallSpec(lines=4, seed=11, duration_s=900, phrasings="unseen"),
+        steps=(("steps", 300),), description="the evaluated recipe"),
 }
 
 
@@ -630,7 +628,8 @@ ROWS = {  # row -> (fusion variant, modalities the model sees)
 }
 
 
-EVAL_ROWS = ("text_only", "audio_only", "late_fusion", "concat_fusion", "cross_attention")
+EVAL_ROWS = ("vader", "text_only", "audio_only", "late_fusion", "concat_fusion", "cross_attention",
+             "cross_attention_mono")
 
 
 @dataclass
@@ -692,16 +691,19 @@ def train_quick_callcenter(out_dir: Path, progress: bool = True, cache_dir: Path
 
 def evaluate_callcenter(recipe: CallRecipe, out_root: Path, cache_dir: Path | None = None,
                         progress: StageFn | None = None, device: str = "cpu", reuse: bool = True,
-                        test: CallSpec | None = None, threshold: float = 0.6,
-                        rows: tuple[str, ...] = EVAL_ROWS) -> CallEvalReport:
-    """Every row on the held-out test calls: single-modality models, late fusion of those two,
-    concatenation and cross-attention, all with the same model class, encoders and step budget.
-    Models are trained (or reused from `out_root/<row>`); the late-fusion weight is chosen on
-    the validation calls; the test seed is only ever scored."""
+                        test: CallSpec | None = None, rule: EscalationRule | None = None,
+                        rows: tuple[str, ...] = EVAL_ROWS, test_data: WindowArrays | None = None,
+                        source: str = "sim") -> CallEvalReport:
+    """Every row on held-out calls: VADER on the transcript, single-modality models, late fusion
+    of those two, concatenation and cross-attention (also fed the mono mix, as a mono line or
+    today's monitor gives it), all trained with the same model class, encoders and step budget on
+    the recipe's simulated calls. Test calls: the recipe's test seed (or `test`), or `test_data`
+    (a user's labelled call folders). The late-fusion weight is chosen on the validation calls."""
     from models import checkpoint
 
+    rule = rule or EscalationRule()
     test = test or recipe.test
-    if test.seed in {s.seed for s in recipe.train} | {recipe.validation.seed}:
+    if test_data is None and test.seed in {s.seed for s in recipe.train} | {recipe.validation.seed}:
         raise ConfigError(f"test seed {test.seed} is a training or validation seed of recipe {recipe.name}; "
                           "evaluate on a held-out seed")
     data = load_call_data(recipe, cache_dir, progress, which=("train", "validation"))
@@ -710,11 +712,15 @@ def evaluate_callcenter(recipe: CallRecipe, out_root: Path, cache_dir: Path | No
         if progress:
             progress("simulate test", done, total, info)
 
-    data["test"] = load_call_data(replace_test(recipe, test), cache_dir, pt, which=("test",))["test"]
+    data["test"] = test_data if test_data is not None else \
+        load_call_data(replace_test(recipe, test), cache_dir, pt, which=("test",))["test"]
     trained_rows = [r for r in rows if r in ROWS]
     if "late_fusion" in rows:
         trained_rows = list(dict.fromkeys(trained_rows + ["text_only", "audio_only"]))
+    if "cross_attention_mono" in rows:
+        trained_rows = list(dict.fromkeys(trained_rows + ["cross_attention"]))
     preds: dict[str, dict[str, Predictions]] = {}
+    models: dict[str, object] = {}
     seconds: dict[str, float] = {}
     for row in trained_rows:
         path = out_root / row
@@ -727,17 +733,26 @@ def evaluate_callcenter(recipe: CallRecipe, out_root: Path, cache_dir: Path | No
             _store_key(path, key)
             model, seconds[row] = trained.model, trained.info["train_seconds"]
         keep = ROWS[row][1]
+        models[row] = model
         preds[row] = {split: Predictions(*predict(model, data[split], keep, device=device))
                       for split in ("validation", "test")}
     results: dict[str, CallRow] = {}
+    if "vader" in rows:
+        results["vader"] = score_row("vader", data["test"], vader_predictions(data["test"]), rule,
+                                     note="lexicon on the customer's latest transcript line; no audio, no training")
     for row in trained_rows:
-        results[row] = score_row(row, data["test"], preds[row]["test"], threshold)
+        results[row] = score_row(row, data["test"], preds[row]["test"], rule)
     if "late_fusion" in rows:
         w = pick_late_weight(data["validation"], preds["text_only"]["validation"], preds["audio_only"]["validation"])
         late = late_fusion(preds["text_only"]["test"], preds["audio_only"]["test"], w)
-        results["late_fusion"] = score_row("late_fusion", data["test"], late, threshold,
+        results["late_fusion"] = score_row("late_fusion", data["test"], late, rule,
                                            note=f"weight on text {w:.1f} (chosen on the validation calls)")
-    order = [r for r in ("text_only", "audio_only", "late_fusion", "concat_fusion", "cross_attention") if r in results]
+    if "cross_attention_mono" in rows:
+        mono = Predictions(*predict(models["cross_attention"], data["test"], MODALITY_SETS["mono"], device=device))
+        results["cross_attention_mono"] = score_row("cross_attention_mono", data["test"], mono, rule,
+                                                    note="the cross-attention model fed the mono mix")
+    order = [r for r in ("vader", "text_only", "audio_only", "late_fusion", "concat_fusion", "cross_attention",
+                         "cross_attention_mono") if r in results]
     t = data["test"]
     lab = t.labels["sentiment"] >= 0
     from services.simulator.callcenter import CALL_TYPES
@@ -745,13 +760,18 @@ def evaluate_callcenter(recipe: CallRecipe, out_root: Path, cache_dir: Path | No
     sarc = lab & (t.labels["call_type"] == CALL_TYPES.index("sarcastic"))
     calls: dict[str, int] = {}
     for c in t.meta.get("calls", []):
-        calls[c["call_type"]] = calls.get(c["call_type"], 0) + 1
+        calls[c.get("call_type") or "unknown"] = calls.get(c.get("call_type") or "unknown", 0) + 1
+    stereo = sum(bool(c.get("stereo")) for c in t.meta.get("calls", []))
     return CallEvalReport(
         rows=[results[r] for r in order], classes=list(SENTIMENT_CLASSES), windows=int(lab.sum()), calls=calls,
         sarcastic_windows=int(sarc.sum()), held_out_windows=int((sarc & t.labels["held_out"]).sum()),
-        test=asdict(test), train=[asdict(s) for s in recipe.train], validation=asdict(recipe.validation),
-        train_config=recipe.train_config(device=device).to_dict(), seconds=seconds,
-        notes=[f"threads {_threads()}, device {device}", f"escalation threshold {threshold:g} (monitor.escalation_threshold)"])
+        test=asdict(test) if test_data is None else {"source": source}, train=[asdict(s) for s in recipe.train],
+        validation=asdict(recipe.validation), train_config=recipe.train_config(device=device).to_dict(), seconds=seconds,
+        notes=[f"threads {_threads()}, device {device}",
+               f"escalation: open at >= {rule.open_threshold:g} for {rule.open_after} windows, close below "
+               f"{rule.close_threshold:g} for {rule.close_after} (monitor.escalation_*)",
+               f"{stereo} of {len(t.meta.get('calls', []))} test calls stereo"],
+        source=source, turns=int(len(turn_truth(t))))
 
 
 def replace_test(recipe: CallRecipe, test: CallSpec) -> CallRecipe:
@@ -795,14 +815,21 @@ def render_call_report(report: CallEvalReport):
     """A rich table: one column per row (text-only ... cross-attention), metrics down the side."""
     from rich.table import Table
 
-    table = Table(title="fusionwatch eval --profile callcenter — sentiment on held-out simulated calls")
+    where = "held-out simulated calls" if report.source == "sim" else f"labelled calls ({report.source})"
+    table = Table(title=f"fusionwatch eval --profile callcenter — customer sentiment on {where}")
     table.add_column("metric")
+    names = {"cross_attention_mono": "cross-attn (mono mix)", "vader": "VADER"}
     for r in report.rows:
-        table.add_column(r.name.replace("_", " "), justify="right")
+        table.add_column(names.get(r.name, r.name.replace("_", " ")), justify="right")
 
     def line(label, get, fmt="{:.3f}"):
         table.add_row(label, *[_fmt(get(r), fmt) for r in report.rows])
 
+    line(f"customer turns: macro-F1 ({report.turns})", lambda r: r.turn_macro_f1)
+    line("customer turns: accuracy", lambda r: r.turn_accuracy)
+    line("escalation recall", lambda r: r.escalation_recall)
+    line("spurious escalations / 100 calls", lambda r: r.spurious_per_100_calls, "{:.1f}")
+    table.add_section()
     line(f"window accuracy ({report.windows})", lambda r: r.window_accuracy)
     line("window macro-F1", lambda r: r.window_macro_f1)
     line("  with the customer's line", lambda r: r.with_line_accuracy)
@@ -822,10 +849,15 @@ def render_call_report(report: CallEvalReport):
         line(f"calls escalated: {t}", lambda r, t=t: r.escalated.get(t))
     line("events per escalated call", lambda r: r.events_per_escalated_call, "{:.2f}")
     notes = "; ".join(f"{r.name}: {r.note}" for r in report.rows if r.note)
-    table.caption = ("Sentiment (negative/neutral/positive) of windows where the customer speaks, and of whole "
-                     "calls; escalations: the monitor's lifecycle on predicted frustration, complete calls only. "
-                     "Same model class, encoders and training steps for every row; the single-modality rows see "
-                     "the other modality masked. " + notes)
+    simulated = ("every trained row learned from simulated speech (eSpeak voices, scripted calls); "
+                 + ("the test calls are simulated too, so every row but VADER rests on simulated speech, "
+                    "and VADER on simulated transcripts" if report.source == "sim" else
+                    f"the test calls are {report.source}: VADER alone uses nothing simulated"))
+    table.caption = ("Customer sentiment (negative/neutral/positive) per customer turn, per window where the customer "
+                     "speaks, and per call; escalations: the monitor's escalation lifecycle (streamlogic/escalation.py) "
+                     "on predicted frustration, complete calls only. Same model class, encoders and training steps for "
+                     "every trained row; the single-modality rows see the other modality masked. "
+                     + simulated + ". " + notes)
     return table
 
 
@@ -873,6 +905,42 @@ Window accuracy {_fmt(val.get('window_accuracy', float('nan')), '{:.3f}')}, wind
 """
 
 
+# ── labelled call folders (`--source dir:PATH`; format: services/training/callcenter_data.py) ──
+
+def call_source(source: str) -> Path | None:
+    """None for the simulator ("sim"), the folder for "dir:PATH"."""
+    if source == "sim":
+        return None
+    if source.startswith("dir:") and len(source) > 4:
+        return Path(source[4:]).expanduser()
+    raise ConfigError(f"--source {source!r}: the call-centre profile learns from labelled calls: 'sim' (the call "
+                      "simulator) or 'dir:PATH' (call folders, docs/callcenter.md); Kafka ranges carry no labels")
+
+
+def load_call_dir(folder: Path, features: FeatureConfig | None = None, hop_s: float = 1.0, min_speech_s: float = 0.5,
+                  cfg: CallDirConfig = CallDirConfig()) -> WindowArrays:
+    """A user's labelled call folders as featurized, labelled windows (not cached: read each time)."""
+    features = features or CALL_FEATURES
+    data = featurize_recordings(read_call_dir(folder, cfg), features, hop_s,
+                                meta={"source": f"dir:{folder}"})
+    data.labels.update(call_window_labels(data, data.meta["calls"], min_speech_s))
+    return data
+
+
+def split_calls(data: WindowArrays, validation_share: float = 0.2) -> dict[str, WindowArrays]:
+    """Whole calls (never windows of one call on both sides): the last `validation_share` of them
+    (at least one) validate, the rest train."""
+    n = len(data.assets)
+    if n < 2:
+        raise ConfigError("training on call folders needs at least two calls (one is kept for validation)")
+    k = max(1, int(round(n * validation_share)))
+    val = np.isin(data.asset_idx, np.arange(n - k, n))
+    out = {"train": data.subset(np.flatnonzero(~val)), "validation": data.subset(np.flatnonzero(val))}
+    for part in out.values():
+        part.meta = dict(part.meta)
+    return out
+
+
 # ── command bodies (`fusionwatch train/eval --profile callcenter`, see services/training/cli.py) ──
 
 def train_command(recipe: str = "standard", out: Path | None = None, variant: str = "cross", source: str = "sim",
@@ -886,9 +954,7 @@ def train_command(recipe: str = "standard", out: Path | None = None, variant: st
     from services.settings import get_settings
     from services.training.ui import progress_bars
 
-    if source != "sim":
-        raise ConfigError("the call-centre profile trains on labelled simulated calls only (--source sim); "
-                          "sentiment labels do not come with a Kafka range or an unlabelled dataset")
+    folder = call_source(source)
     rows = {"cross": "cross_attention", "concat": "concat_fusion"}
     if variant not in rows:
         raise ConfigError(f"--variant {variant!r}: the call-centre heads sit on a fused summary; use cross or concat")
@@ -897,9 +963,10 @@ def train_command(recipe: str = "standard", out: Path | None = None, variant: st
     settings = get_settings()
     out = out or settings.checkpoint_dir
     console = Console(stderr=True)
+    data = split_calls(load_call_dir(folder)) if folder else None
     with progress_bars(progress, console) as bar:
         trained = train_call_checkpoint(get_call_recipe(recipe), out, rows[variant], settings.var_dir / "datasets", bar,
-                                        pick_device(device), overrides={"steps": steps, "threads": threads})
+                                        pick_device(device), data=data, overrides={"steps": steps, "threads": threads})
     v = trained.info["validation"]
     console.print(f"[bold green]call-centre model {trained.info['version']}[/] → {out}\n"
                   f"  trained {trained.info['train_seconds']:.0f} s ({trained.info['steps']} steps, "
@@ -910,7 +977,8 @@ def train_command(recipe: str = "standard", out: Path | None = None, variant: st
 
 def eval_command(recipe: str = "standard", json_path: Path | None = None, retrain: bool = False,
                  test_seed: int | None = None, test_duration: float | None = None, test_lines: int | None = None,
-                 device: str = "auto", threads: int | None = None, progress: bool = True) -> CallEvalReport:
+                 device: str = "auto", threads: int | None = None, progress: bool = True,
+                 source: str = "sim") -> CallEvalReport:
     """Train (or reuse) every row's model under var/eval/callcenter-<recipe>/ and print the table."""
     import torch
     from dataclasses import replace
@@ -927,11 +995,13 @@ def eval_command(recipe: str = "standard", json_path: Path | None = None, retrai
     r = get_call_recipe(recipe)
     test = replace(r.test, **{k: v for k, v in {"seed": test_seed, "duration_s": test_duration,
                                                   "lines": test_lines}.items() if v is not None})
+    folder = call_source(source)
     console = Console(stderr=True)
     with progress_bars(progress, console) as bar:
         report = evaluate_callcenter(r, settings.var_dir / "eval" / f"callcenter-{r.name}", settings.var_dir / "datasets",
                                      bar, pick_device(device), reuse=not retrain, test=test,
-                                     threshold=settings.monitor.escalation_threshold)
+                                     rule=EscalationRule.from_settings(settings.monitor),
+                                     test_data=load_call_dir(folder) if folder else None, source=source)
     Console(width=max(140, Console().width)).print(render_call_report(report))
     if json_path:
         report.save(json_path)

@@ -319,6 +319,8 @@ def evaluate_cmd(
     profile: str = typer.Option(None, "--profile", help=_PROFILE_HELP + " The callcenter table: sentiment accuracy "
                                 "and macro-F1 per window and per call, and on sarcastic calls, for text-only, "
                                 "audio-only, late fusion, concatenation and cross-attention."),
+    source: str = typer.Option("sim", "--source", help="Callcenter profile: test calls from 'sim' (the recipe's "
+                               "held-out seed) or 'dir:PATH' (labelled call folders, docs/callcenter.md)."),
 ) -> None:
     """Evaluate every model on a held-out simulator run with every fault kind.
 
@@ -335,7 +337,7 @@ def evaluate_cmd(
 
             raise ConfigError("--checkpoint, --per-asset and --test-assets apply to the factory profile; the "
                               "call-centre evaluation trains its own rows (use --retrain to redo them)")
-        eval_command(recipe, json_path, retrain, test_seed, test_duration, None, device, threads, progress)
+        eval_command(recipe, json_path, retrain, test_seed, test_duration, None, device, threads, progress, source)
         return
     import torch
     from rich.console import Console
