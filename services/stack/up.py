@@ -170,6 +170,12 @@ def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faul
         parts.append(_Part("scheduler", lambda stop: run_scheduler(settings, stop)))
     except ImportError as e:
         log.warning("scheduler unavailable: %s", e)
+    if settings.notify.channels:  # alert delivery only where someone configured a receiver
+        from services.notify.service import NotifierService
+
+        notify_engine = db.make_engine(settings.database.url)
+        parts.append(_Part("notify", lambda stop: NotifierService(
+            settings, bootstrap, db.session_factory(notify_engine), topics).run(stop)))
     if with_api:
         parts.append(_Part("api", lambda stop: _serve_api(settings, stop)))
     return parts
