@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages: a real browser for the review page test, Prometheus + promtool for the
 # metrics/rules tests. Speech comes from the espeakng-loader wheel; PyAV bundles FFmpeg.
-DEBS   := chromium chromium-driver prometheus mosquitto
+DEBS   := chromium chromium-driver prometheus mosquitto prometheus-alertmanager
 
 .PHONY: run test test-all faults poison bench venv sysdeps lock clean help
 

@@ -223,7 +223,7 @@ def test_compose_file_validates_with_docker_compose_and_wires_the_stack():
             assert p["host_ip"] == "127.0.0.1", name
     # Prometheus scrapes exactly those service:port pairs
     prom = yaml.safe_load((PROM / "prometheus.yml").read_text())
-    targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    targets = {t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
     assert {"monitor:9400", "summarizer:9401", "scheduler:9402", "api:8080"} <= targets
     # Grafana gets the provisioning and the dashboard from this repository
     mounts = {v["target"]: v["source"] for v in services["grafana"]["volumes"] if v["type"] == "bind"}
@@ -346,10 +346,12 @@ def test_k8s_wiring_probes_gpus_autoscaling_and_references():
 
     m = _manifests()
     deployments = {name: d for (kind, name), d in m.items() if kind == "Deployment"}
-    assert set(deployments) == {"fusionwatch-monitor", "fusionwatch-summarizer", "fusionwatch-scheduler", "fusionwatch-api"}
+    assert set(deployments) == {"fusionwatch-monitor", "fusionwatch-summarizer", "fusionwatch-scheduler", "fusionwatch-api",
+                                "fusionwatch-notify"}
     config = m[("ConfigMap", "fusionwatch-config")]["data"]
     expected_port = {"monitor": 9400 + PORT_OFFSETS["monitor"], "summarizer": 9400 + PORT_OFFSETS["summarizer"],
-                     "scheduler": 9400 + PORT_OFFSETS["scheduler"], "api": int(config["FW_API__PORT"])}
+                     "scheduler": 9400 + PORT_OFFSETS["scheduler"], "api": int(config["FW_API__PORT"]),
+                     "notify": 9400 + PORT_OFFSETS["notify"]}
     for name, d in deployments.items():
         pod = d["spec"]["template"]
         component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
