@@ -213,12 +213,15 @@ class WindowAligner:
 
     def _emit(self, asset: str, s: _AssetStream) -> AlignedWindow:
         s.provisional = False
+        assert s.next_start is not None, "a window is emitted only once the grid is set"
         start, end = s.next_start, s.next_start + self.window_s
         win = WindowInputs(asset=asset, start=start, end=end)
         evidence: dict[str, list[EvidenceRange]] = {}
         for kind in MODALITIES:
             inside = sorted((it for it in s.items[kind] if start <= it.t < end), key=lambda it: it.t)
             getattr(win, kind.value).extend((it.t, _model_view(it.payload)) for it in inside)
+            if kind == Kind.AUDIO and inside:  # decoded at the consumer's rate (8 kHz for a call model)
+                win.sample_rate = inside[0].payload.sample_rate
             ranges: dict[tuple[str, int], list[int]] = defaultdict(list)
             for it in inside:
                 if it.pos is not None:
