@@ -167,7 +167,8 @@ def test_tiny_model_learns_tone_and_saves_a_monitor_checkpoint(tiny_checkpoint, 
     trained = tiny_checkpoint
     model, calibration, config = checkpoint.load(trained.path)
     assert model.cfg.sentiment_classes == list(cc.SENTIMENT_CLASSES) and model.cfg.frustration_head
-    assert config["callcenter"]["modalities"] == ["frames", "audio", "logs"]
+    assert config["callcenter"]["modalities"] == ["frames", "audio", "logs", "channels"]
+    assert model.cfg.speaker_embedding and model.cfg.channel_audio and model.cfg.features.sample_rate == 8000
     assert "call-centre model" in (trained.path / "model_card.md").read_text()
     val = call_data["validation"]
     probs, frus = cc.predict(model, val)

@@ -937,7 +937,8 @@ def split_calls(data: WindowArrays, validation_share: float = 0.2) -> dict[str, 
     val = np.isin(data.asset_idx, np.arange(n - k, n))
     out = {"train": data.subset(np.flatnonzero(~val)), "validation": data.subset(np.flatnonzero(val))}
     for part in out.values():
-        part.meta = dict(part.meta)
+        present = {part.assets[a] for a in np.unique(part.asset_idx)}
+        part.meta = dict(part.meta) | {"calls": [c for c in data.meta["calls"] if c["call_id"] in present]}
     return out
 
 

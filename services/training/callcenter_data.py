@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SENTIMENT_CLASSES = ("negative", "neutral", "positive")
 DEFAULT_CALL_START = 1767600000.0  # calls without a start_time are laid out from here, a minute apart
+MAX_CALL_S = 4 * 3600.0  # longest call.wav read
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def read_call_folder(folder: Path, cfg: CallDirConfig = CallDirConfig(), start: 
     if not wav.exists() or not transcript.exists():
         raise ConfigError(f"{folder}: a call folder needs call.wav and transcript.jsonl (docs/callcenter.md)")
     labels = json.loads(labels_path.read_text()) if labels_path.exists() else {}
-    samples, rate, n_channels = parse_wav(wav.read_bytes(), ContractLimits())
+    # a whole recorded call, not a wire chunk: only its length limit differs from the contract's
+    samples, rate, n_channels = parse_wav(wav.read_bytes(), replace(ContractLimits(), max_audio_s=MAX_CALL_S))
     if n_channels > 2:
         raise ConfigError(f"{wav}: {n_channels} channels; a call is mono or stereo (agent and customer)")
     channels: dict[str, np.ndarray] = {}

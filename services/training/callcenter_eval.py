@@ -161,6 +161,8 @@ def call_outcomes(data: WindowArrays, probs: np.ndarray, calls: set[str]) -> tup
         if asset not in last:
             continue
         idx = np.flatnonzero(data.asset_idx == a)
+        if not len(idx):
+            continue
         idx = idx[np.argsort(data.start[idx])]
         true.append(last[asset])
         guess.append(overall_sentiment(probs[idx]))
