@@ -3,7 +3,8 @@
 Embedded broker (unless FW_KAFKA_BOOTSTRAP points at a cluster), SQLite under ./var (unless
 FW_DATABASE_URL), a model (trained on first start when none exists), then — each in its own
 thread — the simulated plant, the monitor, the outbox relay, the summarizer, the scheduler, the
-notifier (when notification channels are configured) and the review API. Events are printed as they open and close. Ctrl-C / SIGTERM stops everything in
+notifier (when notification channels are configured) and the review API. Events are printed
+as they open and close. Ctrl-C / SIGTERM stops everything in
 order: producers first, then consumers (which commit), then the broker.
 """
 
