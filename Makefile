@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # metrics/rules tests. Speech comes from the espeakng-loader wheel; PyAV bundles FFmpeg.
 DEBS   := chromium chromium-driver prometheus mosquitto prometheus-alertmanager
 
-.PHONY: run test test-all faults poison bench venv sysdeps lock clean help
+.PHONY: run test lint test-all faults poison bench venv sysdeps lock clean help
 
 help:            ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,6 +22,10 @@ test: venv sysdeps  ## set up and run the tests: the default suite, then the poi
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m poison
 	$(BIN)/python -m pytest -q -m faults
+
+lint: venv       ## ruff (style, imports, bugbear, private access) and mypy (schemas, streamlogic, models)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 poison: venv sysdeps  ## the poison suite alone (every hostile record kind through a real broker and monitor)
 	$(BIN)/python -m pytest -q -m poison

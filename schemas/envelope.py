@@ -20,11 +20,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Iterable, Union
+from typing import Any, Final, Iterable, Union
 
 import numpy as np
 
-SPECVERSION = "1.0"
+SPECVERSION: Final = "1.0"
 ASSET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type", "ce_asset")
 
@@ -47,7 +47,7 @@ class Kind(str, Enum):
         }[self.value]
 
 
-EVENT_CE_TYPE = "io.fusionwatch.anomaly.v1"
+EVENT_CE_TYPE: Final = "io.fusionwatch.anomaly.v1"
 
 # Every `Rejected.reason` decode can return (bounded: safe as a metric label; consumers may
 # pre-create their counters from it). docs/contract.md explains each one to producers.
@@ -90,6 +90,7 @@ class DecodeOptions:
     frame_size: tuple[int, int] = (80, 60)  # (width, height); JPEG draft decodes near it in the DCT domain
     sample_rate: int = 16_000
     decode_media: bool = True  # False: validate headers and sizes only (e.g. a router)
+    jpeg_fast_path: bool = True  # False: Pillow decodes every JPEG (for comparisons; the pixels are the same)
 
 
 # ── decoded payloads ────────────────────────────────────────────────────────────────────────
@@ -233,6 +234,7 @@ def decode(kind: Kind, key: bytes | None, value: bytes | None, headers: Iterable
     """Validate one record against the contract and decode its payload. Never raises."""
     try:
         env = _envelope(kind, key, value, headers, now, limits)
+        value = value or b""  # _envelope rejects a record without a value
         payload: Payload | None
         if kind is Kind.LOG:
             payload = _decode_log(value, env.content_type, limits)
@@ -306,11 +308,13 @@ def _envelope(kind: Kind, key: bytes | None, value: bytes | None, headers, now: 
 def _decode_frame(value: bytes, content_type: str, limits: ContractLimits, options: DecodeOptions) -> FramePayload:
     fmt = "JPEG" if content_type == "image/jpeg" else "PNG"
     target = options.frame_size
-    fast = _jpeg_size(value) if fmt == "JPEG" else None
+    fast = _jpeg_size(value) if fmt == "JPEG" and options.jpeg_fast_path else None
     img = None
     if fast is None:  # PNG, or a JPEG the fast path cannot read: Pillow reads it and names the fault
         img = _open_image(value, fmt, limits)
-    width, height = fast or img.size
+        width, height = img.size
+    else:
+        width, height = fast
     if width > limits.max_frame_px or height > limits.max_frame_px or width < 8 or height < 8:
         raise _Reject("image_too_large" if max(width, height) > limits.max_frame_px else "image_too_small",
                       f"image is {width}x{height}, outside 8..{limits.max_frame_px} px per side")
@@ -337,6 +341,7 @@ try:
     import simplejpeg as _simplejpeg
 except ImportError:  # pragma: no cover - an optional speed-up
     _simplejpeg = None
+HAS_JPEG_FAST_PATH = _simplejpeg is not None
 
 
 def _jpeg_size(value: bytes) -> tuple[int, int] | None:
@@ -510,6 +515,7 @@ def parse_wav(value: bytes, limits: ContractLimits = ContractLimits()) -> tuple[
         raise _Reject("bad_channels", f"{channels} channels (allowed 1..{limits.max_audio_channels})")
     if not limits.min_sample_rate <= rate <= limits.max_sample_rate:
         raise _Reject("bad_sample_rate", f"sample rate {rate} Hz (allowed {limits.min_sample_rate}..{limits.max_sample_rate})")
+    dtype: np.dtype
     if (tag, bits) == (1, 16):
         dtype = np.dtype("<i2")
     elif (tag, bits) == (3, 32):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from schemas.events import AnomalyData, Attribution, EvidenceRange, event_id
 from schemas.envelope import format_time
+from schemas.events import AnomalyData, Attribution, EvidenceRange, event_id
 
 UPDATE_EVERY = 10  # windows between "updated" publications of a long event
 MAX_TIMELINE = 3600  # score points kept per event (one hour at a 1 s hop)
@@ -57,7 +57,7 @@ def event_kind(w: ScoredWindow) -> str:
         return "cross_modal"
     if not a.modality_shares:
         return "anomaly"
-    top = max(a.modality_shares, key=a.modality_shares.get)
+    top = max(a.modality_shares, key=a.modality_shares.__getitem__)
     return {"frames": "visual", "audio": "acoustic", "logs": "log"}.get(top, "anomaly")
 
 
@@ -182,7 +182,7 @@ def _merge_evidence(into: dict[str, list[dict]], add: dict[str, list[dict]]) -> 
                 cur["first"], cur["last"] = min(cur["first"], r["first"]), max(cur["last"], r["last"])
 
 
-def event_data(ev: dict[str, Any], change: str) -> AnomalyData:
+def event_data(ev: dict[str, Any], change: Literal["opened", "updated", "closed"]) -> AnomalyData:
     attribution = dict(ev["attribution"])
     total = sum(ev["shares"].values())
     if total > 0:  # shares averaged over the over-threshold windows, not just the peak

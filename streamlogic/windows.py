@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from models.inputs import WindowInputs
-from schemas.envelope import (Accepted, AudioPayload, DecodeOptions, Envelope, FramePayload, Kind, Payload,
-                              WireRecord, decode)
+from schemas.envelope import Accepted, AudioPayload, DecodeOptions, Envelope, FramePayload, Kind, Payload, WireRecord, decode
 from schemas.events import EvidenceRange
 
 MODALITIES = (Kind.FRAME, Kind.AUDIO, Kind.LOG)
@@ -119,7 +118,7 @@ class WindowAligner:
             return
         now = self.clock()
         for s in self._assets.values():
-            kinds = behind.get(s.partition)
+            kinds = behind.get(s.partition) if s.partition is not None else None
             if not kinds:
                 continue
             for k in kinds:
@@ -195,7 +194,7 @@ class WindowAligner:
         if not buffered:
             return
         first = (math.floor((min(buffered) - self.window_s) / self.hop_s) + 1) * self.hop_s
-        if first > s.next_start:
+        if s.next_start is not None and first > s.next_start:
             s.next_start = first
 
     def _watermark(self, s: _AssetStream, now: float) -> float:
@@ -273,6 +272,7 @@ def offline_windows(records: Iterable[tuple[Kind, WireRecord]], window_s: float 
             if whole_only:
                 edge = span.setdefault(res_env.asset, [res_env.time, res_env.time])
                 edge[0], edge[1] = min(edge[0], res_env.time), max(edge[1], res_env.time)
+            assert res.payload is not None, "decoded with media"
             aligner.add(res_env, res.payload)
             yield from (w.inputs for w in aligner.ready() if whole(w))
     yield from (w.inputs for w in aligner.ready(flush=True) if whole(w))

@@ -419,7 +419,7 @@ def test_deploy_commands_exist_in_the_cli():
     registered = {c.name or c.callback.__name__ for c in app.registered_commands} | {g.name for g in app.registered_groups}
     used: set[str] = set()
     services = json.loads(compose_config().stdout)["services"]
-    for name, svc in services.items():
+    for svc in services.values():
         if svc.get("image", "").startswith("fusionwatch") and svc.get("command"):
             used.add(svc["command"][0])
     for (kind, _), doc in _manifests().items():

@@ -95,7 +95,8 @@ def test_plant_faults_become_events(broker, make_topics, unique_group, db_url, q
           f"({', '.join(f.kind for f in found)}), false events {len(false)} "
           f"({len(false) / asset_hours:.1f} per asset-hour over {asset_hours:.2f} asset-hours)")
     for e in false:
-        print(f"  false event: {e.asset_id} at +{e.start_time.timestamp() - start:.0f}..+{(e.end_time or e.start_time).timestamp() - start:.0f} s, peak {e.peak_score:.2f} "
+        end = (e.end_time or e.start_time).timestamp() - start
+        print(f"  false event: {e.asset_id} at +{e.start_time.timestamp() - start:.0f}..+{end:.0f} s, peak {e.peak_score:.2f} "
               f"(threshold {e.threshold:.2f}), shares {e.attribution.get('modality_shares')}")
     for e in events:  # every event carries what the summarizer and reviewers need
         assert e.model_version == scorer.version and e.threshold > 0 and e.peak_score >= e.threshold

@@ -37,8 +37,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from schemas.envelope import (REJECT_REASONS, Accepted, AudioPayload, DecodeOptions, FramePayload, Kind, LogPayload,
-                              Rejected, decode, encode_audio, encode_frame, encode_log, wav_bytes)
+from schemas.envelope import (
+    REJECT_REASONS,
+    Accepted,
+    AudioPayload,
+    DecodeOptions,
+    FramePayload,
+    Kind,
+    LogPayload,
+    Rejected,
+    decode,
+    encode_audio,
+    encode_frame,
+    encode_log,
+    wav_bytes,
+)
 
 NOW = 1_800_000_000.0
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"

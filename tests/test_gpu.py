@@ -55,9 +55,9 @@ def test_bf16_scores_of_the_shipped_model_match_fp32_on_cuda():
 
     from models.features import collate
     from models.scorer import AnomalyScorer
-    from streamlogic.windows import offline_windows
     from services.simulator.plant import Fault, Plant
     from services.stack.up import SHIPPED_MODEL
+    from streamlogic.windows import offline_windows
 
     scorer = AnomalyScorer.load(SHIPPED_MODEL, device="cuda")
     start = 1767600000.0

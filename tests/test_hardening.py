@@ -27,8 +27,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.envelope import (REJECT_REASONS, Accepted, Kind, Rejected, decode, encode_audio, encode_frame,
-                              encode_log, format_time, wav_bytes)
+from schemas.envelope import (
+    REJECT_REASONS,
+    Accepted,
+    Kind,
+    Rejected,
+    decode,
+    encode_audio,
+    encode_frame,
+    encode_log,
+    format_time,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_800_000_000.0
@@ -502,10 +511,9 @@ def test_network_endpoints_bind_to_loopback_by_default():
 def test_metrics_server_really_listens_on_loopback_only():
     import socket
 
+    from services.broker.embedded import free_port
     from services.observability.server import serve_metrics
     from services.settings import MetricsSettings, Settings
-
-    from services.broker.embedded import free_port
 
     server = serve_metrics(Settings(metrics=MetricsSettings(port=free_port())), "monitor", {})
     try:

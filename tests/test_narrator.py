@@ -11,8 +11,7 @@ import pytest
 from schemas.events import Attribution
 from services.simulator.faults import FAULT_KINDS
 from services.summarizer.facts import CallFacts, EventFacts
-from services.summarizer.narrator import (MissingEvidence, humanize, narrate, region_words, sentence_cues,
-                                          unsupported_claims)
+from services.summarizer.narrator import MissingEvidence, humanize, narrate, region_words, sentence_cues, unsupported_claims
 from services.summarizer.render import cue_list
 
 START = datetime(2026, 11, 26, 14, 5, 12, tzinfo=timezone.utc)

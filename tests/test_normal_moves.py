@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from models.scorer import AnomalyScorer
-from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
-from streamlogic.windows import offline_windows
 from services.simulator.plant import Plant
 from services.stack.up import SHIPPED_MODEL
+from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
+from streamlogic.windows import offline_windows
 
 pytestmark = pytest.mark.slow
 

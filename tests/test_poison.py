@@ -223,8 +223,8 @@ def poison_db(request):
 
 
 def test_poison_suite(broker, poison_db, tmp_path):
-    from services.settings import KafkaSettings
     from services.kafka import ensure_topics
+    from services.settings import KafkaSettings
     from tests.faults import ledger
     from tests.faults.procs import MonitorProc, wait_for
 

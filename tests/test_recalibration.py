@@ -13,8 +13,8 @@ from sqlalchemy import select
 from schemas.tables import AssetThreshold, Event, ThresholdChange
 from services.api.recalibration import labelled_windows, opening_score, plan, recalibrate
 from services.db import make_engine, session_factory, session_scope
-from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
 from services.settings import Settings
+from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
 
 T0 = 1_790_000_000.0  # epoch seconds of the first window
 THRESHOLD = 1.0

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime, time as dtime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
+from datetime import time as dtime
 from pathlib import Path
 
 import numpy as np

@@ -4,10 +4,10 @@ SQLite/PostgreSQL, the CloudEvent on fw.events, the service rendering, the MP4 r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +22,15 @@ from services.summarizer.pipeline import LEAD_IN_S, Summarizer
 from services.summarizer.render import Layout
 from services.summarizer.service import SummarizerService
 from services.summarizer.tts import Speaker
-from tests.test_summarizer_support import (OTHER_ASSET_COLOUR, insert_event, make_settings, produce_scenario,
-                                           publish_event, read_mp4, wait_for_summary)
+from tests.test_summarizer_support import (
+    OTHER_ASSET_COLOUR,
+    insert_event,
+    make_settings,
+    produce_scenario,
+    publish_event,
+    read_mp4,
+    wait_for_summary,
+)
 
 LAYOUT = Layout(640, 360)
 

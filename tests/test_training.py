@@ -79,9 +79,9 @@ def test_simulated_dataset_is_cached_and_labelled(tiny_train, tmp_path):
 def test_train_score_round_trip(tiny_train, tmp_path):
     """Tiny recipe -> checkpoint -> AnomalyScorer scores live windows from the monitor's aligner."""
     from models.scorer import AnomalyScorer
-    from streamlogic.windows import offline_windows
     from services.simulator.plant import Fault, Plant
     from services.training.recipes import run_recipe
+    from streamlogic.windows import offline_windows
 
     r, cache, train_data, calib_data = tiny_train
     out = tmp_path / "model"
@@ -115,9 +115,8 @@ def test_train_score_round_trip(tiny_train, tmp_path):
 
 
 def test_time_split_holds_out_the_end_of_each_asset(tiny_train):
-    from services.training.cli import _time_split
-
     from models.data import WindowArrays
+    from services.training.cli import _time_split
 
     _, _, a, b = tiny_train
     data = WindowArrays.concat([a, b])
@@ -197,9 +196,9 @@ def test_training_windows_are_whole_ones():
     first window of an asset starts before its first record and the flushed last one ends after
     its last (half their evidence missing — the cross-modal components' heaviest normal values
     came from them). The monitor itself keeps every window."""
-    from streamlogic.windows import offline_windows
     from services.simulator.plant import Plant
     from services.training.dataset import dataset_from_records
+    from streamlogic.windows import offline_windows
 
     records = list(Plant(2, seed=3, start_time=START).records(20))
     every = list(offline_windows(records))
@@ -230,9 +229,9 @@ def test_bf16_scores_match_fp32_on_cuda(tiny_train, tmp_path):
     from models.features import collate
     from models.fusion import COMPONENTS
     from models.scorer import AnomalyScorer
-    from streamlogic.windows import offline_windows
     from services.simulator.plant import Plant
     from services.training.recipes import run_recipe
+    from streamlogic.windows import offline_windows
 
     r, _, train_data, calib_data = tiny_train
     run_recipe(r, tmp_path / "m", "cross", train_data=train_data, calib_data=calib_data, device="cuda")

@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=43)
     ap.add_argument("--assets", type=int, default=4)
     ap.add_argument("--slices", type=int, default=24, help="slices spread over the 24 hours")
-    ap.add_argument("--slice-s", type=float, default=150.0, help="seconds per slice (the whole day is held in memory: 4 x 24 x 150 s needs ~12 GB)")
+    ap.add_argument("--slice-s", type=float, default=150.0,
+                    help="seconds per slice (the whole day is held in memory: 4 x 24 x 150 s needs ~12 GB)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     r = get_recipe(args.recipe)

@@ -179,7 +179,8 @@ def pipeline_cmd(
             raise typer.BadParameter("--realtime-modes takes optimised, naive or none")
     cfg = PipelineBenchConfig(
         assets=_ints(assets, "--assets"), duration_s=duration, warmup_s=warmup, backlog_s=backlog, backlog_assets=backlog_assets,
-        capacity_repeats=repeats, modes=mode_list, realtime_modes=rt_modes, search=search, search_max=search_max, p95_budget_s=p95_budget, processes=processes,
+        capacity_repeats=repeats, modes=mode_list, realtime_modes=rt_modes, search=search, search_max=search_max,
+        p95_budget_s=p95_budget, processes=processes,
         partitions=partitions, checkpoint=checkpoint, random_init=random_init, tiny=tiny, threads=threads,
         device=device, bootstrap=bootstrap)
     step, status = _progress()

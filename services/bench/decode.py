@@ -16,6 +16,7 @@ people's processes on a shared box do not count; torch work uses the process clo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -104,12 +105,13 @@ def _frames_case(cfg: DecodeBenchConfig, fc, size: tuple[int, int], result: Benc
     t_naive = measure(naive, cfg.min_time_s, min_iters=len(frames))
     t_draft = measure(draft, cfg.min_time_s, min_iters=len(frames))
     t_pillow = None
-    if envelope._simplejpeg is not None:  # the same draft decode through Pillow: what the fast path buys
-        fast, envelope._simplejpeg = envelope._simplejpeg, None
-        try:
-            t_pillow = measure(draft, cfg.min_time_s, min_iters=len(frames))
-        finally:
-            envelope._simplejpeg = fast
+    if envelope.HAS_JPEG_FAST_PATH:  # the same draft decode through Pillow: what the fast path buys
+        pillow_opts = dataclasses.replace(draft_opts, jpeg_fast_path=False)
+
+        def pillow_draft():
+            _decode(pillow_opts)
+
+        t_pillow = measure(pillow_draft, cfg.min_time_s, min_iters=len(frames))
     # how different the two pictures are: the model must not care which decoder ran
     diffs = []
     for rec in frames[:8]:

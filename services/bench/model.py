@@ -327,7 +327,7 @@ def _time_case(fn, model, feats, bs: int, cfg: ModelBenchConfig, device: str, sy
     except Exception as e:
         row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     finally:
-        del batch
+        batch = None  # free device memory before the next case
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     return None

@@ -553,8 +553,9 @@ def _run_all(cfg: PipelineBenchConfig, bootstrap: str, ckpt: Path, workdir: Path
         for mode in (cfg.modes if cfg.realtime_modes is None else cfg.realtime_modes):
             r = h.realtime(mode, n, cfg.duration_s, cfg.processes if mode == "optimised" else 1)
             result.rows.append(r.row)
-            result.series[f"realtime {mode} {n}a"] = {"columns": ["t_s", "lag_records", "lag_s", "windows", "cpu_s", "rss_mb", "model_cpu_s"],
-                                                      "points": r.series}
+            result.series[f"realtime {mode} {n}a"] = {
+                "columns": ["t_s", "lag_records", "lag_s", "windows", "cpu_s", "rss_mb", "model_cpu_s"],
+                "points": r.series}
     if cfg.search:
         best, tried = _search(h, cfg, result)
         result.summary["max_assets_sustained"] = best

@@ -69,11 +69,11 @@ class _FullDecode:
     def __init__(self, scorer, size: tuple[int, int]):
         from schemas.envelope import DecodeOptions
 
-        self._scorer = scorer
+        self.inner = scorer
         self.decode_options = DecodeOptions(frame_size=size, sample_rate=scorer.decode_options.sample_rate)
 
     def __getattr__(self, name):
-        return getattr(self._scorer, name)
+        return getattr(self.inner, name)
 
 
 def build(spec: WorkerSpec):
@@ -133,7 +133,7 @@ MODEL_CPU = [0.0]  # CPU seconds spent inside the fusion model's forward (score 
 def _time_model(scorer) -> None:
     """Count the CPU time of the model's forward pass, so the harness can split the monitor's
     cost into "the model" (what a GPU takes over) and "everything else" (what stays on the CPU)."""
-    inner = scorer._scorer if isinstance(scorer, _FullDecode) else scorer
+    inner = scorer.inner if isinstance(scorer, _FullDecode) else scorer
     model = inner.model
     forward = model.forward
 

@@ -81,7 +81,8 @@ class EmbeddedBroker:
         deadline = time.monotonic() + self.startup_timeout_s
         while not _port_open(self.host, self.port):
             if self._proc.poll() is not None:
-                raise DependencyUnavailable(f"the embedded broker exited with code {self._proc.returncode}; see {self.log_path or 'its log'}")
+                raise DependencyUnavailable(f"the embedded broker exited with code {self._proc.returncode}; "
+                                            f"see {self.log_path or 'its log'}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise DependencyUnavailable(f"the embedded broker did not listen on {self.bootstrap} within {self.startup_timeout_s:.0f} s")

@@ -14,8 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NotSupportedError, OperationalError, ProgrammingError, \
-    StatementError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    StatementError,
+)
 
 from schemas.errors import FusionwatchError
 from services.db import redact

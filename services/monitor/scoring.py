@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable

@@ -34,7 +34,7 @@ from services.monitor.batching import BatchCutter
 from services.monitor.committer import Committer
 from services.monitor.dlq import DeadLetters
 from services.monitor.intake import RecordIntake
-from services.monitor.rebalance import Rebalancer, RebalanceListener
+from services.monitor.rebalance import RebalanceListener, Rebalancer
 from services.monitor.recovery import PartitionRecovery, Positions
 from services.monitor.scoring import Scorer, ScoreStage
 from services.monitor.sink import SqlSink

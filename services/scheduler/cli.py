@@ -30,7 +30,8 @@ def scheduler(
 
     from schemas.errors import ConfigError
     from services import db
-    from services.scheduler.jobs import JOBS, JobContext, default_owner, run_now as run_job_now
+    from services.scheduler.jobs import JOBS, JobContext, default_owner
+    from services.scheduler.jobs import run_now as run_job_now
     from services.scheduler.shifts import last_completed_shift, parse_shifts
     from services.settings import get_settings
 

@@ -78,7 +78,7 @@ class ContextExecutor(ThreadPoolExecutor):
             _local.context = JobContext(self.context.settings, self.context.session_factory, self.context.name,
                                         self.context.speaker, run_times[-1])
             try:
-                return run_job(job, job._jobstore_alias, run_times, self._logger.name)
+                return run_job(job, job._jobstore_alias, run_times, self._logger.name)  # noqa: SLF001 - APScheduler 3 has no public hook for the job context
             finally:
                 self.context.speaker = _local.context.speaker
                 _local.context = None

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-
-from apscheduler.events import EVENT_JOB_MISSED
 from datetime import datetime, timedelta, timezone
 
+from apscheduler.events import EVENT_JOB_MISSED
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger

@@ -99,19 +99,19 @@ class Acoustics:
         return np.clip(out, -1.0, 1.0).astype(np.float32)
 
     # ── acoustic faults ───────────────────────────────────────────────────────────────────────
-    def _bearing(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
+    def bearing_sound(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
         phase = osc.turns(BPFO_ORDER)
         hits = np.flatnonzero(np.diff(np.floor(phase), prepend=np.floor(phase[0])) > 0)
         train = np.zeros(len(t), dtype=np.float32)
         train[hits] = 0.07 * (1 + 0.3 * rng.standard_normal(len(hits)))
         return np.convolve(train, self.ring)[: len(t)] * sev * np.clip(speed, 0, 1.5)
 
-    def _imbalance(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
+    def imbalance_sound(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
         # a strong once-per-rev component, and the structure rattles at 1x too
         one = osc.shaft(1, 0.7)
         return sev * speed ** 2 * (0.011 * one + 0.003 * osc.shaft(2) + 0.003 * one * osc.shaft(GEAR_TEETH))
 
-    def _squeal(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
+    def squeal_sound(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
         key = (f.start, f.asset)
         if key not in self._squeal_bursts:  # burst on/off schedule fixed per fault
             r = np.random.default_rng(int(f.start * 1000) % (2 ** 32))
@@ -128,7 +128,7 @@ class Acoustics:
         phase = 2 * np.pi * self.squeal_hz * tf - (120.0 / 5.5) * np.cos(2 * np.pi * 5.5 * tf)  # ±120 Hz vibrato
         return sev * gate * 0.012 * np.clip(speed, 0, 1.5) * (np.sin(phase) + 0.3 * np.sin(2 * phase))
 
-    def _cavitation(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
+    def cavitation_sound(self, f: Fault, t, speed, osc: "_Oscillators", sev, rng) -> np.ndarray:
         n = len(t)
         out = np.zeros(n, dtype=np.float32)
         for _ in range(int(rng.poisson(8.0 * n / self.sr))):
@@ -169,8 +169,8 @@ class _Oscillators:
 
 
 _FAULT_SOUNDS = {
-    "bearing_fault": Acoustics._bearing,
-    "imbalance": Acoustics._imbalance,
-    "belt_squeal": Acoustics._squeal,
-    "cavitation": Acoustics._cavitation,
+    "bearing_fault": Acoustics.bearing_sound,
+    "imbalance": Acoustics.imbalance_sound,
+    "belt_squeal": Acoustics.squeal_sound,
+    "cavitation": Acoustics.cavitation_sound,
 }

@@ -24,8 +24,17 @@ from services.summarizer.evidence import EvidenceReader
 from services.summarizer.facts import EventFacts, clip_span
 from services.summarizer.mp4 import Mp4Writer, webvtt
 from services.summarizer.narrator import MissingEvidence, Narration, narrate
-from services.summarizer.render import (Composer, Layout, RenderInputs, Timeline, cue_list, mix, narration_track,
-                                        sensor_track, source_fps)
+from services.summarizer.render import (
+    Composer,
+    Layout,
+    RenderInputs,
+    Timeline,
+    cue_list,
+    mix,
+    narration_track,
+    sensor_track,
+    source_fps,
+)
 from services.summarizer.tts import Speaker
 
 log = logging.getLogger(__name__)

@@ -76,30 +76,30 @@ class Layout:
     width: int = 640
     height: int = 360
 
-    def _s(self, v: float) -> int:
+    def px(self, v: float) -> int:
         return int(round(v * self.height / 360))
 
     @property
     def header(self) -> tuple[int, int, int, int]:
-        return 0, 0, self.width, self._s(24)
+        return 0, 0, self.width, self.px(24)
 
     @property
     def camera(self) -> tuple[int, int, int, int]:
         w = int(self.width * 0.6) // 2 * 2
-        return 0, self._s(24), w, self._s(24) + w * 9 // 16
+        return 0, self.px(24), w, self.px(24) + w * 9 // 16
 
     @property
     def side(self) -> tuple[int, int, int, int]:
         cam = self.camera
-        return cam[2] + self._s(6), cam[1], self.width, cam[3]
+        return cam[2] + self.px(6), cam[1], self.width, cam[3]
 
     @property
     def spectrogram(self) -> tuple[int, int, int, int]:
-        return 0, self.camera[3] + self._s(4), self.width, self.camera[3] + self._s(74)
+        return 0, self.camera[3] + self.px(4), self.width, self.camera[3] + self.px(74)
 
     @property
     def caption(self) -> tuple[int, int, int, int]:
-        return 0, self.spectrogram[3] + self._s(2), self.width, self.height
+        return 0, self.spectrogram[3] + self.px(2), self.width, self.height
 
     def box_size(self, rect: tuple[int, int, int, int]) -> tuple[int, int]:
         return rect[2] - rect[0], rect[3] - rect[1]
@@ -235,13 +235,13 @@ class Composer:
         hx0, hy0, hx1, _ = L.header
         kind = humanize(self.f.kind) or "anomaly"
         self._label = f"{self.f.severity.upper()} · {kind}"
-        d.text((hx0 + 6, hy0 + L._s(4)), self.f.asset, fill=TEXT, font=font(L._s(13), bold=True))
+        d.text((hx0 + 6, hy0 + L.px(4)), self.f.asset, fill=TEXT, font=font(L.px(13), bold=True))
         self._draw_spectrogram(img)
         self._draw_side_static(img, d)
         if not self._frames and not self.f.is_call:
             cx0, cy0, cx1, cy1 = L.camera
             msg = "no camera evidence" if "frames" not in self.f.evidence else "camera frames not available"
-            d.text(((cx0 + cx1) // 2, (cy0 + cy1) // 2), msg, fill=DIM, font=font(L._s(14)), anchor="mm")
+            d.text(((cx0 + cx1) // 2, (cy0 + cy1) // 2), msg, fill=DIM, font=font(L.px(14)), anchor="mm")
         return img
 
     def _x_of(self, t: float, rect: tuple[int, int, int, int]) -> int:
@@ -266,12 +266,12 @@ class Composer:
                     for x in range(rect[0], rect[2], 8):  # dashed band edges
                         d.line((x, y, x + 4, y), fill=AMBER, width=1)
                 d.text((rect[2] - 4, max(rect[1] + 1, y_hi - 1)),
-                       f"anomalous band {band[0]:.0f}–{band[1]:.0f} Hz", fill=AMBER, font=font(L._s(10)), anchor="rb")
-            d.text((rect[0] + 4, rect[1] + 2), f"audio 0–{fmax / 1000:.0f} kHz", fill=TEXT, font=font(L._s(10)))
+                       f"anomalous band {band[0]:.0f}–{band[1]:.0f} Hz", fill=AMBER, font=font(L.px(10)), anchor="rb")
+            d.text((rect[0] + 4, rect[1] + 2), f"audio 0–{fmax / 1000:.0f} kHz", fill=TEXT, font=font(L.px(10)))
         else:
             d.text(((rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2),
                    "no audio evidence" if "audio" not in self.f.evidence else "audio not available",
-                   fill=DIM, font=font(L._s(12)), anchor="mm")
+                   fill=DIM, font=font(L.px(12)), anchor="mm")
         # the event's span along the time axis
         xs, xe = self._x_of(self.f.start_s, rect), self._x_of(self.f.end_s, rect)
         d.line((xs, rect[3] - 2, xe, rect[3] - 2), fill=RED, width=3)
@@ -279,7 +279,7 @@ class Composer:
     def _draw_side_static(self, img: Image.Image, d: ImageDraw.ImageDraw) -> None:
         L = self.layout
         x0, y0, x1, _ = L.side
-        s = L._s
+        s = L.px
         d.text((x0 + 6, y0 + 3), "sentiment / score" if self.f.is_call else "score vs threshold", fill=DIM,
                font=font(s(10)))
         self._chart = (x0 + 6, y0 + s(16), x1 - 6, y0 + s(70))
@@ -353,27 +353,27 @@ class Composer:
         box = L.box_size(L.camera)
         panel = Image.new("RGB", box, PANEL)
         d = ImageDraw.Draw(panel)
-        fnt, small = font(L._s(13)), font(L._s(10), bold=True)
-        y = box[1] - L._s(8)
+        fnt, small = font(L.px(13)), font(L.px(10), bold=True)
+        y = box[1] - L.px(8)
         for k in range(shown - 1, -1, -1):
             entry = self._logs[k]
             speaker = (entry.line.speaker or "").strip()[:16]
-            lines = wrap(entry.line.msg, fnt, box[0] - L._s(20), 3)
-            block = L._s(14) * len(lines) + (L._s(12) if speaker else 0) + L._s(6)
+            lines = wrap(entry.line.msg, fnt, box[0] - L.px(20), 3)
+            block = L.px(14) * len(lines) + (L.px(12) if speaker else 0) + L.px(6)
             if y - block < 0:
                 break
             y -= block
             colour = HIGHLIGHT if k == shown - 1 else (RED if entry.line.msg.strip() in self._contributing else TEXT)
             if speaker:
-                d.text((L._s(10), y), speaker, fill=DIM, font=small)
-                y2 = y + L._s(12)
+                d.text((L.px(10), y), speaker, fill=DIM, font=small)
+                y2 = y + L.px(12)
             else:
                 y2 = y
             for line in lines:
-                d.text((L._s(10), y2), line, fill=colour, font=fnt)
-                y2 += L._s(14)
+                d.text((L.px(10), y2), line, fill=colour, font=fnt)
+                y2 += L.px(14)
         if shown == 0:
-            d.text((box[0] // 2, box[1] // 2), "transcript", fill=DIM, font=font(L._s(14)), anchor="mm")
+            d.text((box[0] // 2, box[1] // 2), "transcript", fill=DIM, font=font(L.px(14)), anchor="mm")
         return panel
 
     def _side_logs(self, shown: int) -> Image.Image:
@@ -384,23 +384,23 @@ class Composer:
         if self.f.is_call:
             return panel
         d = ImageDraw.Draw(panel)
-        fnt = font(L._s(9))
-        y = box[1] - L._s(4)
+        fnt = font(L.px(9))
+        y = box[1] - L.px(4)
         for k in range(shown - 1, -1, -1):
             entry = self._logs[k]
             text = (f"[{entry.line.code}] " if entry.line.code else "") + entry.line.msg
-            lines = wrap(text, fnt, box[0] - L._s(12), 2)
-            y -= L._s(11) * len(lines) + L._s(2)
+            lines = wrap(text, fnt, box[0] - L.px(12), 2)
+            y -= L.px(11) * len(lines) + L.px(2)
             if y < 0:
                 break
             contributing = entry.line.msg.strip() in self._contributing or (entry.line.code in self._codes)
             colour = HIGHLIGHT if k == shown - 1 else (RED if contributing else DIM)
             if contributing:
-                d.rectangle((0, y - 1, L._s(3), y + L._s(11) * len(lines)), fill=RED)
+                d.rectangle((0, y - 1, L.px(3), y + L.px(11) * len(lines)), fill=RED)
             for n, line in enumerate(lines):
-                d.text((L._s(6), y + n * L._s(11)), line, fill=colour, font=fnt)
+                d.text((L.px(6), y + n * L.px(11)), line, fill=colour, font=fnt)
         if shown == 0:
-            d.text((L._s(6), L._s(2)), "no log lines yet" if self._logs else "no log evidence", fill=DIM, font=fnt)
+            d.text((L.px(6), L.px(2)), "no log lines yet" if self._logs else "no log evidence", fill=DIM, font=fnt)
         return panel
 
     def _caption(self, k: int) -> Image.Image:
@@ -409,13 +409,13 @@ class Composer:
         panel = Image.new("RGB", box, (0, 0, 0))
         if 0 <= k < len(self.x.cues):
             d = ImageDraw.Draw(panel)
-            fnt = font(L._s(14))
-            lines = wrap(self.x.cues[k].text, fnt, box[0] - L._s(16), 2)
-            total = len(lines) * L._s(17)
+            fnt = font(L.px(14))
+            lines = wrap(self.x.cues[k].text, fnt, box[0] - L.px(16), 2)
+            total = len(lines) * L.px(17)
             y = (box[1] - total) // 2
             for line in lines:
                 d.text((box[0] // 2, y), line, fill=(255, 255, 255), font=fnt, anchor="ma")
-                y += L._s(17)
+                y += L.px(17)
         return panel
 
     def _paste_text(self, img: Image.Image, xy: tuple[int, int], text: str, colour, size: int, anchor: str) -> None:
@@ -465,18 +465,18 @@ class Composer:
         score = f.score_at(t)
         hx0, hy0, hx1, hy1 = L.header
         stamp = utc(t).strftime("%Y-%m-%d %H:%M:%S.") + f"{int((t % 1) * 10)}"
-        d.text((hx0 + L._s(130), hy0 + L._s(5)), f"{stamp} UTC", fill=TEXT, font=font(L._s(12)))
-        self._paste_text(img, (hx1 - 6, hy0 + L._s(5)), self._label, RED if in_event else DIM, L._s(11), "ra")
+        d.text((hx0 + L.px(130), hy0 + L.px(5)), f"{stamp} UTC", fill=TEXT, font=font(L.px(12)))
+        self._paste_text(img, (hx1 - 6, hy0 + L.px(5)), self._label, RED if in_event else DIM, L.px(11), "ra")
         if score is not None:
             cx0, cy0, cx1, _ = self._chart
             ratio = score / f.threshold if f.threshold > 0 else 0.0
             self._paste_text(img, (cx1, L.side[1] + 3), f"{ratio:.1f}× threshold",
-                             RED if score >= f.threshold else GREEN, L._s(10), "ra")
+                             RED if score >= f.threshold else GREEN, L.px(10), "ra")
         if self.x.notes:
-            y = L.camera[1] + L._s(4)
+            y = L.camera[1] + L.px(4)
             for note in self.x.notes[:3]:
-                d.text((L.camera[0] + L._s(6), y), note, fill=AMBER, font=font(L._s(10)))
-                y += L._s(12)
+                d.text((L.camera[0] + L.px(6), y), note, fill=AMBER, font=font(L.px(10)))
+                y += L.px(12)
         return img
 
 

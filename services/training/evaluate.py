@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.calibration import Calibration, calibrate
+from models.adaptation import table_phases
+from models.calibration import calibrate
 from models.data import WindowArrays
 from models.fusion import COMPONENT_NAMES, INTRA_NAMES, FusionModel
 from models.train import component_table, same_intra
-from models.adaptation import table_phases
 from services.training.recipes import MIN_WATCHING_WINDOWS
 from streamlogic.event_lifecycle import CLOSE_AFTER, OPEN_AFTER
 

@@ -29,11 +29,19 @@ from models.calibration import Calibration, calibrate
 from models.data import WindowArrays
 from models.features import FeatureConfig
 from models.fusion import FusionConfig, FusionModel
-from models.train import (TrainConfig, TrainResult, clear_train_state, component_table, fit_component_stats,
-                          fit_intra_statistics, fit_normalisers, train)
+from models.train import (
+    TrainConfig,
+    TrainResult,
+    clear_train_state,
+    component_table,
+    fit_component_stats,
+    fit_intra_statistics,
+    fit_normalisers,
+    train,
+)
 from schemas.errors import ConfigError
-from streamlogic.event_lifecycle import CLOSE_AFTER, OPEN_AFTER
 from services.training.dataset import DAY_START, SimSpec, simulate_dataset
+from streamlogic.event_lifecycle import CLOSE_AFTER, OPEN_AFTER
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from services.monitor.service import Monitor
 from services.settings import Settings
 from tests.support.scorers import BrightnessScorer, PoisonableScorer
 
-
 _stats_lock = threading.Lock()  # the sampler and a fault point's callback both write the file
 
 

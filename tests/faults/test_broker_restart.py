@@ -67,7 +67,7 @@ def _first_stream(st: Stack, tmp_path, name: str) -> tuple[EmbeddedBroker, Monit
 
 def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
     st = _stack(tmp_path, "restart")
-    port, ks, url, group = st.port, st.kafka, st.url, st.group
+    port, ks, url = st.port, st.kafka, st.url
     broker = monitor = None
     try:
         broker, monitor, before, events_before = _first_stream(st, tmp_path, "monitor")

@@ -47,8 +47,9 @@ def prepare(broker, reference, tmp_path: Path) -> tuple[str, Path]:
     # (re)publish every outbox row; each test reads fw.events with its own consumer group
     relay = OutboxRelay(engine, make_producer(inp.kafka, broker.bootstrap), inp.topics.events)
     with engine.begin() as c:
-        from schemas.tables import Outbox
         from sqlalchemy import update
+
+        from schemas.tables import Outbox
 
         c.execute(update(Outbox).values(sent_at=None))
     assert relay.relay_once() == len(reference.outbox)

@@ -1,13 +1,13 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26 05:29:50.326536
 """
-from alembic import op
 import sqlalchemy as sa
-import schemas.tables
+from alembic import op
 
+import schemas.tables
 
 revision = '0001'
 down_revision = None

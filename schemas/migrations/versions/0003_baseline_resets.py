@@ -4,10 +4,10 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-05 03:55:00
 """
-from alembic import op
 import sqlalchemy as sa
-import schemas.tables
+from alembic import op
 
+import schemas.tables
 
 revision = '0003'
 down_revision = '0002'
