@@ -23,6 +23,9 @@ _START_HELP = ("What wall-clock time media time zero is: 'now' (default: a recor
                "Event times are this plus the position in the recording.")
 _BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default FW_KAFKA_BOOTSTRAP)."
 _SPEED_HELP = "Replay speed for recordings: 0 = as fast as possible (default), 1 = real time, N = N x. Live streams pace themselves."
+_RETRY_HELP = ("Live streams (rtsp://, tcp://, an http:// stream without a length, ...) reconnect when they fail or end, "
+               "waiting 0.5 s, 1 s, 2 s, ... up to 30 s between tries; give up with an error after this many seconds "
+               "without media (0 = never). Recordings end at their end.")
 
 
 def _run(stats, records, bootstrap: str | None, speed: float, total_s: float | None, as_json: bool, label: str,
@@ -99,27 +102,35 @@ def video(
     speed: float = typer.Option(0.0, "--speed", min=0, help=_SPEED_HELP),
     rtsp_transport: str = typer.Option("tcp", "--rtsp-transport", help="RTSP transport: tcp (robust) or udp."),
     timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds to wait when opening or reading a stream."),
+    retry_for: float = typer.Option(300.0, "--retry-for", min=0, help=_RETRY_HELP),
     bootstrap: str = typer.Option(None, "--bootstrap", "-b", help=_BOOTSTRAP_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the final statistics as JSON."),
 ) -> None:
     """Ingest a video file or camera stream: frames sampled to --fps as JPEG, plus its audio in chunks."""
-    from services.ingest.common import IngestStats, check_asset, resolve_origin
-    from services.ingest.media import MediaOptions, media_records, open_container
+    from services.ingest.media import MediaOptions
 
-    check_asset(asset)
     options = MediaOptions(fps=fps, max_width=max_width, jpeg_quality=quality, audio=audio, chunk_s=chunk_s,
                            resample=resample, open_timeout_s=timeout_s, rtsp_transport=rtsp_transport)
-    container = open_container(src, options)
-    total = container.duration / 1e6 if container.duration else None
-    origin = resolve_origin(start_time, container.metadata.get("creation_time"), src)
-    if start_time.strip() == "now" and total and (speed == 0 or speed > 1):
-        origin -= total  # a fast replay ends at the present, never ahead of the consumers' clock
-    stats = IngestStats(src, asset)
+    _run_media(src, asset, options, start_time, speed, retry_for, bootstrap, as_json)
+
+
+def _run_media(src: str, asset: str, options, start_time: str, speed: float, retry_for: float, bootstrap: str | None,
+               as_json: bool) -> None:
+    """Open (or connect to) a media input, then send it; a live stream ends only by Ctrl-C / SIGTERM
+    or by failing for longer than --retry-for."""
+    from services.ingest.common import IngestStats, check_asset
+    from services.ingest.live import RetryPolicy
+    from services.ingest.media import check_media_source, open_media
+
+    check_asset(asset)
+    check_media_source(src)
+    feed = open_media(src, asset, options, start_time, speed, RetryPolicy(retry_for_s=retry_for))
+    stats = IngestStats(feed.label if feed.live else src, asset)
     try:
-        _run(stats, lambda stop: media_records(container, src, asset, origin, options), bootstrap, speed, total, as_json,
-             f"ingesting {Path(src).name if '://' not in src else src}")
+        _run(stats, feed.records, bootstrap, 0.0 if feed.live else speed, feed.total_s, as_json,
+             f"{'streaming' if feed.live else 'ingesting'} {feed.label}")
     finally:
-        container.close()
+        feed.close()
 
 
 @ingest_app.command("audio")
@@ -131,26 +142,15 @@ def audio_cmd(
     start_time: str = typer.Option("now", "--start-time", help=_START_HELP),
     speed: float = typer.Option(0.0, "--speed", min=0, help=_SPEED_HELP),
     timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds to wait when opening or reading a stream."),
+    retry_for: float = typer.Option(300.0, "--retry-for", min=0, help=_RETRY_HELP),
     bootstrap: str = typer.Option(None, "--bootstrap", "-b", help=_BOOTSTRAP_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the final statistics as JSON."),
 ) -> None:
     """Ingest an audio file or stream as fixed-length WAV chunks stamped with their start times."""
-    from services.ingest.common import IngestStats, check_asset, resolve_origin
-    from services.ingest.media import MediaOptions, media_records, open_container
+    from services.ingest.media import MediaOptions
 
-    check_asset(asset)
     options = MediaOptions(video=False, chunk_s=chunk_s, resample=resample, open_timeout_s=timeout_s)
-    container = open_container(src, options)
-    total = container.duration / 1e6 if container.duration else None
-    origin = resolve_origin(start_time, container.metadata.get("creation_time"), src)
-    if start_time.strip() == "now" and total and (speed == 0 or speed > 1):
-        origin -= total  # a fast replay ends at the present, never ahead of the consumers' clock
-    stats = IngestStats(src, asset)
-    try:
-        _run(stats, lambda stop: media_records(container, src, asset, origin, options), bootstrap, speed, total, as_json,
-             f"ingesting {Path(src).name if '://' not in src else src}")
-    finally:
-        container.close()
+    _run_media(src, asset, options, start_time, speed, retry_for, bootstrap, as_json)
 
 
 @ingest_app.command("logs")

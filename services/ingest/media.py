@@ -7,6 +7,9 @@ target fps (each kept frame carries its own timestamp, not a grid time), scaled 
 width and JPEG-encoded; audio is cut into fixed chunks (e.g. 0.5 s) by sample count, so chunk
 times never drift, and resampled with torchaudio when asked — with context from the neighbouring
 chunks, so chunk edges carry no filter artefacts.
+
+`open_media` is the entry point: a local file or a URL with a length is a recording (its end is
+the end of the run), anything else is a live stream that reconnects (services/ingest/live.py).
 """
 
 from __future__ import annotations
@@ -14,14 +17,19 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
+import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from schemas.envelope import ContractLimits, Kind, WireRecord, encode_audio, encode_frame, wav_bytes
 from schemas.errors import ConfigError, DependencyUnavailable
-from services.ingest.common import RunIds, source_uri
+from services.ingest.common import RunIds, is_url, resolve_origin, source_uri
+from services.ingest.live import (LIVE_SCHEMES, NETWORK_SCHEMES, Backoff, LiveClock, RetryPolicy, classify, connect,
+                                  retry_after)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ class MediaOptions:
     max_channels: int = ContractLimits().max_audio_channels
     open_timeout_s: float = 10.0
     rtsp_transport: str = "tcp"
+    probe_s: float = 1.0  # how much of a network stream FFmpeg reads to learn its codecs
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -51,14 +60,25 @@ class MediaOptions:
             raise ConfigError("--resample must be a sample rate between 4000 and 192000 Hz")
 
 
-def open_container(src: str, options: MediaOptions):
+def _open(src: str, options: MediaOptions):
     import av
 
     av_options = {}
     if src.startswith(("rtsp://", "rtsps://")):
         av_options["rtsp_transport"] = options.rtsp_transport
+    if is_url(src):
+        # FFmpeg probes a stream for 5 s by default; a live stream's first records would then reach
+        # the monitor 5 s late, after their windows closed on the other modalities' clocks
+        av_options["analyzeduration"] = str(int(options.probe_s * 1e6))
+    return av.open(src, options=av_options, timeout=(options.open_timeout_s, options.open_timeout_s))
+
+
+def open_container(src: str, options: MediaOptions):
+    """Open once, without retries (files, tests); `open_media` is what the commands use."""
+    import av
+
     try:
-        return av.open(src, options=av_options, timeout=(options.open_timeout_s, options.open_timeout_s))
+        return _open(src, options)
     except FileNotFoundError:
         raise ConfigError(f"{src} does not exist") from None
     except av.FFmpegError as e:
@@ -189,9 +209,10 @@ def _audio_array(frame) -> np.ndarray:
     return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
 
 
-def media_records(container, src: str, asset: str, origin: float, options: MediaOptions,
+def media_records(container, src: str, asset: str, origin: float | LiveClock, options: MediaOptions,
                   ids: RunIds | None = None) -> Iterator[Record]:
-    """Frames and audio chunks of one container, in demux order, with event times."""
+    """Frames and audio chunks of one container, in demux order, with event times: `origin` plus
+    media time for a recording, or the wall-clock anchor a LiveClock keeps for a live stream."""
     ids = ids or RunIds()
     vstreams = list(container.streams.video[:1]) if options.video else []
     astreams = list(container.streams.audio[:1]) if options.audio else []
@@ -209,11 +230,150 @@ def media_records(container, src: str, asset: str, origin: float, options: Media
             if zero is None:
                 zero = frame.time  # live streams: the first timestamp seen is time zero
             rel = frame.time - zero
+            base = origin.origin_for(rel) if isinstance(origin, LiveClock) else origin
             if packet.stream.type == "video":
-                rec = sampler.push(frame, rel, origin)
+                rec = sampler.push(frame, rel, base)
                 if rec is not None:
                     yield rec
             else:
-                yield from chunker.push(_audio_array(frame), frame.sample_rate, rel, origin)
+                yield from chunker.push(_audio_array(frame), frame.sample_rate, rel, base)
     if chunker is not None:
-        yield from chunker.flush(origin)
+        yield from chunker.flush(origin.origin if isinstance(origin, LiveClock) else origin)
+
+
+@dataclass
+class MediaFeed:
+    """One opened media input: a recording (`total_s` known) or a live stream that reconnects."""
+
+    src: str
+    live: bool
+    total_s: float | None
+    records: Callable[[threading.Event], Iterator[Record]]
+    close: Callable[[], None]
+
+    @property
+    def label(self) -> str:
+        return source_uri("video", self.src) if is_url(self.src) else self.src.rsplit("/", 1)[-1]
+
+
+def check_media_source(src: str) -> None:
+    """What can be checked without connecting: a file exists, a URL has a scheme we stream from."""
+    from pathlib import Path
+
+    if is_url(src):
+        scheme = urlsplit(src).scheme.lower()
+        if scheme not in NETWORK_SCHEMES and scheme != "file":
+            raise ConfigError(f"{source_uri('video', src)}: '{scheme}://' is no stream address fusionwatch reads; use "
+                              f"one of {', '.join(s + '://' for s in sorted(NETWORK_SCHEMES))} or a file path")
+        if not urlsplit(src).hostname and scheme != "file":
+            raise ConfigError(f"{source_uri('video', src)} names no host; write it as {scheme}://HOST[:PORT]/PATH")
+        return
+    path = Path(src)
+    if not path.exists():
+        hint = f" (nor does its folder {path.parent})" if not path.parent.exists() else ""
+        raise ConfigError(f"{src} does not exist{hint}; check the path")
+    if path.is_dir():
+        raise ConfigError(f"{src} is a folder; give one recording or a stream URL")
+
+
+def open_media(src: str, asset: str, options: MediaOptions, start_time: str = "now", speed: float = 0.0,
+               retry: RetryPolicy = RetryPolicy(), stop: threading.Event | None = None) -> MediaFeed:
+    """Open a file or connect to a URL (retrying within `retry`) and say how to read it."""
+    check_media_source(src)
+    if not is_url(src) or urlsplit(src).scheme.lower() == "file":
+        return _recording(open_container(src, options), src, asset, options, start_time, speed)
+    stop = stop or threading.Event()
+    backoff = Backoff(retry)
+    opened = connect(src, lambda: (time.time(), _open(src, options)), options.open_timeout_s, backoff, stop)
+    if opened is None:  # stopped while waiting to connect
+        return MediaFeed(src, True, None, lambda _stop: iter(()), lambda: None)
+    opened_at, container = opened
+    if urlsplit(src).scheme.lower() not in LIVE_SCHEMES and container.duration:
+        return _recording(container, src, asset, options, start_time, speed)  # e.g. an MP4 over HTTP
+    if start_time.strip() != "now":
+        container.close()
+        raise ConfigError("--start-time is for recordings: a live stream is stamped with this host's clock as it arrives")
+    state = {"container": container}
+
+    def close() -> None:
+        if state["container"] is not None:
+            state["container"].close()
+
+    return MediaFeed(src, True, None, lambda stop_: _live_records(state, opened_at, src, asset, options, backoff, stop_),
+                     close)
+
+
+def _recording(container, src: str, asset: str, options: MediaOptions, start_time: str, speed: float) -> MediaFeed:
+    total = container.duration / 1e6 if container.duration else None
+    origin = resolve_origin(start_time, container.metadata.get("creation_time"), src)
+    if start_time.strip() == "now" and total and (speed == 0 or speed > 1):
+        origin -= total  # a fast replay ends at the present, never ahead of the consumers' clock
+
+    def records(_stop: threading.Event) -> Iterator[Record]:
+        import av
+
+        try:
+            yield from media_records(container, src, asset, origin, options)
+        except av.FFmpegError as e:
+            raise _read_failure(e, src) from None
+
+    return MediaFeed(src, False, total, records, container.close)
+
+
+def _read_failure(e: Exception, src: str) -> Exception:
+    text = (getattr(e, "strerror", None) or str(e)).strip()
+    if not is_url(src):
+        return ConfigError(f"{src} could not be read to its end ({text}): the file is damaged or still being written")
+    where = source_uri("video", src)
+    if urlsplit(src).scheme.lower() in ("http", "https") and not _accepts_ranges(src, 5.0):
+        return DependencyUnavailable(
+            f"{where} could not be read to its end ({text}): its server does not answer range requests, which a "
+            "recording with its index at the end (most MP4s) needs; serve it from a server that does (nginx, Apache), "
+            "make it streamable (ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4), or download it and ingest "
+            "the file")
+    return DependencyUnavailable(f"reading {where} failed ({text}); check the server, then start again")
+
+
+def _accepts_ranges(url: str, timeout_s: float) -> bool:
+    """Whether an HTTP server answers a range request with 206 (unknown counts as yes)."""
+    import urllib.request
+
+    try:
+        req = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 - the operator's own source URL
+            return r.status == 206
+    except Exception:  # noqa: BLE001 - only a diagnostic
+        return True
+
+
+def _live_records(state: dict, opened_at: float, src: str, asset: str, options: MediaOptions, backoff: Backoff,
+                  stop: threading.Event) -> Iterator[Record]:
+    """Records of a live stream across reconnections, on one wall clock and one id sequence."""
+    import av
+
+    clock, ids, where = LiveClock(), RunIds(), source_uri("video", src)
+    while True:
+        clock.connected(opened_at)
+        sent = 0
+        try:
+            for rec in media_records(state["container"], src, asset, clock, options, ids):
+                if sent == 0 and backoff.attempts:
+                    log.info("%s: media flowing again after %.0f s", where, backoff.offline_s())
+                sent += 1
+                backoff.media_flowed()
+                yield rec
+            reason = "the stream ended"
+        except av.FFmpegError as e:
+            failure = classify(e, src, 0.0, options.open_timeout_s)
+            if failure.permanent:
+                raise ConfigError(failure.reason) from None
+            reason = failure.reason
+        finally:
+            state["container"].close()
+            state["container"] = None
+        if stop.is_set() or not retry_after(where, f"{reason} after {sent} records", backoff, stop):
+            return
+        opened = connect(src, lambda: (time.time(), _open(src, options)), options.open_timeout_s, backoff, stop)
+        if opened is None:
+            return
+        opened_at, state["container"] = opened
