@@ -91,9 +91,3 @@ def load(path: str | Path, device: str = "cpu") -> tuple[FusionModel, Calibratio
     return model, calibration, config
 
 
-def copy_model(model: FusionModel) -> FusionModel:
-    """A deep copy through the state dict (no pickle)."""
-    clone = FusionModel(FusionConfig.from_dict(model.cfg.to_dict()))
-    clone.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
-    clone.code_vocab = model.code_vocab
-    return clone

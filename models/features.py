@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from models.inputs import WindowInputs
-from models.text import EMBED_DIM, TextEncoder, normalise_line
+from models.text import EMBED_DIM, TextEncoder
 
 MODALITIES = ("frames", "audio", "logs")
 LEVELS = {"debug": 0, "trace": 0, "info": 1, "notice": 1, "warn": 2, "warning": 2, "error": 3, "err": 3,
@@ -343,5 +343,3 @@ def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set
     )
 
 
-def line_key(text: str) -> str:
-    return normalise_line(text)

@@ -138,7 +138,7 @@ class FusionConfig:
             raise ValueError("smooth_max_tau must be positive")
         if self.log_memory_s < 0:
             raise ValueError("log_memory_s must be >= 0 (0: no memory)")
-        self.baseline  # validates adapt_step, learn_windows, judge_after
+        _ = self.baseline  # building it validates adapt_step, learn_windows, judge_after
         if self.learning_guard < 1.0:
             raise ValueError("learning_guard must be >= 1 (a multiple of the threshold)")
 
@@ -686,10 +686,6 @@ class FusionModel(nn.Module):
                                                    self.cfg.baseline), dtype=surprise.dtype)
         raw, z, w = combine_components(surprise, torch.as_tensor(mask), self.cfg.smooth_max_tau, select)
         return raw.numpy(), z.numpy(), w.numpy()
-
-    def active_components(self) -> list[str]:
-        return [c[0] for c in COMPONENTS if not c[2] or self.fusion is not None]
-
 
 class ComponentTails(nn.Module):
     """Each score component turned into *surprise*: -log P_normal(X >= x).

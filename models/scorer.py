@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from models import checkpoint
+from models.adaptation import SurpriseAdapter, WindowPhase
 from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
 from models.features import Featurizer, collate
-from models.adaptation import SurpriseAdapter, WindowPhase
 from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
 from models.inputs import WindowInputs
 from models.logmemory import Held, LogMemory
@@ -233,5 +233,3 @@ def _by_start(windows: list[WindowInputs]) -> list[int]:
     return sorted(range(len(windows)), key=lambda i: windows[i].start)
 
 
-def scores_array(scores: list[WindowScore]) -> np.ndarray:
-    return np.array([s.score for s in scores], dtype=np.float64)

@@ -37,6 +37,7 @@ from models.data import WindowArrays
 from models.fusion import COMPONENTS, FusionModel
 from models.logmemory import hold_over_windows
 
+
 @dataclass
 class TrainConfig:
     intra_steps: int = 600  # autoencoder steps (shared by every fusion variant)
@@ -366,54 +367,6 @@ def _fusion_loss(model: FusionModel, data: WindowArrays, sampler: GroupSampler, 
     loss = bce + cfg.contrastive_weight * contrast
     return loss, {"consistency": bce.item(), "contrastive": contrast.item(), "swap_recall": recall.item(),
                   "consistency_acc": acc.item(), "loss": loss.item()}
-
-
-def train_heads(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: ProgressFn | None = None) -> dict[str, float]:
-    """Optional supervised heads on labelled windows, everything else frozen (labels never leak
-    into the normality model). Labels: data.labels['kind'] (index into cfg.kind_classes, -1 =
-    none), 'sentiment' (index, -1), 'frustration' (0..1, NaN = none)."""
-    heads = [h for h in (model.kind_head, model.sentiment_head, model.frustration_head) if h is not None]
-    if not heads:
-        return {}
-    params = [p for h in heads for p in h.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    rng = np.random.default_rng(cfg.seed + 1)
-    model.eval()  # dropout off; heads are linear
-    has = np.zeros(len(data), bool)
-    for key in ("kind", "sentiment"):
-        if key in data.labels:
-            has |= data.labels[key] >= 0
-    if "frustration" in data.labels:
-        has |= ~np.isnan(data.labels["frustration"])
-    pool = np.flatnonzero(has)
-    if not len(pool):
-        return {}
-    losses: dict[str, float] = {}
-    for step in range(cfg.head_steps):
-        idx = pool[rng.integers(len(pool), size=min(cfg.batch_size, len(pool)))]
-        batch = data.batch(idx, model.code_vocab).to(cfg.device)
-        with torch.no_grad():
-            _, summary, _ = model.fuse(model.tokens(batch))
-        loss = summary.new_zeros(())
-        if model.kind_head is not None and "kind" in data.labels:
-            y = torch.from_numpy(data.labels["kind"][idx].astype(np.int64))
-            loss = loss + F.cross_entropy(model.kind_head(summary), y, ignore_index=-1) * float((y >= 0).any())
-        if model.sentiment_head is not None and "sentiment" in data.labels:
-            y = torch.from_numpy(data.labels["sentiment"][idx].astype(np.int64))
-            loss = loss + F.cross_entropy(model.sentiment_head(summary), y, ignore_index=-1) * float((y >= 0).any())
-        if model.frustration_head is not None and "frustration" in data.labels:
-            y = torch.from_numpy(data.labels["frustration"][idx].astype(np.float32))
-            ok = ~torch.isnan(y)
-            if ok.any():
-                pred = torch.sigmoid(model.frustration_head(summary)).squeeze(1)
-                loss = loss + F.mse_loss(pred[ok], y[ok])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses = {"heads": float(loss)}
-        if progress:
-            progress("heads", step + 1, cfg.head_steps, losses)
-    return losses
 
 
 # ── resumable state (safetensors + JSON; no pickle) ─────────────────────────────────────────

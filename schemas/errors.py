@@ -14,8 +14,3 @@ class DependencyUnavailable(FusionwatchError):
     """A service fusionwatch needs (broker, database) did not answer in time."""
 
 
-class MissingExtra(FusionwatchError):
-    """An optional dependency is not installed."""
-
-    def __init__(self, module: str, extra: str):
-        super().__init__(f"'{module}' is not installed; install it with: pip install 'fusionwatch[{extra}]'")

@@ -120,12 +120,6 @@ class RecordBank:
         wanted = set(asset_names(assets))
         return [it for it in self.items if it[2] in wanted and it[0] < seconds]
 
-    def input_rate(self, assets: int) -> float:
-        """Records per second of plant time for `assets` assets."""
-        n = len(self.select(assets, self.seconds))
-        return n / self.seconds if self.seconds else 0.0
-
-
 def _retime(headers: list, t: float) -> list:
     from schemas.envelope import format_time
 

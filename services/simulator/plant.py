@@ -187,9 +187,6 @@ class Plant:
                 return st
         raise KeyError(f"no asset {asset!r} in this plant ({', '.join(self.assets)})")
 
-    def faults_between(self, asset: str, start: float, end: float) -> list[Fault]:
-        return [f for f in self.ground_truth if f.asset == asset and f.overlaps(start, end)]
-
     def records(self, duration_s: float) -> Iterator[tuple[Kind, WireRecord]]:
         """Records with event time in [time, time + duration_s), ordered by event time."""
         end = self._t + duration_s

@@ -198,13 +198,6 @@ def load(session, event_id: str) -> EventFacts | None:
     return from_row(row, call_from_row(call_row) if call_row is not None else None)
 
 
-def load_call(session, asset: str) -> CallFacts | None:
-    from schemas.tables import CallSummary
-
-    row = session.get(CallSummary, asset)
-    return call_from_row(row) if row is not None else None
-
-
 def clip_span(facts: EventFacts, before_s: float, after_s: float, max_event_s: float) -> tuple[float, float]:
     """Epoch seconds [t0, t1] the video covers: the event plus context, long events trimmed."""
     end = min(facts.end_s, facts.start_s + max_event_s)

@@ -60,10 +60,6 @@ class Mp4Writer:
         self._samples = 0
         self._closed = False
 
-    @property
-    def frames_written(self) -> int:
-        return self._frames
-
     def add_frame(self, rgb: np.ndarray, at_s: float | None = None) -> None:
         """Append a frame shown from `at_s` seconds (default: the next slot at the declared rate)."""
         import av

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -287,6 +287,3 @@ def spec_with(spec: SimSpec, **kw: Any) -> SimSpec:
     return replace(spec, **{k: v for k, v in kw.items() if v is not None})
 
 
-def recipe_summary(recipe: Recipe) -> dict[str, Any]:
-    return {"name": recipe.name, "train": asdict(recipe.train), "calib": asdict(recipe.calib), "test": asdict(recipe.test),
-            "steps": recipe.steps, "description": recipe.description}
