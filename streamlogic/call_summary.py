@@ -3,7 +3,9 @@
 A mean over the call (or over its last third) lets a long angry middle outvote a customer who
 ends satisfied, so calm calls that closed on a thank-you read neutral or negative. Each window
 is weighted by recency instead, halving every `OVERALL_HALF_LIFE_WINDOWS` windows back from the
-last one: the last two turns (about ten seconds of a call) carry most of the weight.
+last one: the last turn or two carry most of the weight. 4 windows was chosen on the validation
+calls of the standard recipe (seed 3: 0.989 of calls right; 8 windows: 0.737, the agent's
+closing words then outweigh the customer's last line).
 Pure: the monitor's call summary (`services.monitor.sink`) and the evaluation share it.
 """
 
@@ -14,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 CLASSES = ("negative", "neutral", "positive")
-OVERALL_HALF_LIFE_WINDOWS = 8.0
+OVERALL_HALF_LIFE_WINDOWS = 4.0
 
 
 def overall_weights(n: int, half_life: float = OVERALL_HALF_LIFE_WINDOWS) -> np.ndarray:

@@ -74,7 +74,8 @@ def test_held_out_phrasings_are_one_variant_of_each_sarcastic_stage():
     for stage, variants in LINES.items():
         for k, (template, _, _) in enumerate(variants):
             text = template.format(**slots)
-            assert cc.is_held_out_phrasing(text) == (stage in cc.HELD_OUT_STAGES and k == 1), text
+            # plus the third phrasing of every customer stage, said only by an "unseen" test spec
+            assert cc.is_held_out_phrasing(text) == ((stage in cc.HELD_OUT_STAGES and k == 1) or k >= 2), text
 
 
 def test_late_fusion_weight_is_chosen_on_validation_and_mixes_probabilities():

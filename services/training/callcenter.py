@@ -69,7 +69,11 @@ def _held_out_patterns() -> tuple["re.Pattern[str]", ...]:
     """The held-out sarcastic phrasings as patterns: their slots ({minutes}, {product}) match anything."""
     from services.simulator.callcenter import LINES
 
+    from services.simulator.callcenter import AGENT_STAGES, SEEN_PHRASINGS
+
     templates = [LINES[s][1][0] for s in HELD_OUT_STAGES]
+    # the unseen third phrasings are never trained on either (no training spec says them)
+    templates += [t for stage, v in LINES.items() if stage not in AGENT_STAGES for t, _, _ in v[SEEN_PHRASINGS:]]
     return tuple(re.compile("^" + re.sub(r"\\\{[a-z]+\\\}", ".+?", re.escape(t)) + "$") for t in templates)
 
 
