@@ -254,7 +254,7 @@ def offline_windows(records: Iterable[tuple[Kind, WireRecord]], window_s: float 
     starts up to a hop before its first record and the flushed last ones end after its last, so
     half their frames, audio and log lines are missing — and a window of moving parts without the
     log lines that go with them is exactly what the cross-modal components learn to call
-    inconsistent (they set the heavy normal tail of `cross_logs`, ninth session).
+    inconsistent (they set a heavy normal tail of `cross_logs`).
     """
     aligner = WindowAligner(window_s, hop_s, lateness_s, idle_timeout_s=math.inf, clock=lambda: 0.0,
                             new_asset_grace_s=0.0)

@@ -142,8 +142,7 @@ def test_a_fenced_batch_reloads_every_topic_of_its_partitions(tmp_path, monkeypa
     """An asset's state spans partition p of all three input topics. A fenced batch that held
     offsets of only some of them (audio and logs, say: a small batch without frames) must still
     re-seek the frames partition too: left at its old position, it replayed records the restored
-    state had passed, and the awake zombie dead-lettered them as late (a flaky fault test,
-    tests/faults/test_zombie.py, in the ninth session)."""
+    state had passed, and an awake zombie dead-lettered them as late (tests/faults/test_zombie.py)."""
     engine = db.make_engine(f"sqlite:///{tmp_path / 'f.db'}")
     monitor = Monitor(Settings(), "127.0.0.1:9", engine, BrightnessScorer())
     t = monitor.topics

@@ -222,7 +222,7 @@ def test_bf16_scores_match_fp32_on_cuda(tiny_train, tmp_path):
     Not asserted: calibrated scores within a fixed tolerance. The tiny recipe's consistency head
     (8 steps) puts every normal window's cross-modal components within ~0.03 of each other, so
     their fitted tails turn bf16's 0.002 into up to 0.7 units of surprise — on the CPU's bf16
-    autocast too (seventh session). The shipped model's scores are compared in
+    autocast too. The shipped model's scores are compared in
     tests/test_gpu.py."""
     import torch
 

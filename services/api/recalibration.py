@@ -124,7 +124,7 @@ def _threshold_in_force(session: Session, asset: str) -> float | None:
                           .order_by(Event.start_time.desc()).limit(1))
 
 
-def _calibrated(session: Session, asset: str, current: float) -> float:
+def calibrated_threshold(session: Session, asset: str, current: float) -> float:
     first = session.scalar(select(ThresholdChange.old_threshold).where(ThresholdChange.asset_id == asset,
                                                                        ThresholdChange.old_threshold.is_not(None))
                            .order_by(ThresholdChange.at, ThresholdChange.id).limit(1))
@@ -164,7 +164,7 @@ def plan(session: Session, settings: Settings, now: datetime | None = None) -> l
             if real_cap is None or cap < real_cap[0]:
                 real_cap = (cap, e.id)
         shifts = _observed_shifts(session, asset, window_start, now, rc.shift_hours)
-        p = AssetPlan(asset=asset, current=current, calibrated=_calibrated(session, asset, current), shifts=shifts,
+        p = AssetPlan(asset=asset, current=current, calibrated=calibrated_threshold(session, asset, current), shifts=shifts,
                       allowed=math.floor(rc.false_alarms_per_shift * shifts + 1e-9), still_firing=still,
                       real_cap=real_cap)
         _propose(p, rc.margin, rc.max_step, rc.max_total)

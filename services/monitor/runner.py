@@ -48,9 +48,9 @@ def _configure_asset_labels(settings: Settings, engine) -> None:
 
 def set_torch_threads(requested: int | None = None) -> int:
     """Intra-op threads for the score stage. None: all cores but one, left to the consume thread.
-    On a 2-core box torch's default (2 threads) made each op wait for the thread that lost the
-    core to the consume thread or a neighbour: `fusionwatch bench decode --threads 1` vs default
-    measured log-mel and MiniLM calls ~10x cheaper in CPU with one thread on a loaded box."""
+    With as many threads as cores, each op waits for the thread that lost its core to the consume
+    thread or a neighbour (`fusionwatch bench decode --threads 1` against the default shows the
+    cost of log-mel and MiniLM calls on a loaded machine; docs/performance.md)."""
     import os
 
     import torch

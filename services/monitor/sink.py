@@ -8,7 +8,7 @@ Offsets are fenced twice:
 - within the process, each partition has an ownership epoch, bumped whenever it is claimed (offsets
   read at assignment or after a fence) or released; a batch carries the epochs it was cut under,
   and one cut under an older epoch is refused (`Fenced`, stale). Without it, a batch cut before a
-  reload passed the fresh token and moved offsets and states back (found by the zombie scenario).
+  reload would pass the fresh token and move offsets and states back (tests/faults/test_zombie.py).
 """
 
 from __future__ import annotations

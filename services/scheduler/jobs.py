@@ -103,7 +103,7 @@ def claimed(ctx: JobContext, job: str) -> Iterator[bool]:
             s.add(JobRun(job=job, scheduled_for=scheduled, owner=ctx.name[:128], outcome="running"))
     except IntegrityError:
         log.info("%s at %s: already claimed by another scheduler; skipping", job, scheduled.isoformat())
-        _metric(job, "skipped")
+        record_job_outcome(job, "skipped")
         yield False
         return
     outcome, detail = "failed", None
@@ -117,10 +117,10 @@ def claimed(ctx: JobContext, job: str) -> Iterator[bool]:
         with session_scope(ctx.session_factory) as s:
             s.execute(update(JobRun).where(JobRun.job == job, JobRun.scheduled_for == scheduled).values(
                 outcome=outcome, detail=detail, finished_at=datetime.now(timezone.utc)))
-        _metric(job, outcome)
+        record_job_outcome(job, outcome)
 
 
-def _metric(job: str, outcome: str) -> None:
+def record_job_outcome(job: str, outcome: str) -> None:
     """ok / failed / missed, or skipped: another scheduler replica had claimed this firing."""
     try:
         from services.observability import metrics
@@ -170,7 +170,7 @@ def recalibration_job() -> int | None:
         from services.api.recalibration import recalibrate
     except ImportError as e:
         log.info("recalibration skipped: services.api.recalibration is not available (%s)", e)
-        _metric("recalibration", "skipped")
+        record_job_outcome("recalibration", "skipped")
         return None
     with claimed(ctx, "recalibration") as mine:
         if not mine:

@@ -54,9 +54,9 @@ def build_scheduler(settings: Settings, engine, session_factory, name: str | Non
     scheduler.fusionwatch_context = context  # type: ignore[attr-defined]
 
     def on_missed(event) -> None:
-        from services.scheduler.jobs import _metric
+        from services.scheduler.jobs import record_job_outcome
 
-        _metric(DIGEST_TASK if event.job_id.startswith(DIGEST_PREFIX) else event.job_id, "missed")
+        record_job_outcome(DIGEST_TASK if event.job_id.startswith(DIGEST_PREFIX) else event.job_id, "missed")
         log.warning("job %s missed its run at %s (scheduler was down longer than misfire_grace_s)",
                     event.job_id, event.scheduled_run_time)
 

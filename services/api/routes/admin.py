@@ -59,12 +59,12 @@ def _check_bounds(session, settings, asset: str, new: float, current: float | No
     """A manual threshold stays within [min_factor, max_factor] x the asset's calibrated threshold (the
     one before its first recorded change, else the model's on its events): an asset cannot be
     blinded (1e9) or flooded (1e-9) by one request."""
-    from services.api.recalibration import _calibrated
+    from services.api.recalibration import calibrated_threshold
 
     if current is None:
         raise ApiError(409, f"asset {asset} has no calibrated threshold yet (no event scored for it); a manual "
                             "threshold is bounded relative to it — set it once the monitor has scored the asset")
-    calibrated = _calibrated(session, asset, current)
+    calibrated = calibrated_threshold(session, asset, current)
     lo, hi = calibrated * settings.api.threshold_min_factor, calibrated * settings.api.threshold_max_factor
     if not lo <= new <= hi:
         raise ApiError(422, f"threshold {new:g} for {asset} is outside [{lo:.4g}, {hi:.4g}] "
