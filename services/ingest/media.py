@@ -28,8 +28,7 @@ import numpy as np
 from schemas.envelope import ContractLimits, Kind, WireRecord, encode_audio, encode_frame, wav_bytes
 from schemas.errors import ConfigError, DependencyUnavailable
 from services.ingest.common import RunIds, is_url, resolve_origin, source_uri
-from services.ingest.live import (LIVE_SCHEMES, NETWORK_SCHEMES, Backoff, LiveClock, RetryPolicy, classify, connect,
-                                  retry_after)
+from services.ingest.live import LIVE_SCHEMES, NETWORK_SCHEMES, Backoff, LiveClock, RetryPolicy, classify, connect, retry_after
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer()
@@ -23,6 +25,10 @@ def up(
                               help="Start the simulated plant's clock at the most recent HH:MM UTC instead of now, "
                                    "e.g. 22:30 for the night shift or 13:55 for a shift handover (records are stamped "
                                    "from then on, in real time)."),
+    sources: Path = typer.Option(None, "--sources", dir_okay=False,
+                                 help="A pilot on real sources: a TOML file of each asset's cameras, microphones and "
+                                      "log files (docs/samples/sources.toml), ingested instead of the simulated plant "
+                                      "(factory profile)."),
 ) -> None:
     """Run everything on one box: broker, database, simulated plant, monitor, summarizer, scheduler, API.
 
@@ -39,8 +45,16 @@ def up(
         settings = settings.model_copy(update={"profile": profile})
     if faults is None:  # the call simulator has no fault schedule and refuses one
         faults = "none" if settings.profile == "callcenter" else "demo"
+    pilot = None
+    if sources is not None:
+        from schemas.errors import ConfigError
+        from services.stack.sources import load_sources
+
+        if settings.profile != "factory":
+            raise ConfigError("--sources is for the factory profile (cameras, microphones and machine logs)")
+        pilot = load_sources(sources)
     run_up(settings, duration_s=duration, assets=assets, faults=faults, speed=speed, with_api=api,
-           train_first=train_first, sim_start=_clock(clock) if clock else None)
+           train_first=train_first, sim_start=_clock(clock) if clock else None, sources=pilot)
 
 
 def _clock(text: str) -> float:

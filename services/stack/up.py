@@ -2,7 +2,8 @@
 
 Embedded broker (unless FW_KAFKA_BOOTSTRAP points at a cluster), SQLite under ./var (unless
 FW_DATABASE_URL), a model (trained on first start when none exists), then — each in its own
-thread — the simulated plant, the monitor, the outbox relay, the summarizer, the scheduler, the
+thread — the simulated plant (or, with `--sources`, one ingest per real source: a pilot), the
+monitor, the outbox relay, the summarizer, the scheduler, the
 notifier (when notification channels are configured) and the review API. Events are printed
 as they open and close. Ctrl-C / SIGTERM stops everything in
 order: producers first, then consumers (which commit), then the broker.
@@ -24,6 +25,7 @@ from services import db
 from services.kafka import Topics, ensure_topics
 from services.lifecycle import install_stop_handlers
 from services.settings import Settings
+from services.stack.sources import SourcesFile, check_sources, source_runs
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -90,7 +92,10 @@ class LivePrinter:
 
 def up(settings: Settings, duration_s: float | None = None, assets: int = 4, faults: str = "demo",
        speed: float = 1.0, with_api: bool = True, stop: threading.Event | None = None,
-       train_first: bool = False, sim_start: float | None = None) -> None:
+       train_first: bool = False, sim_start: float | None = None, sources: SourcesFile | None = None) -> None:
+    """With `sources` (a pilot on real sources) each source's ingest runs instead of the simulator."""
+    if sources is not None:
+        check_sources(sources)  # local inputs first: a missing file fails before the broker starts
     stop = stop or install_stop_handlers()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -113,17 +118,22 @@ def up(settings: Settings, duration_s: float | None = None, assets: int = 4, fau
     console.print(f"Database: [bold]{_safe_url(settings.database.url)}[/] (migrated)")
     _ensure_model(settings, train_first)
 
-    parts = _parts(settings, bootstrap, topics, assets, faults, speed, duration_s, with_api, sim_start)
+    parts = _parts(settings, bootstrap, topics, assets, faults, speed, duration_s, with_api, sim_start, sources)
     for p in parts:
         p.start()
     console.print(f"Metrics: http://{settings.metrics.host}:{settings.metrics.base_port}/metrics (monitor)")
     clock = time.strftime("%H:%M UTC", time.gmtime(sim_start if sim_start is not None else time.time()))
-    console.print(f"[dim]up in {time.monotonic() - started:.0f} s — simulating {assets} assets from {clock} with the "
-                  f"'{faults}' fault schedule; events print below. Ctrl-C stops.[/]")
+    if sources is not None:
+        console.print(f"[dim]up in {time.monotonic() - started:.0f} s — ingesting {sources.count()} sources of "
+                      f"{len(sources.assets)} assets ({', '.join(sources.assets)}); events print below. Ctrl-C stops.[/]")
+    else:
+        console.print(f"[dim]up in {time.monotonic() - started:.0f} s — simulating {assets} assets from {clock} with "
+                      f"the '{faults}' fault schedule; events print below. Ctrl-C stops.[/]")
     if settings.profile == "factory":
         console.print("[dim]Each station first learns its own normal from its first windows (about 2 minutes; "
                       "meanwhile only a guard threshold opens an event), then watches"
-                      + (" — the demo's first fault comes after that." if faults == "demo" else ".") + "[/]")
+                      + (" — the demo's first fault comes after that." if faults == "demo" and sources is None
+                         else ".") + "[/]")
     try:
         deadline = time.monotonic() + duration_s if duration_s else None
         while not stop.wait(2.0):
@@ -144,17 +154,22 @@ def up(settings: Settings, duration_s: float | None = None, assets: int = 4, fau
 
 
 def _parts(settings: Settings, bootstrap: str, topics: Topics, assets: int, faults: str, speed: float,
-           duration_s: float | None, with_api: bool, sim_start: float | None = None) -> list[_Part]:
+           duration_s: float | None, with_api: bool, sim_start: float | None = None,
+           sources: SourcesFile | None = None) -> list[_Part]:
     from services.monitor.runner import run_monitor
     from services.simulator.run import run_simulation
 
     gt = settings.var_dir / "ground_truth.jsonl"
     printer = LivePrinter()
+    if sources is not None:  # a pilot: one ingest per real source instead of the simulated plant
+        producers = [_Part(r.name, r.target) for r in source_runs(sources, settings, bootstrap)]
+    else:
+        producers = [_Part("simulator", lambda stop: run_simulation(
+            settings, bootstrap, profile=settings.profile, assets=assets, duration_s=duration_s, speed=speed,
+            faults=faults, seed=0, ground_truth_path=gt, stop_event=stop, on_ground_truth=printer.fault,
+            start_time=sim_start))]
     parts = [
-        _Part("simulator", lambda stop: run_simulation(settings, bootstrap, profile=settings.profile, assets=assets,
-                                                       duration_s=duration_s, speed=speed, faults=faults, seed=0,
-                                                       ground_truth_path=gt, stop_event=stop,
-                                                       on_ground_truth=printer.fault, start_time=sim_start)),
+        *producers,
         _Part("monitor", lambda stop: run_monitor(settings, bootstrap=bootstrap, stop=stop, on_change=printer.change)),
     ]
     try:
