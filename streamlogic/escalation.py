@@ -16,8 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streamlogic.event_lifecycle import UPDATE_EVERY, EventChange, EventLifecycle, ScoredWindow, _add_window, \
-    _new_event, _window_dict, severity
+from streamlogic.event_lifecycle import (
+    UPDATE_EVERY,
+    EventChange,
+    EventLifecycle,
+    ScoredWindow,
+    add_window,
+    new_event,
+    severity,
+    window_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -58,13 +66,13 @@ class EscalationLifecycle(EventLifecycle):
                 st["over"], st["pending"] = 0, []
                 return []
             st["over"] += 1
-            st["pending"].append(_window_dict(w) | {"threshold": self.rule.open_threshold})
+            st["pending"].append(window_dict(w) | {"threshold": self.rule.open_threshold})
             if st["over"] < self.open_after:
                 return []
-            ev = st["open"] = _new_event(st["pending"])
+            ev = st["open"] = new_event(st["pending"])
             st["over"], st["pending"] = 0, []
             return [self._change("opened", ev)]
-        _add_window(ev, _window_dict(w), over)
+        add_window(ev, window_dict(w), over)
         if not below:
             ev["under"] = 0
             if over:

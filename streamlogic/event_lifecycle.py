@@ -96,13 +96,13 @@ class EventLifecycle:
                 st["over"], st["pending"] = 0, []
                 return []
             st["over"] += 1
-            st["pending"].append(_window_dict(w))
+            st["pending"].append(window_dict(w))
             if st["over"] < self.open_after:
                 return []
-            ev = st["open"] = _new_event(st["pending"])
+            ev = st["open"] = new_event(st["pending"])
             st["over"], st["pending"] = 0, []
             return [self._change("opened", ev)]
-        _add_window(ev, _window_dict(w), over)
+        add_window(ev, window_dict(w), over)
         if over:
             ev["under"] = 0
             old = ev["severity"]
@@ -122,7 +122,7 @@ class EventLifecycle:
         return EventChange(change, event_data(ev, change))  # type: ignore[arg-type]
 
 
-def _window_dict(w: ScoredWindow) -> dict[str, Any]:
+def window_dict(w: ScoredWindow) -> dict[str, Any]:
     return {
         "start": w.start, "end": w.end, "score": w.score, "threshold": w.threshold,
         "model_version": w.model_version, "kind": event_kind(w), "attribution": w.attribution.model_dump(),
@@ -132,7 +132,7 @@ def _window_dict(w: ScoredWindow) -> dict[str, Any]:
     }
 
 
-def _new_event(pending: list[dict[str, Any]]) -> dict[str, Any]:
+def new_event(pending: list[dict[str, Any]]) -> dict[str, Any]:
     first = pending[0]
     ev = {
         "asset": first["asset"], "start": first["start"], "end": first["end"], "peak": -float("inf"),
@@ -143,12 +143,12 @@ def _new_event(pending: list[dict[str, Any]]) -> dict[str, Any]:
     }
     ev["id"] = event_id(ev["asset"], _dt(ev["start"]))
     for w in pending:
-        _add_window(ev, w, True)
+        add_window(ev, w, True)
     ev["severity"] = severity(ev["peak"], ev["threshold"])
     return ev
 
 
-def _add_window(ev: dict[str, Any], w: dict[str, Any], over: bool) -> None:
+def add_window(ev: dict[str, Any], w: dict[str, Any], over: bool) -> None:
     ev["windows"] += 1
     ev["scores"].append([format_time(w["end"]), round(w["score"], 6)])
     del ev["scores"][:-MAX_TIMELINE]

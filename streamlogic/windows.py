@@ -219,8 +219,9 @@ class WindowAligner:
         for kind in MODALITIES:
             inside = sorted((it for it in s.items[kind] if start <= it.t < end), key=lambda it: it.t)
             getattr(win, kind.value).extend((it.t, _model_view(it.payload)) for it in inside)
-            if kind == Kind.AUDIO and inside:  # decoded at the consumer's rate (8 kHz for a call model)
-                win.sample_rate = inside[0].payload.sample_rate
+            first = inside[0].payload if inside else None
+            if isinstance(first, AudioPayload):  # decoded at the consumer's rate (8 kHz for a call model)
+                win.sample_rate = first.sample_rate
             ranges: dict[tuple[str, int], list[int]] = defaultdict(list)
             for it in inside:
                 if it.pos is not None:

@@ -26,6 +26,7 @@ from services.monitor.sink import AssetSnapshot, CallPoint, CommitBatch, NonFini
 from services.monitor.state import TP
 from services.observability import metrics as m
 from services.settings import MonitorSettings
+from streamlogic.escalation import EscalationLifecycle, EscalationRule
 from streamlogic.event_lifecycle import EventChange, EventLifecycle, ScoredWindow
 from streamlogic.windows import AlignedWindow
 
@@ -87,7 +88,9 @@ class ScoreStage:
         self.cfg, self.scorer, self.sink, self.committer, self.stats = cfg, scorer, sink, committer, stats
         self.stream: StreamScorer | None = scorer if isinstance(scorer, StreamScorer) else None
         self.flush_dead_letters, self.call_centre, self.on_change = flush_dead_letters, call_centre, on_change
-        self.lifecycle = EventLifecycle(cfg.open_after, cfg.close_after)
+        # a call escalates on sustained frustration with hysteresis; a station on one threshold
+        self.lifecycle = (EscalationLifecycle(EscalationRule.from_settings(cfg)) if call_centre
+                          else EventLifecycle(cfg.open_after, cfg.close_after))
         # unbounded so that restore/forget orders never block; batches are capped by backpressure
         self.work: queue.Queue[WorkItem] = queue.Queue()
         self.committed: queue.Queue[dict[TP, int]] = queue.Queue()  # offsets made durable
