@@ -345,7 +345,9 @@ def test_k8s_wiring_probes_gpus_autoscaling_and_references():
     from services.observability.server import PORT_OFFSETS
 
     m = _manifests()
-    deployments = {name: d for (kind, name), d in m.items() if kind == "Deployment"}
+    # ingest serves no HTTP endpoint, so it has no probes: tests/test_pilot_deploy.py checks its wiring
+    deployments = {name: d for (kind, name), d in m.items() if kind == "Deployment"
+                   and d["metadata"]["labels"]["app.kubernetes.io/component"] != "ingest"}
     assert set(deployments) == {"fusionwatch-monitor", "fusionwatch-summarizer", "fusionwatch-scheduler", "fusionwatch-api",
                                 "fusionwatch-notify"}
     config = m[("ConfigMap", "fusionwatch-config")]["data"]

@@ -206,3 +206,37 @@ def logs_cmd(
     _run(stats, lambda stop: log_records(path, asset, stats, follow=follow, from_start=from_start,
                                          time_source=time_source, stop=stop, zone=zone, tracker=tracker),
          bootstrap, 0.0, None, as_json, f"{'following' if follow else 'ingesting'} {path.name}", tracker=tracker)
+
+
+@ingest_app.command("sources")
+def sources_cmd(
+    path: Path = typer.Argument(..., dir_okay=False, help="A sources.toml (docs/samples/sources.toml): each asset's "
+                                                          "cameras, microphones and log files."),
+    kind: list[str] = typer.Option(None, "--kind", "-k",
+                                   help="Only these kinds: cameras, microphones, logs (repeat; default all) — e.g. one "
+                                        "service per modality reading one shared file."),
+    bootstrap: str = typer.Option(None, "--bootstrap", "-b", help=_BOOTSTRAP_HELP),
+) -> None:
+    """Ingest every source of a sources file side by side (what `fusionwatch up --sources` runs, without the rest
+    of the stack): live streams reconnect, recordings end, log files are followed. Ctrl-C / SIGTERM stops them."""
+    from rich.console import Console
+
+    from services.lifecycle import install_stop_handlers
+    from services.settings import get_settings
+    from services.stack.sources import SOURCE_KINDS, check_sources, load_sources, run_all, source_runs
+
+    kinds = tuple(kind or SOURCE_KINDS)
+    unknown = sorted(set(kinds) - set(SOURCE_KINDS))
+    if unknown:
+        raise ConfigError(f"--kind {unknown[0]!r}: use {', '.join(SOURCE_KINDS)}")
+    sources = load_sources(path)
+    check_sources(sources)  # local inputs before the broker is waited for
+    settings = get_settings()
+    bootstrap = bootstrap or settings.kafka.bootstrap
+    if not bootstrap:
+        raise ConfigError("no Kafka broker configured: set FW_KAFKA_BOOTSTRAP=HOST:PORT or pass --bootstrap")
+    runs = source_runs(sources, settings, bootstrap, kinds)
+    if not runs:
+        raise ConfigError(f"{path} lists no {' or '.join(kinds)}")
+    Console(stderr=True).print(f"ingesting {len(runs)} sources: {', '.join(r.name for r in runs)}")
+    run_all(runs, install_stop_handlers())

@@ -157,13 +157,19 @@ class SourceRun:
     target: Callable[[threading.Event], None]
 
 
-def source_runs(sources: SourcesFile, settings: Settings, bootstrap: str) -> list[SourceRun]:
+SOURCE_KINDS = ("cameras", "microphones", "logs")
+
+
+def source_runs(sources: SourcesFile, settings: Settings, bootstrap: str,
+                kinds: tuple[str, ...] = SOURCE_KINDS) -> list[SourceRun]:
+    """One run per source of the given kinds (an ingest service per modality takes one kind)."""
     from services.ingest.live import RetryPolicy
     from services.ingest.media import MediaOptions
 
     retry = RetryPolicy(retry_for_s=sources.retry_for_s)
     runs: list[SourceRun] = []
-    for asset, a in sources.assets.items():
+    for asset, full in sources.assets.items():
+        a = AssetSources(**{k: getattr(full, k) if k in kinds else [] for k in SOURCE_KINDS})
         for i, cam in enumerate(a.cameras):
             opts = MediaOptions(fps=cam.fps, max_width=cam.max_width, jpeg_quality=cam.quality, audio=cam.audio,
                                 open_timeout_s=cam.timeout_s, rtsp_transport=cam.rtsp_transport)
@@ -226,3 +232,27 @@ def _log_body(asset: str, spec: LogSource, settings: Settings, bootstrap: str):
                 sink.close()
 
     return run
+
+
+def run_all(runs: list[SourceRun], stop: threading.Event) -> None:
+    """Run sources side by side until `stop` or until every one has ended (recordings end); the
+    first that fails for good stops the others, and its error is raised."""
+    errors: list[BaseException] = []
+
+    def body(run: SourceRun) -> None:
+        try:
+            run.target(stop)
+        except BaseException as e:  # noqa: BLE001 - raised below, after the others stopped
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=body, args=(r,), name=f"fw-{r.name}", daemon=True) for r in runs]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads) and not stop.wait(0.5):
+        pass
+    stop.set()
+    for t in threads:
+        t.join(30)
+    if errors:
+        raise errors[0]
