@@ -134,7 +134,7 @@ def _busy_station(start: float) -> int:
     return min(gaps, key=gaps.get)
 
 
-SEGMENT_S, OUTAGE_S = 10.0, 6.0
+SEGMENT_S, OUTAGE_S = 8.0, 5.0
 
 
 @pytest.mark.slow

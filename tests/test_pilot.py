@@ -100,7 +100,7 @@ def test_up_with_sources_ingests_a_recording_a_microphone_and_a_log_and_scores_t
            "FW_METRICS__BASE_PORT": str(metrics_port), "FW_KAFKA__PARTITIONS": "2"}
     env.pop("FW_KAFKA_BOOTSTRAP", None)
     up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--sources", str(tmp_path / "sources.toml"),
-                           "--duration", "35", "--no-api"], cwd=ROOT, env=env, text=True,
+                           "--duration", "30", "--no-api"], cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stop = threading.Event()
 
