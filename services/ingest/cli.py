@@ -120,10 +120,9 @@ def _run_media(src: str, asset: str, options, start_time: str, speed: float, ret
     or by failing for longer than --retry-for."""
     from services.ingest.common import IngestStats, check_asset
     from services.ingest.live import RetryPolicy
-    from services.ingest.media import check_media_source, open_media
+    from services.ingest.media import open_media
 
     check_asset(asset)
-    check_media_source(src)
     feed = open_media(src, asset, options, start_time, speed, RetryPolicy(retry_for_s=retry_for))
     stats = IngestStats(feed.label if feed.live else src, asset)
     try:
