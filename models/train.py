@@ -80,7 +80,18 @@ class TrainResult:
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]  # (phase, step, steps, losses)
 
 
+def warmup_cosine_lr(base_lr: float, step: int, steps: int, warmup_steps: int) -> float:
+    """The learning rate of every training loop here: linear warm-up, then cosine decay to 0."""
+    return base_lr * min(1.0, (step + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def set_lr(opt, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
 # ── fitted statistics ──────────────────────────────────────────────────────────────────────
+
 
 def fit_normalisers(model: FusionModel, data: WindowArrays) -> None:
     """Statistics of normal data the model uses as buffers: call once before training."""
@@ -242,9 +253,7 @@ def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: Pr
         elif resume and PHASES.index(resume["phase"]) > PHASES.index(phase):
             continue  # finished before the interruption
         for step in range(start, steps):
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / steps))
-            for g in opt.param_groups:
-                g["lr"] = lr
+            set_lr(opt, warmup_cosine_lr(cfg.lr, step, steps, cfg.warmup_steps))
             model.train()
             with _autocast(device, cfg.bf16):
                 if phase == "intra":

@@ -116,14 +116,14 @@ def test_train_score_round_trip(tiny_train, tmp_path):
 
 def test_time_split_holds_out_the_end_of_each_asset(tiny_train):
     from models.data import WindowArrays
-    from services.training.cli import _time_split
+    from services.training.factory import time_split
 
     _, _, a, b = tiny_train
     data = WindowArrays.concat([a, b])
     assert len(data) == len(a) + len(b) and sorted(data.assets) == data.assets
     # two runs of the same stations over the same seconds (39 + 59 whole windows per asset): 26 held out per
     # asset, a split between two distinct seconds, and >= 50 windows held out in all
-    tr, ca = _time_split(data, 0.27)
+    tr, ca = time_split(data, 0.27)
     for a in range(len(data.assets)):
         assert tr.start[tr.asset_idx == a].max() < ca.start[ca.asset_idx == a].min()
     assert len(tr) + len(ca) == len(data)

@@ -25,9 +25,9 @@ from services.monitor.committer import Committer
 from services.monitor.sink import AssetSnapshot, CallPoint, CommitBatch, NonFiniteValue, SqlSink, find_nonfinite
 from services.monitor.state import TP
 from services.observability import metrics as m
+from services.profiles.base import WindowPolicy
 from services.settings import MonitorSettings
-from streamlogic.escalation import EscalationLifecycle, EscalationRule
-from streamlogic.event_lifecycle import EventChange, EventLifecycle, ScoredWindow
+from streamlogic.event_lifecycle import EventChange, ScoredWindow
 from streamlogic.windows import AlignedWindow
 
 if TYPE_CHECKING:
@@ -83,14 +83,12 @@ WorkItem = Batch | Restore | Forget | None  # None: stop
 
 class ScoreStage:
     def __init__(self, cfg: MonitorSettings, scorer: Scorer, sink: SqlSink, committer: Committer, stats,
-                 flush_dead_letters: Callable[[], None], call_centre: bool,
+                 flush_dead_letters: Callable[[], None], policy: WindowPolicy,
                  on_change: Callable[[EventChange], None] | None = None):
         self.cfg, self.scorer, self.sink, self.committer, self.stats = cfg, scorer, sink, committer, stats
         self.stream: StreamScorer | None = scorer if isinstance(scorer, StreamScorer) else None
-        self.flush_dead_letters, self.call_centre, self.on_change = flush_dead_letters, call_centre, on_change
-        # a call escalates on sustained frustration with hysteresis; a station on one threshold
-        self.lifecycle = (EscalationLifecycle(EscalationRule.from_settings(cfg)) if call_centre
-                          else EventLifecycle(cfg.open_after, cfg.close_after))
+        self.flush_dead_letters, self.policy, self.on_change = flush_dead_letters, policy, on_change
+        self.lifecycle = policy.lifecycle()  # what opens and closes an event: the profile's
         # unbounded so that restore/forget orders never block; batches are capped by backpressure
         self.work: queue.Queue[WorkItem] = queue.Queue()
         self.committed: queue.Queue[dict[TP, int]] = queue.Queue()  # offsets made durable
@@ -177,9 +175,9 @@ class ScoreStage:
                     self._drop_nonfinite("window", w.inputs.asset, f"window {w.inputs.start:.0f}: score field {where}")
                     continue
                 changes.extend(self.lifecycle.update(self._scored_window(w, s)))
-                if self.call_centre and s.frustration is not None and s.sentiment:
-                    calls.setdefault(w.inputs.asset, []).append(
-                        CallPoint(w.inputs.end, s.sentiment, float(s.frustration), w.inputs.start))
+                point = self.policy.call_point(w.inputs, s)
+                if point is not None:
+                    calls.setdefault(w.inputs.asset, []).append(point)
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
             a: AssetSnapshot(part, nxt, expected, self._finite_state(a))
             for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids,
@@ -284,7 +282,7 @@ class ScoreStage:
     def _report_baseline(self, asset: str, phase) -> None:
         """Metrics of the asset's baseline, and one log line when it starts learning or starts watching."""
         m.set_baseline(asset, phase.phase == "learning", phase.seen)
-        if self._phases.get(asset) == phase.phase or self.call_centre:
+        if self._phases.get(asset) == phase.phase or not self.policy.reports_baseline:
             self._phases[asset] = phase.phase
             return
         self._phases[asset] = phase.phase
@@ -296,26 +294,17 @@ class ScoreStage:
 
     def _scored_window(self, w: AlignedWindow, s: WindowScore) -> ScoredWindow:
         win = w.inputs
-        score, kind = float(s.score), s.kind
-        threshold = self._thresholds.get(win.asset, s.threshold / s.guard) * s.guard
-        if self.call_centre and s.frustration is not None:
-            # a call escalates on sustained frustration, not on "unusual" audio
-            score, threshold, kind = float(s.frustration), self.cfg.escalation_threshold, "escalation"
-        m.set_threshold(win.asset, threshold)
+        judged = self.policy.judge(win, s, self._thresholds.get(win.asset, s.threshold / s.guard))
+        m.set_threshold(win.asset, judged.threshold)
         attribution = Attribution(
             modality_shares=s.modality_shares, cross_modal_share=s.cross_modal_share,
             top_frames=[format_time(t) for t in s.top_frame_times],
             frame_region=list(s.frame_region) if s.frame_region else None,
             audio_band_hz=list(s.audio_band_hz) if s.audio_band_hz else None,
-            top_log_lines=list(s.top_log_lines), log_codes=list(s.log_codes))
+            top_log_lines=list(s.top_log_lines),
+            log_codes=sorted(set(s.log_codes) | {p.code for _, p in win.logs if p.code}))
         serials = sorted({p.serial for _, p in win.logs if p.serial})
-        codes = {p.code for _, p in win.logs if p.code}
-        attribution.log_codes = sorted(set(attribution.log_codes) | codes)
-        lines = [p.msg for _, p in win.logs if p.code or (p.level or "").upper() in ("WARN", "WARNING", "ERROR", "CRITICAL")]
-        if self.call_centre:  # transcript lines are the evidence of a call
-            lines = [f"{p.speaker}: {p.msg}" if p.speaker else p.msg for _, p in win.logs]
-        return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=score, threshold=threshold,
-                            model_version=self.scorer.version, attribution=attribution, kind=kind,
-                            log_lines=lines[:10], serials=serials, evidence=w.evidence,
-                            learning=not self.call_centre and s.baseline == "learning",
-                            judged=self.call_centre or s.judged)
+        return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=judged.score,
+                            threshold=judged.threshold, model_version=self.scorer.version, attribution=attribution,
+                            kind=judged.kind, log_lines=self.policy.evidence_lines(win)[:10], serials=serials,
+                            evidence=w.evidence, learning=judged.learning, judged=judged.judged)

@@ -40,6 +40,7 @@ from services.monitor.scoring import Scorer, ScoreStage
 from services.monitor.sink import SqlSink
 from services.monitor.state import PartitionBook, PipelineGauges
 from services.observability import metrics as m
+from services.profiles import get_profile
 from services.settings import Settings
 from streamlogic.event_lifecycle import EventChange
 from streamlogic.windows import WindowAligner
@@ -88,7 +89,7 @@ class Monitor:
         self.committer = Committer(self.sink, self._stop, self.cfg.commit_failing_unready_s)
         self.stage = ScoreStage(self.cfg, scorer, self.sink, self.committer, self.stats,
                                 flush_dead_letters=self._flush_dead_letters,
-                                call_centre=settings.profile == "callcenter", on_change=on_change)
+                                policy=get_profile(settings.profile).window_policy(self.cfg), on_change=on_change)
         self.cutter = BatchCutter(self.cfg, self.aligner, self.book)
         self.backpressure = Backpressure()
         self.recovery = PartitionRecovery(self.book, self.aligner, self.sink, self.stage, self.cutter, self.kind_of)

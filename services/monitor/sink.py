@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session
 
 from schemas.errors import FusionwatchError
 from schemas.events import AnomalyCloudEvent
-from schemas.tables import (Asset, AssetThreshold, BaselineReset, CallSummary, ConsumerOffset, Event, MonitorState, Outbox,
-                            utcnow)
+from schemas.tables import Asset, AssetThreshold, BaselineReset, CallSummary, ConsumerOffset, Event, MonitorState, Outbox, utcnow
 from services.db import session_factory
 from services.monitor import faultpoints
-from streamlogic.call_summary import CLASSES as CALL_CLASSES, overall_sentiment
+from streamlogic.call_summary import CLASSES as CALL_CLASSES
+from streamlogic.call_summary import overall_sentiment
 from streamlogic.event_lifecycle import EventChange
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROFILES = ("factory", "callcenter")
 UNBOUNDED_HORIZON_S = 24 * 3600.0  # fault presets for runs without a duration are laid out this far ahead
 
 
@@ -65,22 +64,10 @@ class SimulationStats:
 
 
 def make_source(profile: str, assets: int, seed: int, start_time: float, faults: str | list, horizon_s: float):
-    """The simulator object for a profile: `Plant` (with its fault schedule) or `CallCenter`."""
-    if profile == "factory":
-        from services.simulator.faults import fault_schedule
-        from services.simulator.plant import Plant, asset_names
+    """The simulator object of a profile (`Plant` with its fault schedule, or `CallCenter`)."""
+    from services.profiles import get_profile
 
-        names = asset_names(assets)
-        if isinstance(faults, str):  # a preset laid out over the run, or a schedule file
-            faults = fault_schedule(faults, names, start_time, horizon_s, seed)
-        return Plant(names, seed=seed, start_time=start_time, faults=faults)
-    if profile == "callcenter":
-        from services.simulator.callcenter import CallCenter
-
-        if faults not in ("none", [], None):
-            raise ConfigError("--faults applies to the factory profile; the call centre's labels are its ground truth")
-        return CallCenter(assets, seed=seed, start_time=start_time)
-    raise ConfigError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    return get_profile(profile).simulator(assets, seed, start_time, faults, horizon_s)
 
 
 def run_simulation(settings: Settings, bootstrap: str | None, profile: str = "factory", assets: int = 4,
@@ -180,16 +167,14 @@ class _GroundTruthWriter:
     """Appends injected faults (factory) or started calls (call centre) as JSON lines, once each."""
 
     def __init__(self, path: str | Path | None, profile: str, on_row: Callable[[dict], None] | None = None):
-        self.profile, self.on_row = profile, on_row
+        from services.profiles import get_profile
+
+        self.profile, self.on_row = get_profile(profile), on_row
         self.fh = open(path, "w") if path else None
         self.written = 0
 
     def write(self, source) -> int:
-        if self.profile == "factory":
-            due = [f for f in source.ground_truth if f.start < source.time]
-        else:
-            due = source.calls
-        new = due[self.written:]
+        new = self.profile.ground_truth(source)[self.written:]
         for row in new:
             if self.fh is not None:
                 self.fh.write(json.dumps(row.to_json()) + "\n")

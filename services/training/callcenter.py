@@ -39,22 +39,29 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from models.data import WindowArrays
 from models.features import FeatureConfig, Featurizer
-from streamlogic.escalation import EscalationRule
-from schemas.envelope import Kind, WireRecord
 from schemas.errors import ConfigError
+from services.training.callcenter_data import SENTIMENT_CLASSES, CallDirConfig, featurize_recordings, read_call_dir, recording_from_sim
+from services.training.callcenter_eval import (
+    Predictions,
+    call_outcomes,
+    escalation_events,
+    escalation_score,
+    turn_predictions,
+    turn_truth,
+    vader_predictions,
+)
+from streamlogic.escalation import EscalationRule
+
+if TYPE_CHECKING:
+    from models.fusion import FusionConfig
 
 log = logging.getLogger(__name__)
-
-from services.training.callcenter_eval import Predictions, call_outcomes, escalation_events, escalation_score, \
-    turn_predictions, turn_truth, vader_predictions
-from services.training.callcenter_data import SENTIMENT_CLASSES, CallDirConfig, featurize_recordings, read_call_dir, \
-    recording_from_sim
 
 CALLCENTER_DATASET_VERSION = 2  # bump when featurization or the call simulator changes (cached datasets)
 LABELS_VERSION = 3  # labels are re-derived on load; bump when they change (trained eval rows are redone)
@@ -67,9 +74,7 @@ ProgressFn = Callable[[float, float], None]  # (done, total) in line-seconds
 @functools.lru_cache(maxsize=1)
 def _held_out_patterns() -> tuple["re.Pattern[str]", ...]:
     """The held-out sarcastic phrasings as patterns: their slots ({minutes}, {product}) match anything."""
-    from services.simulator.callcenter import LINES
-
-    from services.simulator.callcenter import AGENT_STAGES, SEEN_PHRASINGS
+    from services.simulator.callcenter import AGENT_STAGES, LINES, SEEN_PHRASINGS
 
     templates = [LINES[s][1][0] for s in HELD_OUT_STAGES]
     # the unseen third phrasings are never trained on either (no training spec says them)
@@ -301,7 +306,7 @@ def _train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tup
     import torch
     import torch.nn.functional as F
 
-    from models.train import fit_normalisers
+    from models.train import fit_normalisers, set_lr, warmup_cosine_lr
 
     fit_normalisers(model, data)
     model.to(cfg.device)
@@ -326,9 +331,7 @@ def _train_call_model(model, data: WindowArrays, cfg: CallTrainConfig, keep: tup
     history: list[dict[str, float]] = []
     loss_value = float("nan")
     for step in range(cfg.steps):
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, warmup_cosine_lr(cfg.lr, step, cfg.steps, cfg.warmup_steps))
         if cfg.balance_classes:
             idx = np.concatenate([p[rng.integers(len(p), size=n_lab // len(by_class))] for p in by_class])
         else:
@@ -434,10 +437,10 @@ class CallEvalReport:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        from services.training.evaluate import _finite
+        from services.training.evaluate import json_safe
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(self.to_dict()), indent=2))
+        path.write_text(json.dumps(json_safe(self.to_dict()), indent=2))
 
     def row(self, name: str) -> CallRow:
         return next(r for r in self.rows if r.name == name)
@@ -650,6 +653,7 @@ def train_call_checkpoint(recipe: CallRecipe, out_dir: Path, row: str = "cross_a
     from models import checkpoint
     from models.calibration import AssetCalibration, Calibration
     from models.fusion import FusionModel
+    from services.training.recipes import jsonable
 
     variant, keep = ROWS[row]
     data = data or load_call_data(recipe, cache_dir, progress)
@@ -675,7 +679,7 @@ def train_call_checkpoint(recipe: CallRecipe, out_dir: Path, row: str = "cross_a
     calibration = Calibration(pooled=AssetCalibration(0.0, 1.0, 3.0))
     version = checkpoint.model_version(model)
     checkpoint.save(out_dir, model, calibration, card=call_model_card(version, model, info),
-                    extra={"training": _jsonable(info), "callcenter": {"modalities": list(keep)}}, version=version)
+                    extra={"training": jsonable(info), "callcenter": {"modalities": list(keep)}}, version=version)
     return TrainedCallModel(model, Path(out_dir), info | {"version": version})
 
 
@@ -805,12 +809,6 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _jsonable(x):
-    from services.training.recipes import _jsonable as j
-
-    return j(x)
 
 
 # ── presentation ────────────────────────────────────────────────────────────────────────────
@@ -985,9 +983,9 @@ def eval_command(recipe: str = "standard", json_path: Path | None = None, retrai
                  device: str = "auto", threads: int | None = None, progress: bool = True,
                  source: str = "sim") -> CallEvalReport:
     """Train (or reuse) every row's model under var/eval/callcenter-<recipe>/ and print the table."""
-    import torch
     from dataclasses import replace
 
+    import torch
     from rich.console import Console
 
     from models.scorer import pick_device

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import typer
@@ -11,13 +10,7 @@ app = typer.Typer()
 
 _RECIPE_HELP = "Training recipe: 'tiny' (seconds, tests), 'quick' (minutes, what `up` trains), 'standard' (the evaluated one)."
 _PROFILE_HELP = ("'factory' (anomalies of frames/audio/logs) or 'callcenter' (customer sentiment and frustration from "
-                 "call audio + transcript, trained on labelled simulated calls). Default: FW_PROFILE, else factory.")
-
-
-def _callcenter(profile: str | None) -> bool:
-    from services.settings import get_settings
-
-    return (profile or get_settings().profile) == "callcenter"
+                 "call audio + transcript, trained on labelled calls). Default: FW_PROFILE, else factory.")
 
 
 @app.command()
@@ -77,73 +70,15 @@ def train(
 
       fusionwatch train --profile callcenter --recipe quick
     """
-    if _callcenter(profile):  # supervised sentiment/frustration recipe: services/training/callcenter.py
-        from services.training.callcenter import train_command
+    from services.profiles import get_profile
+    from services.profiles.base import TrainRequest
 
-        train_command(recipe, out, variant, source, device, threads, progress, fusion_steps)
-        return
-    import torch
-    from rich.console import Console
-
-    from models.data import WindowArrays
-    from models.scorer import pick_device
-    from schemas.errors import ConfigError
-    from services.settings import get_settings
-    from services.training.recipes import get_recipe, run_recipe, spec_with
-    from services.training.ui import progress_bars
-
-    settings = get_settings()
-    console = Console(stderr=True)
-    r = get_recipe(recipe)
-    if variant not in ("cross", "concat", "late"):
-        raise ConfigError(f"--variant must be cross, concat or late, not {variant!r}")
-    if threads:
-        torch.set_num_threads(threads)
-    dev = pick_device(device)
-    out = out or settings.checkpoint_dir
-    cache = settings.var_dir / "datasets"
-    overrides = {"intra_steps": intra_steps, "fusion_steps": fusion_steps, "detail_steps": detail_steps, "bf16": True}
-    if detail_rows is not None:
-        r = dataclasses.replace(r, model={**r.model, "detail_rows": _rows(detail_rows)})
-        try:
-            r.model_config(variant)  # checks the rows against the frame size now
-        except ValueError as e:
-            raise ConfigError(f"--detail-rows: {e}") from None
-    train_data = calib_data = None
-    per_asset = None
-    src: dict = {"source": source}
-    features = r.model_config(variant).features
-    with progress_bars(progress, console) as bar:
-        if source == "sim":
-            r = r.__class__(**{**r.__dict__, "train": spec_with(r.train, assets=assets, seed=seed, duration_s=duration)})
-            src.update(train=r.train.__dict__, calib=r.calib.__dict__)
-        elif source in ("kafka", "dataset"):
-            if source == "kafka":
-                data = _kafka_windows(settings, bootstrap, since, until, features, bar)
-                src.update(since=since, until=until)
-            else:
-                if dataset is None:
-                    raise ConfigError("--source dataset needs --dataset DIR")
-                data = WindowArrays.load(dataset)
-                src.update(dataset=str(dataset))
-            data = _without_confirmed_anomalies(settings, data, console)
-            train_data, calib_data = _time_split(data, calib_fraction)
-            per_asset = True  # same plant: per-asset statistics transfer
-            if save_dataset:
-                data.save(save_dataset)
-        else:
-            raise ConfigError(f"--source must be sim, kafka or dataset, not {source!r}")
-        result = run_recipe(r, out, variant, cache_dir=cache, progress=bar, device=dev, resume=resume,
-                            train_data=train_data, calib_data=calib_data, overrides=overrides, source=src,
-                            per_asset=per_asset, budget_events=budget, budget_hours=budget_hours)
-        if save_dataset and source == "sim":
-            from services.training.dataset import simulate_dataset
-
-            simulate_dataset(r.train, features, cache_dir=cache).save(save_dataset)
-    cal = result.calibration
-    console.print(f"[bold green]model {result.info['version']}[/] → {out}\n"
-                  f"  trained {result.info['train_seconds']:.0f} s ({result.info['steps']} steps, {dev}), "
-                  f"threshold {cal.pooled.threshold:.2f} ({cal.tail.method}, budget {budget:g} per {budget_hours:g} h)")
+    get_profile(profile).train(TrainRequest(
+        recipe=recipe, source=source, variant=variant, out=out, device=device, threads=threads, progress=progress,
+        fusion_steps=fusion_steps, since=since, until=until, bootstrap=bootstrap, dataset=dataset,
+        calib_fraction=calib_fraction, save_dataset=save_dataset, assets=assets, seed=seed, duration=duration,
+        intra_steps=intra_steps, detail_steps=detail_steps, detail_rows=detail_rows, resume=resume, budget=budget,
+        budget_hours=budget_hours))
 
 
 @app.command()
@@ -177,7 +112,8 @@ def calibrate(
     from schemas.errors import ConfigError
     from services.settings import get_settings
     from services.training.card import model_card
-    from services.training.recipes import _jsonable, calibrate_model
+    from services.training.factory import kafka_windows, without_confirmed_anomalies
+    from services.training.recipes import calibrate_model, jsonable
     from services.training.ui import progress_bars
 
     settings = get_settings()
@@ -186,14 +122,14 @@ def calibrate(
     model, _, config = ckpt.load(checkpoint, device="cpu")
     with progress_bars(progress, console) as bar:
         if source == "kafka":
-            data = _kafka_windows(settings, bootstrap, since, until, model.cfg.features, bar)
+            data = kafka_windows(settings, bootstrap, since, until, model.cfg.features, bar)
         elif source == "dataset":
             if dataset is None:
                 raise ConfigError("--source dataset needs --dataset DIR")
             data = WindowArrays.load(dataset)
         else:
             raise ConfigError(f"--source must be kafka or dataset, not {source!r}")
-    data = _without_confirmed_anomalies(settings, data, console)
+    data = without_confirmed_anomalies(settings, data, console)
     if len(data) < 200:
         raise ConfigError(f"only {len(data)} windows in that range: commission on at least a few minutes of normal "
                           "operation per station (an hour or a shift is better)")
@@ -213,89 +149,11 @@ def calibrate(
     version = ckpt.model_version(model)
     target = out or checkpoint
     ckpt.save(target, model, calibration, card=model_card(version, model, calibration, info),
-              extra={"training": _jsonable(info)}, version=version)
+              extra={"training": jsonable(info)}, version=version)
     console.print(f"[bold green]model {version}[/] → {target}: normal tails and per-station scales of "
                   f"{len(calibration.assets)} stations, threshold {calibration.pooled.threshold:.2f} ({calibration.tail.method}, "
                   f"budget {budget:g} per {budget_hours:g} h). Restart the monitor to use it; each station still "
                   "learns its own baseline when the monitor starts.")
-
-
-def _rows(text: str) -> tuple[int, int] | None:
-    """'44:84' -> (44, 84); 'none' -> None."""
-    from schemas.errors import ConfigError
-
-    if text.strip().lower() == "none":
-        return None
-    try:
-        r0, r1 = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ConfigError(f"--detail-rows must be R0:R1 (e.g. 44:84) or none, not {text!r}") from None
-    return (r0, r1)
-
-
-def _kafka_windows(settings, bootstrap, since, until, features, bar):
-    import time
-
-    from schemas.envelope import parse_time
-    from schemas.errors import ConfigError
-    from services.training.dataset import kafka_dataset
-
-    bootstrap = bootstrap or settings.kafka.bootstrap
-    if not bootstrap:
-        raise ConfigError("--source kafka needs a broker: pass --bootstrap HOST:PORT or set FW_KAFKA_BOOTSTRAP")
-    if not since:
-        raise ConfigError("--source kafka needs --since (RFC 3339 start of a period of normal operation)")
-    try:
-        start = parse_time(since)
-        end = parse_time(until) if until else time.time()
-    except ValueError as e:
-        raise ConfigError(f"--since/--until: {e}") from None
-
-    def p(done, total):
-        if bar:
-            bar("read kafka", done, total, {})
-
-    return kafka_dataset(settings, bootstrap, start, end, features, progress=p)
-
-
-def _without_confirmed_anomalies(settings, data, console):
-    """Leave out the windows inside events reviewers confirmed as real (their verdicts in SQL)."""
-    from sqlalchemy.exc import OperationalError
-
-    from services import db
-    from services.api.recalibration import labelled_windows
-    from services.training.dataset import exclude_confirmed
-
-    try:
-        engine = db.make_engine(settings.database.url)
-        with db.session_factory(engine)() as session:
-            confirmed = [(lw.asset, lw.start.timestamp(), lw.end.timestamp())
-                         for lw in labelled_windows(session) if lw.verdict == "real"]
-    except OperationalError as e:
-        console.print(f"[yellow]verdicts not read ({str(e.orig).splitlines()[0][:120]}): "
-                      "confirmed anomalies, if any, stay in the training data[/]")
-        return data
-    data, dropped = exclude_confirmed(data, confirmed)
-    if confirmed:
-        console.print(f"left out {dropped} windows inside {len(confirmed)} confirmed anomalies (review verdicts)")
-    return data
-
-
-def _time_split(data, fraction: float):
-    """Per asset, the last `fraction` of its windows (by time) is held out for calibration."""
-    import numpy as np
-
-    from schemas.errors import ConfigError
-
-    calib = np.zeros(len(data), bool)
-    for a in range(len(data.assets)):
-        idx = np.flatnonzero(data.asset_idx == a)
-        idx = idx[np.argsort(data.start[idx])]
-        k = int(round(len(idx) * fraction))
-        calib[idx[len(idx) - k:]] = True
-    if calib.sum() < 50 or (~calib).sum() < 100:
-        raise ConfigError(f"only {len(data)} windows: train on at least a few minutes of normal operation per asset")
-    return data.subset(np.flatnonzero(~calib)), data.subset(np.flatnonzero(calib))
 
 
 @app.command("eval")
@@ -329,90 +187,10 @@ def evaluate_cmd(
     fusion, concatenation fusion and cross-attention. Thresholds come from normal operation of a
     separate validation seed; nothing is tuned on the test run.
     """
-    if _callcenter(profile):  # services/training/callcenter.py: trains/reuses its rows under var/eval
-        from services.training.callcenter import eval_command
+    from services.profiles import get_profile
+    from services.profiles.base import EvalRequest
 
-        if checkpoint or per_asset or test_assets:
-            from schemas.errors import ConfigError
-
-            raise ConfigError("--checkpoint, --per-asset and --test-assets apply to the factory profile; the "
-                              "call-centre evaluation trains its own rows (use --retrain to redo them)")
-        eval_command(recipe, json_path, retrain, test_seed, test_duration, None, device, threads, progress, source)
-        return
-    import torch
-    from rich.console import Console
-
-    from models import checkpoint as ckpt
-    from models.scorer import pick_device
-    from schemas.errors import ConfigError
-    from services.settings import get_settings
-    from services.training.dataset import simulate_dataset
-    from services.training.evaluate import evaluate, render
-    from services.training.recipes import get_recipe, load_datasets, spec_with, train_variants
-    from services.training.ui import progress_bars
-
-    settings = get_settings()
-    console = Console(stderr=True)
-    if threads:
-        torch.set_num_threads(threads)
-    dev = pick_device(device)
-    r = get_recipe(recipe)
-    test_spec = spec_with(r.test, seed=test_seed, assets=test_assets, duration_s=test_duration)
-    if test_spec.seed in (r.train.seed, r.calib.seed):
-        raise ConfigError(f"--test-seed {test_spec.seed} is a training or calibration seed of recipe {r.name}; "
-                          "evaluate on a held-out seed")
-    cache = settings.var_dir / "datasets"
-    with progress_bars(progress, console) as bar:
-        if checkpoint:
-            paths = {}
-            for p in checkpoint:
-                model, _, _ = ckpt.load(p, device=dev)
-                paths[model.cfg.fusion] = p
-        else:
-            paths = train_variants(r, ("late", "concat", "cross"), settings.var_dir / "eval" / r.name, cache_dir=cache,
-                                   progress=bar, device=dev, reuse=not retrain)
-        models = {v: ckpt.load(p, device=dev)[0] for v, p in paths.items()}
-        features = next(iter(models.values())).cfg.features
-        calib = load_datasets(r, features, cache, bar, which=("calib",))["calib"]
-
-        def pt(done, total):
-            if bar:
-                bar("simulate test", done, total, {})
-
-        test = simulate_dataset(test_spec, features, cache_dir=cache, progress=pt)
-        if bar:
-            bar("score", 0, 1, {})
-        report = evaluate(models, calib, test, per_asset=per_asset, device=dev)
-        if bar:
-            bar("score", 1, 1, {})
-    report.notes.append(f"models: {', '.join(f'{v}={p}' for v, p in paths.items())}")
-    Console(width=max(160, Console().width)).print(render(report))
-    if json_path:
-        report.save(json_path)
-        console.print(f"report written to {json_path}")
-    _append_metrics_to_cards(report, paths)
-
-
-def _append_metrics_to_cards(report, paths) -> None:
-    """Put the measured table into each evaluated checkpoint's model card."""
-    import numpy as np
-
-    rows = {r.name: r for r in report.rows}
-    header = "| fault kind | " + " | ".join(rows) + " |\n|---|" + "---|" * len(rows) + "\n"
-    body = "".join(f"| {k}{' (cross-modal)' if k in report.cross_modal_kinds else ''} | "
-                   + " | ".join(f"{r.auroc.get(k, float('nan')):.3f}" for r in rows.values()) + " |\n" for k in report.kinds)
-    body += "| **mean AUROC** | " + " | ".join(f"{np.nanmean(list(r.auroc.values())):.3f}" for r in rows.values()) + " |\n"
-    body += "| event recall | " + " | ".join(f"{r.recall:.3f}" for r in rows.values()) + " |\n"
-    body += "| false events / asset-h | " + " | ".join(f"{r.false_per_asset_hour:.2f}" for r in rows.values()) + " |\n"
-    text = (f"Held-out simulator run: seed {report.test.get('seed')}, {report.test.get('assets')} stations x "
-            f"{report.test.get('duration_s')} s, every fault kind; thresholds from seed "
-            f"{report.calibration_data.get('seed')} (normal). Window AUROC:\n\n" + header + body)
-    for p in paths.values():
-        card = Path(p) / "model_card.md"
-        if card.exists():
-            old = card.read_text()
-            marker = "## Metrics\n"
-            if marker in old:
-                head, _, tail = old.partition(marker)
-                rest = tail.split("\n## ", 1)
-                card.write_text(head + marker + text + ("\n## " + rest[1] if len(rest) > 1 else ""))
+    get_profile(profile).evaluate(EvalRequest(
+        recipe=recipe, source=source, json_path=json_path, retrain=retrain, test_seed=test_seed,
+        test_duration=test_duration, device=device, threads=threads, progress=progress, checkpoint=list(checkpoint or []),
+        test_assets=test_assets, per_asset=per_asset))

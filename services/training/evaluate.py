@@ -89,16 +89,16 @@ class EvalReport:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(self.to_dict()), indent=2))
+        path.write_text(json.dumps(json_safe(self.to_dict()), indent=2))
 
 
-def _finite(x):
+def json_safe(x):
     if isinstance(x, float):
         return None if not math.isfinite(x) else round(x, 4)
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_finite(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 

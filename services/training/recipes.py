@@ -212,7 +212,7 @@ def run_recipe(recipe: Recipe, out_dir: Path, variant: str = "cross", cache_dir:
 
     version = checkpoint.model_version(model)
     card = model_card(version, model, calibration, info)
-    checkpoint.save(out_dir, model, calibration, card=card, extra={"training": _jsonable(info)}, version=version)
+    checkpoint.save(out_dir, model, calibration, card=card, extra={"training": jsonable(info)}, version=version)
     clear_train_state(state_dir)
     try:
         state_dir.rmdir()
@@ -262,7 +262,7 @@ def train_variants(recipe: Recipe, variants: tuple[str, ...], out_root: Path, ca
                     data={"train": _describe(data["train"]), "calibration": _describe(data["calib"])})
         version = checkpoint.model_version(model)
         checkpoint.save(paths[v], model, calibration, card=model_card(version, model, calibration, info),
-                        extra={"training": _jsonable(info)}, version=version)
+                        extra={"training": jsonable(info)}, version=version)
     return paths
 
 
@@ -271,11 +271,11 @@ def _describe(data: WindowArrays) -> dict[str, Any]:
             "spec": data.meta.get("spec", {k: v for k, v in data.meta.items() if k != "ground_truth"})}
 
 
-def _jsonable(x):
+def jsonable(x):
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     if isinstance(x, Path):
