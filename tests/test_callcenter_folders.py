@@ -12,7 +12,7 @@ import pytest
 from models.features import SPEAKERS, Featurizer
 from services.simulator.callcenter import CHANNEL_ORDER, CallCenter, write_call_folder
 from services.training import callcenter as cc
-from services.training.callcenter_data import CallDirConfig, call_windows, read_call_dir, read_call_folder
+from services.training.callcenter_data import CallDirConfig, call_windows, read_call_folder
 
 RATE = 8000  # telephony
 

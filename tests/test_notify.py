@@ -25,7 +25,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
-from schemas.events import AnomalyCloudEvent, AnomalyData, event_id as make_event_id
+from schemas.events import AnomalyCloudEvent, AnomalyData
+from schemas.events import event_id as make_event_id
 from schemas.tables import NotifyDeadLetter, NotifyDelivery
 from services import db
 from services.kafka import make_producer

@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 Wait = Callable[[float], bool]
 
 
-def backoff_s(attempt: int, retry: NotifyRetrySettings, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+def backoff_s(attempt: int, retry: NotifyRetrySettings, rng: random.Random | None = None) -> float:
     """Pause after failed attempt number `attempt` (1-based): exponential, capped, with "equal
     jitter" (half fixed, half random), so retries of many notifiers do not arrive in lockstep."""
     ceiling = min(retry.max_delay_s, retry.initial_delay_s * 2 ** (attempt - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -324,11 +325,7 @@ class CallCenter:
             call.audio = call.channels = None  # the ground truth stays; the waveform is no longer needed
 
 
-def call_ground_truth_line(call: Call) -> str:
-    return json.dumps(call.to_json())
-
-
-def write_call_folder(call: Call, root: "Path", stereo: bool = True) -> "Path":
+def write_call_folder(call: Call, root: Path, stereo: bool = True) -> Path:
     """One call in the labelled call-folder format (docs/callcenter.md, "Your own calls"):
     `root/<call_id>/call.wav` (stereo: channel 0 the agent, 1 the customer; or the mono mix) at the
     simulator's sample rate, `transcript.jsonl` (one turn a line: speaker, start, end in seconds
