@@ -55,8 +55,8 @@ def test_bf16_scores_of_the_shipped_model_match_fp32_on_cuda():
 
     from models.features import collate
     from models.scorer import AnomalyScorer
+    from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
     from services.simulator.plant import Fault, Plant
-    from services.stack.up import SHIPPED_MODEL
     from streamlogic.windows import offline_windows
 
     scorer = AnomalyScorer.load(SHIPPED_MODEL, device="cuda")

@@ -147,9 +147,9 @@ def test_a_live_stream_cut_and_back_reconnects_on_the_wall_clock_without_a_false
     from services import db
     from services.kafka import make_producer
     from services.monitor.service import Monitor
+    from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
     from services.settings import Settings
     from services.simulator.plant import Plant
-    from services.stack.up import SHIPPED_MODEL
     from tests.support.streams import produce
 
     ks, topics = make_topics(partitions=2)

@@ -508,8 +508,8 @@ def test_shipped_checkpoint_loads_and_scores():
     """The checkpoint `fusionwatch up` copies on a first start (models/pretrained/) still loads with
     this code and still hears a cavitating pump: retrain and replace it when this fails."""
     from models.scorer import AnomalyScorer
+    from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
     from services.simulator.plant import Fault, Plant
-    from services.stack.up import SHIPPED_MODEL
     from streamlogic.windows import offline_windows
 
     scorer = AnomalyScorer.load(SHIPPED_MODEL, device="cpu")
@@ -533,8 +533,8 @@ def test_bf16_autocast_keeps_the_evidence_of_near_duplicate_log_lines():
     Found on an H100 (shipped model, bf16 vs float32: median relative error 0.63, Spearman 0.79);
     the intra-modal evidence now runs in float32 under autocast (models/fusion.py, `forward`)."""
     from models.scorer import AnomalyScorer
+    from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
     from services.simulator.plant import Plant
-    from services.stack.up import SHIPPED_MODEL
     from streamlogic.windows import offline_windows
 
     scorer = AnomalyScorer.load(SHIPPED_MODEL, device="cpu")
@@ -560,8 +560,8 @@ def test_bf16_autocast_keeps_the_shipped_models_scores():
     whole model in bf16 moved calibrated scores by up to 6 units and ranked windows with Spearman
     0.979). Checked on CPU, where autocast runs the same code."""
     from models.scorer import AnomalyScorer
+    from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
     from services.simulator.plant import Fault, Plant
-    from services.stack.up import SHIPPED_MODEL
     from streamlogic.windows import offline_windows
     from tests.test_gpu import MAX_MEDIAN_REL_ERR, MAX_P99_REL_ERR, MIN_SPEARMAN, _spearman
 
@@ -617,9 +617,9 @@ def test_shipped_checkpoint_holds_an_error_code_between_its_lines():
     ones between two of its lines, whose own lines are ordinary (the scorer's log memory)."""
     from models.adaptation import BaselineConfig, SurpriseAdapter
     from models.scorer import AnomalyScorer
+    from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
     from services.simulator.plant import Fault, Plant
     from services.simulator.plc import UNSEEN_ERRORS
-    from services.stack.up import SHIPPED_MODEL
     from streamlogic.windows import offline_windows
 
     scorer = AnomalyScorer.load(SHIPPED_MODEL, device="cpu")
@@ -726,8 +726,8 @@ def test_the_scorer_adapts_across_batches_as_in_one():
     hold audio and text features in float16, so they are not compared bit for bit here.)"""
     from models.adaptation import BaselineConfig, SurpriseAdapter
     from models.scorer import AnomalyScorer
+    from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
     from services.simulator.plant import Fault, Plant
-    from services.stack.up import SHIPPED_MODEL
     from streamlogic.windows import offline_windows
 
     def scorer():

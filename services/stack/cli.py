@@ -37,6 +37,7 @@ def up(
     factory, a model trained in minutes for the call centre). Anomaly
     events print as they open and close; narrated clips appear on the review page. Ctrl-C stops it cleanly.
     """
+    from services.profiles import get_profile
     from services.settings import get_settings
     from services.stack.up import up as run_up
 
@@ -44,7 +45,7 @@ def up(
     if profile:
         settings = settings.model_copy(update={"profile": profile})
     if faults is None:  # the call simulator has no fault schedule and refuses one
-        faults = "none" if settings.profile == "callcenter" else "demo"
+        faults = get_profile(settings.profile).default_faults
     pilot = None
     if sources is not None:
         from schemas.errors import ConfigError

@@ -16,7 +16,6 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
@@ -24,6 +23,7 @@ from rich.console import Console
 from services import db
 from services.kafka import Topics, ensure_topics
 from services.lifecycle import install_stop_handlers
+from services.profiles import get_profile
 from services.settings import Settings
 from services.stack.sources import SourcesFile, check_sources, source_runs
 
@@ -129,7 +129,7 @@ def up(settings: Settings, duration_s: float | None = None, assets: int = 4, fau
     else:
         console.print(f"[dim]up in {time.monotonic() - started:.0f} s — simulating {assets} assets from {clock} with "
                       f"the '{faults}' fault schedule; events print below. Ctrl-C stops.[/]")
-    if settings.profile == "factory":
+    if get_profile(settings.profile).window_policy(settings.monitor).reports_baseline:
         console.print("[dim]Each station first learns its own normal from its first windows (about 2 minutes; "
                       "meanwhile only a guard threshold opens an event), then watches"
                       + (" — the demo's first fault comes after that." if faults == "demo" and sources is None
@@ -211,25 +211,22 @@ def _serve_api(settings: Settings, stop: threading.Event) -> None:
     server.run()
 
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "pretrained" / "factory-standard"
-
-
 def _ensure_model(settings: Settings, train_first: bool = False) -> None:
     ckpt = settings.checkpoint_dir
     if (ckpt / "config.json").exists():
         console.print(f"Model: [bold]{ckpt}[/]")
         return
-    if settings.profile == "factory" and not train_first and (SHIPPED_MODEL / "config.json").exists():
-        shutil.copytree(SHIPPED_MODEL, ckpt, dirs_exist_ok=True)
+    profile = get_profile(settings.profile)
+    shipped = profile.shipped_checkpoint
+    if shipped is not None and not train_first and (shipped / "config.json").exists():
+        shutil.copytree(shipped, ckpt, dirs_exist_ok=True)
         console.print(f"Model: the shipped standard-recipe checkpoint → {ckpt} (models/pretrained/README.md; "
                       "its evaluation: docs/model.md). Train your own with `fusionwatch train`.")
         return
-    from services.training.quick import train_quick
-
     console.print(f"Model: none in {ckpt} yet — training a small one on simulated normal operation "
                   "(first start only; a few minutes on 2 CPU cores)…")
     t0 = time.monotonic()
-    train_quick(ckpt, profile=settings.profile, progress=True)
+    profile.train_first_model(ckpt, progress=True)
     console.print(f"Model: trained in {time.monotonic() - t0:.0f} s → {ckpt}")
 
 

@@ -1,8 +1,8 @@
 """Training recipes: which data, which model size, how many steps — and the one function that
 runs a recipe end to end into a checkpoint directory.
 
-Where it sits: between the CLI (`fusionwatch train` / `eval`, `fusionwatch up` through
-`train_quick`) and `models.train`. A run is: build (or load cached) datasets -> fit the normal-data
+Where it sits: between the CLI (`fusionwatch train` / `eval`, and the first model of `fusionwatch up`)
+and `models.train`. A run is: build (or load cached) datasets -> fit the normal-data
 statistics -> train the autoencoders ("intra") and the fusion -> fit the frame-statistics density
 -> standardise each score component on held-out normal windows -> calibrate thresholds for the
 false-alarm budget on those windows -> save config, weights, calibration and model card.
