@@ -336,6 +336,24 @@ def test_backoff_doubles_with_jitter_up_to_its_cap_and_within_its_budget():
         RetryPolicy(retry_for_s=-1)
 
 
+def test_a_live_inputs_connection_state_is_exported_without_its_credentials():
+    from services.ingest.live import input_label
+    from services.observability.metrics import REGISTRY
+
+    src = "rtsp://viewer:s3cret@cam7.plant.example:8554/stream1"
+    assert input_label(src) == "rtsp://cam7.plant.example:8554"
+    labels = {"asset": "L9-S7", "input": input_label(src)}
+    backoff = Backoff(RetryPolicy(), asset="L9-S7", source=src)
+    before = REGISTRY.get_sample_value("fusionwatch_ingest_reconnect_attempts_total", labels) or 0.0
+    backoff.next_delay()
+    backoff.next_delay()
+    assert REGISTRY.get_sample_value("fusionwatch_ingest_reconnect_attempts_total", labels) == before + 2
+    assert REGISTRY.get_sample_value("fusionwatch_ingest_connected", labels) == 0
+    backoff.media_flowed()
+    assert REGISTRY.get_sample_value("fusionwatch_ingest_connected", labels) == 1
+    assert not any("s3cret" in str(s.labels) for m in REGISTRY.collect() for s in m.samples)
+
+
 def test_live_clock_never_goes_back_nor_ahead_and_follows_a_slow_camera():
     now = [1000.0]
     clock = LiveClock(resync_s=10.0, max_lag_s=1.0, now=lambda: now[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import typer
@@ -26,6 +27,19 @@ _SPEED_HELP = "Replay speed for recordings: 0 = as fast as possible (default), 1
 _RETRY_HELP = ("Live streams (rtsp://, tcp://, an http:// stream without a length, ...) reconnect when they fail or end, "
                "waiting 0.5 s, 1 s, 2 s, ... up to 30 s between tries; give up with an error after this many seconds "
                "without media (0 = never). Recordings end at their end.")
+
+
+def _serve_metrics():
+    """/metrics for a live input's connection state; None where the port is taken (another ingest
+    on this host: give each its own FW_METRICS__PORT)."""
+    from services.observability.server import serve_metrics
+    from services.settings import get_settings
+
+    try:
+        return serve_metrics(get_settings(), "ingest")
+    except OSError as e:
+        logging.getLogger(__name__).warning("ingest metrics not served (%s); set FW_METRICS__PORT to a free port", e)
+        return None
 
 
 def _run(stats, records, bootstrap: str | None, speed: float, total_s: float | None, as_json: bool, label: str,
@@ -118,18 +132,26 @@ def _run_media(src: str, asset: str, options, start_time: str, speed: float, ret
                as_json: bool) -> None:
     """Open (or connect to) a media input, then send it; a live stream ends only by Ctrl-C / SIGTERM
     or by failing for longer than --retry-for."""
-    from services.ingest.common import IngestStats, check_asset
+    from services.ingest.common import IngestStats, check_asset, is_url
     from services.ingest.live import RetryPolicy
     from services.ingest.media import open_media
 
     check_asset(asset)
-    feed = open_media(src, asset, options, start_time, speed, RetryPolicy(retry_for_s=retry_for))
+    server = _serve_metrics() if is_url(src) else None
+    try:
+        feed = open_media(src, asset, options, start_time, speed, RetryPolicy(retry_for_s=retry_for))
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     stats = IngestStats(feed.label if feed.live else src, asset)
     try:
         _run(stats, feed.records, bootstrap, 0.0 if feed.live else speed, feed.total_s, as_json,
              f"{'streaming' if feed.live else 'ingesting'} {feed.label}")
     finally:
         feed.close()
+        if server is not None:
+            server.stop()
 
 
 @ingest_app.command("audio")
@@ -238,4 +260,9 @@ def sources_cmd(
     if not runs:
         raise ConfigError(f"{path} lists no {' or '.join(kinds)}")
     Console(stderr=True).print(f"ingesting {len(runs)} sources: {', '.join(r.name for r in runs)}")
-    run_all(runs, install_stop_handlers())
+    server = _serve_metrics()
+    try:
+        run_all(runs, install_stop_handlers())
+    finally:
+        if server is not None:
+            server.stop()

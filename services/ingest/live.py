@@ -49,15 +49,25 @@ class RetryPolicy:
 
 @dataclass
 class Backoff:
-    """Waits between connection attempts; starts over once media flowed again."""
+    """Waits between connection attempts; starts over once media flowed again. With an asset and
+    a source, the state is exported (fusionwatch_ingest_connected, _reconnect_attempts_total)."""
 
     policy: RetryPolicy
     rng: random.Random = field(default_factory=random.Random)
     attempts: int = 0  # failed attempts since media last flowed
     down_since: float | None = None  # monotonic time of the first failure of this run of them
+    asset: str | None = None
+    source: str | None = None
 
     def media_flowed(self) -> None:
         self.attempts, self.down_since = 0, None
+        self._export(connected=True)
+
+    def _export(self, connected: bool, reconnecting: bool = False) -> None:
+        if self.asset is not None and self.source is not None:
+            from services.observability import metrics
+
+            metrics.ingest_state(self.asset, input_label(self.source), connected, reconnecting)
 
     def next_delay(self) -> float | None:
         """The wait before the next attempt, or None when the retry budget is spent."""
@@ -65,6 +75,7 @@ class Backoff:
         if self.down_since is None:
             self.down_since = now
         self.attempts += 1
+        self._export(connected=False, reconnecting=True)
         nominal = min(self.policy.max_delay_s, self.policy.first_delay_s * 2 ** (self.attempts - 1))
         delay = nominal * self.rng.uniform(1 - self.policy.jitter, 1 + self.policy.jitter)
         budget = self.policy.retry_for_s
@@ -151,6 +162,13 @@ def classify(e: Exception, src: str, elapsed_s: float, timeout_s: float) -> Fail
     if isinstance(e, ave.InvalidDataError):
         return Failure(False, "the server answered, but not with a stream FFmpeg can read")
     return Failure(False, _text(e))
+
+
+def input_label(src: str) -> str:
+    """scheme://host[:port] of a network input: a metric label without its path or credentials."""
+    parts = urlsplit(src)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}"
 
 
 def _text(e: Exception) -> str:

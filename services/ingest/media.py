@@ -282,7 +282,7 @@ def open_media(src: str, asset: str, options: MediaOptions, start_time: str = "n
     if not is_url(src) or urlsplit(src).scheme.lower() == "file":
         return _recording(open_container(src, options), src, asset, options, start_time, speed)
     stop = stop or threading.Event()
-    backoff = Backoff(retry)
+    backoff = Backoff(retry, asset=asset, source=src)
     opened = connect(src, lambda: (time.time(), _open(src, options)), options.open_timeout_s, backoff, stop)
     if opened is None:  # stopped while waiting to connect
         return MediaFeed(src, True, None, lambda _stop: iter(()), lambda: None)

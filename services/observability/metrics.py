@@ -185,6 +185,23 @@ NOTIFICATION_LATENCY = Histogram("fusionwatch_notification_delivery_seconds",
                                  "acknowledgement, by channel (retries included).",
                                  ["channel"], buckets=NOTIFY_LATENCY_BUCKETS, registry=REGISTRY)
 
+# --- ingest of live inputs (services/ingest/live.py) ------------------------------------------------
+# `input` is the stream's scheme://host[:port] (never its path or credentials); `asset` is bounded.
+INGEST_CONNECTED = Gauge("fusionwatch_ingest_connected",
+                         "1 while a live input delivers media, 0 while it is being reconnected.",
+                         ["asset", "input"], registry=REGISTRY)
+INGEST_RECONNECTS = Counter("fusionwatch_ingest_reconnect_attempts_total",
+                            "Reconnection attempts of live inputs (a refused, silent or ended stream), by input.",
+                            ["asset", "input"], registry=REGISTRY)
+
+
+def ingest_state(asset: str, input_label: str, connected: bool, reconnecting: bool = False) -> None:
+    labels = {"asset": asset_labels(asset), "input": input_label}
+    INGEST_CONNECTED.labels(**labels).set(1 if connected else 0)
+    if reconnecting:
+        INGEST_RECONNECTS.labels(**labels).inc()
+
+
 # --- every service ---------------------------------------------------------------------------------
 READINESS_CHECK_OK = Gauge("fusionwatch_readiness_check_ok",
                            "1 when the named readiness check (broker, database, ...) passed at its last run, else 0.",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # heavy imports only where a check is built
 
 log = logging.getLogger(__name__)
 
-PORT_OFFSETS = {"monitor": 0, "summarizer": 1, "scheduler": 2, "broker": 3, "up": 3, "notify": 4}
+PORT_OFFSETS = {"monitor": 0, "summarizer": 1, "scheduler": 2, "broker": 3, "up": 3, "notify": 4, "ingest": 5}
 
 
 @dataclass(frozen=True)
