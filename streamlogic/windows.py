@@ -43,6 +43,9 @@ class AlignedWindow:
     evidence: dict[str, list[EvidenceRange]]
     partition: int | None  # the asset's partition number (co-partitioned topics), None offline
     closed_at: float  # wall clock (time.time()) when the watermark closed it
+    # modalities whose stream started (or came back after a gap) inside this window: it holds only
+    # the tail of the window for them, a view the model never trained on (training windows are whole)
+    partial: tuple[str, ...] = ()
 
 
 @dataclass
@@ -67,6 +70,7 @@ class _AssetStream:
     # record moves the grid back when it is within the allowed lateness of the first record seen,
     # or the first of its modality (however old: that topic's backlog was simply read later)
     provisional: bool = True
+    resumed: dict[Kind, list[float]] = field(default_factory=dict)  # event times each modality (re)started at
     first_time: float = 0.0  # event time of the first record seen (set with next_start)
 
 
@@ -159,6 +163,8 @@ class WindowAligner:
         if math.floor(t / self.hop_s) * self.hop_s < s.next_start - 1e-9:
             return False
         s.items[kind].append(_Item(t, payload, pos))
+        if kind not in s.max_time or t - s.max_time[kind] > self.window_s:  # first record, or after a gap
+            s.resumed.setdefault(kind, []).append(t)
         s.expected.add(kind)
         s.max_time[kind] = max(s.max_time.get(kind, -math.inf), clock_t)
         s.last_arrival[kind] = self.clock()
@@ -229,10 +235,13 @@ class WindowAligner:
             if ranges:
                 evidence[kind.value] = [EvidenceRange(topic=tp[0], partition=tp[1], first=min(o), last=max(o))
                                         for tp, o in ranges.items()]
+        partial = tuple(k.value for k in MODALITIES
+                        if any(start + self.hop_s / 2 < r < end for r in s.resumed.get(k, ())))
         s.next_start = start + self.hop_s
         for kind in MODALITIES:  # records before the next window can never be used again
             s.items[kind] = [it for it in s.items[kind] if it.t >= s.next_start]
-        return AlignedWindow(win, evidence, s.partition, time.time())
+            s.resumed[kind] = [r for r in s.resumed.get(kind, ()) if r > s.next_start + self.hop_s / 2]
+        return AlignedWindow(win, evidence, s.partition, time.time(), partial)
 
 
 def _model_view(payload: Payload):

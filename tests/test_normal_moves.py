@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from models.scorer import AnomalyScorer
+from services.profiles.factory import SHIPPED_CHECKPOINT as SHIPPED_MODEL
 from services.simulator.plant import Plant
-from services.stack.up import SHIPPED_MODEL
 from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
 from streamlogic.windows import offline_windows
 

@@ -146,3 +146,20 @@ def test_a_backlog_read_one_topic_before_another_moves_the_provisional_grid_back
     assert wins[0].inputs.start == 9.0 and wins[0].inputs.frames and wins[0].inputs.audio
     assert [w.inputs.start for w in wins] == [9.0, 10.0, 109.0, 110.0]  # the silence between is skipped
     assert not feed(al, Kind.AUDIO, 5.0, 9)  # windows emitted: the grid is fixed
+
+
+def test_a_stream_that_starts_or_comes_back_mid_window_marks_that_window_partial():
+    """A window that holds only the tail of a modality's stream (a camera that just started, or came
+    back after an outage) is a view the model never trained on: the monitor does not judge it."""
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=30.0, clock=clock, new_asset_grace_s=0)
+    for i, t in enumerate(np.arange(10.6, 30.0, 0.25)):
+        for k in (Kind.FRAME, Kind.AUDIO, Kind.LOG):
+            if k is not Kind.FRAME or not 15.6 <= t < 20.7:  # the camera is out from 15.6 to 20.7
+                feed(al, k, float(t), i)
+    wins = {w.inputs.start: w for w in al.ready(flush=True)}
+    # more than half a hop of a window without a stream that then starts: 10.6 and 20.7
+    assert wins[9.0].partial == wins[10.0].partial == ("frames", "audio", "logs")
+    assert wins[19.0].partial == wins[20.0].partial == ("frames",)
+    assert all(w.partial == () for start, w in wins.items() if start not in (9.0, 10.0, 19.0, 20.0))
+    assert 16.0 in wins and not wins[16.0].inputs.frames  # the outage itself: windows without frames

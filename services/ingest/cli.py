@@ -32,12 +32,12 @@ _RETRY_HELP = ("Live streams (rtsp://, tcp://, an http:// stream without a lengt
 def _serve_metrics():
     """/metrics for a live input's connection state; None where the port is taken (another ingest
     on this host: give each its own FW_METRICS__PORT)."""
-    from services.observability.server import serve_metrics
+    from services.observability.server import PortInUse, serve_metrics
     from services.settings import get_settings
 
     try:
         return serve_metrics(get_settings(), "ingest")
-    except OSError as e:
+    except PortInUse as e:
         logging.getLogger(__name__).warning("ingest metrics not served (%s); set FW_METRICS__PORT to a free port", e)
         return None
 

@@ -307,4 +307,6 @@ class ScoreStage:
         return ScoredWindow(asset=win.asset, start=win.start, end=win.end, score=judged.score,
                             threshold=judged.threshold, model_version=self.scorer.version, attribution=attribution,
                             kind=judged.kind, log_lines=self.policy.evidence_lines(win)[:10], serials=serials,
-                            evidence=w.evidence, learning=judged.learning, judged=judged.judged)
+                            evidence=w.evidence, learning=judged.learning,
+                            # a stream that starts or comes back mid-window is not judged on that window
+                            judged=judged.judged and not w.partial)

@@ -39,6 +39,10 @@ if TYPE_CHECKING:  # heavy imports only where a check is built
 
 log = logging.getLogger(__name__)
 
+class PortInUse(ConfigError):
+    """The metrics port is taken (another fusionwatch process on this host, most likely)."""
+
+
 PORT_OFFSETS = {"monitor": 0, "summarizer": 1, "scheduler": 2, "broker": 3, "up": 3, "notify": 4, "ingest": 5}
 
 
@@ -276,7 +280,7 @@ class MetricsServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), _Handler)
         except OSError as e:
-            raise ConfigError(
+            raise PortInUse(
                 f"cannot serve metrics on {host}:{port} ({e.strerror}); another process uses the port: "
                 "set FW_METRICS__PORT (or FW_METRICS__BASE_PORT) to a free one"
             ) from None
