@@ -23,7 +23,7 @@ from models import checkpoint
 from models.adaptation import SurpriseAdapter, WindowPhase
 from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
-from models.features import Featurizer, collate
+from models.features import CHANNELS, Featurizer, collate
 from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
 from models.inputs import WindowInputs
 from models.logmemory import Held, LogMemory
@@ -107,7 +107,10 @@ class AnomalyScorer:
 
     @property
     def decode_options(self) -> DecodeOptions:
-        return DecodeOptions(frame_size=self.cfg.frame_size, sample_rate=self.cfg.sample_rate)
+        # a model that reads a stereo call's channels asks for them, channel 0 / 1 named as the
+        # offline call folders default to; the monitor renames them from monitor.call_channels
+        names = CHANNELS if self.model.cfg.channel_audio else ()
+        return DecodeOptions(frame_size=self.cfg.frame_size, sample_rate=self.cfg.sample_rate, channel_names=names)
 
     def threshold(self, asset: str) -> float:
         return self.calibration.threshold(asset)

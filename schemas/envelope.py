@@ -3,8 +3,8 @@
 Metadata travels in record headers, the raw payload (JPEG/PNG, WAV, text/JSON) is the record
 value. This module encodes records for producers and decodes + validates them for consumers.
 Decoding is also the single place media is decoded: a frame is decoded once, already small
-(JPEG draft mode), and audio once, to mono float32 at the model's rate, so nothing downstream
-touches the bytes again.
+(JPEG draft mode), and audio once, to mono float32 at the model's rate (plus each channel, named,
+when the consumer asks: a call's agent and customer), so nothing downstream touches the bytes again.
 
 `decode` never raises on bad input: it returns `Rejected(reason, detail)`; `reason` is a short,
 bounded code (safe as a metric label), `detail` the human sentence that goes into `fw_error`.
@@ -91,6 +91,15 @@ class DecodeOptions:
     sample_rate: int = 16_000
     decode_media: bool = True  # False: validate headers and sizes only (e.g. a router)
     jpeg_fast_path: bool = True  # False: Pillow decodes every JPEG (for comparisons; the pixels are the same)
+    # keep a multi-channel audio record's channels apart as well as their mix, channel i named
+    # channel_names[i] (a call's ("agent", "customer")). Empty: the mix only, and no per-channel
+    # arrays are made. A record whose channel count differs from the names carries its mix only:
+    # which of its channels is whose is unknown.
+    channel_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(set(self.channel_names)) != len(self.channel_names):
+            raise ValueError(f"channel_names must differ: {self.channel_names}")
 
 
 # ── decoded payloads ────────────────────────────────────────────────────────────────────────
@@ -108,6 +117,9 @@ class AudioPayload:
     sample_rate: int  # == DecodeOptions.sample_rate
     original_rate: int
     channels: int
+    # DecodeOptions.channel_names[i] -> channel i, each like `samples` (resampled alike, the same
+    # length); None unless asked for and the record has that many channels
+    named_channels: dict[str, np.ndarray] | None = None
 
     @property
     def duration_s(self) -> float:
@@ -407,7 +419,13 @@ def _decode_audio(value: bytes, limits: ContractLimits, options: DecodeOptions) 
     mono = samples.mean(axis=1) if channels > 1 else samples[:, 0]
     if rate != options.sample_rate:
         mono = resample(mono, rate, options.sample_rate)
-    return AudioPayload(np.ascontiguousarray(mono, dtype=np.float32), options.sample_rate, rate, channels)
+    named = None
+    if options.channel_names and len(options.channel_names) == channels > 1:
+        # one transposed copy; each channel is a contiguous row of it, resampled on its own
+        tracks = np.ascontiguousarray(samples.T)
+        named = {name: resample(tracks[i], rate, options.sample_rate).astype(np.float32, copy=False)
+                 for i, name in enumerate(options.channel_names)}
+    return AudioPayload(np.ascontiguousarray(mono, dtype=np.float32), options.sample_rate, rate, channels, named)
 
 
 # ── resampling ──────────────────────────────────────────────────────────────────────────────

@@ -103,6 +103,16 @@ class MonitorSettings(BaseModel):
     escalation_close_threshold: float = Field(0.4, ge=0, le=1)
     escalation_open_after: int = Field(3, ge=1)
     escalation_close_after: int = Field(8, ge=1)
+    # ... whose voice is on channel 0 and 1 of a stereo call's audio records (a call folder's
+    # labels.json "channels" offline): the model hears each apart (docs/callcenter.md)
+    call_channels: tuple[Literal["agent", "customer"], Literal["agent", "customer"]] = ("agent", "customer")
+
+    @model_validator(mode="after")
+    def _one_speaker_per_channel(self) -> "MonitorSettings":
+        if self.call_channels[0] == self.call_channels[1]:
+            raise ValueError(f"monitor.call_channels names {self.call_channels[0]!r} twice; "
+                             "give channel 0 and 1 one speaker each, e.g. [\"agent\", \"customer\"]")
+        return self
 
 
 class ApiSettings(BaseModel):

@@ -23,6 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from models.inputs import WindowInputs
 from schemas.envelope import Accepted, AudioPayload, DecodeOptions, Envelope, FramePayload, Kind, Payload, WireRecord, decode
 from schemas.events import EvidenceRange
@@ -228,6 +230,7 @@ class WindowAligner:
             first = inside[0].payload if inside else None
             if isinstance(first, AudioPayload):  # decoded at the consumer's rate (8 kHz for a call model)
                 win.sample_rate = first.sample_rate
+                win.channels = _channels(inside)
             ranges: dict[tuple[str, int], list[int]] = defaultdict(list)
             for it in inside:
                 if it.pos is not None:
@@ -251,6 +254,18 @@ def _model_view(payload: Payload):
     if isinstance(payload, AudioPayload):
         return payload.samples
     return payload
+
+
+def _channels(chunks: list[_Item]) -> dict[str, list[tuple[float, np.ndarray]]]:
+    """Per-channel audio of the window (a stereo call's agent and customer) when every chunk in
+    it carries the same named channels. Otherwise none: a window half stereo, half mono (a source
+    that switched) is scored on its mix, which covers all of it, rather than on channels with a
+    hole where the mono chunks were."""
+    named = [it.payload.named_channels if isinstance(it.payload, AudioPayload) else None for it in chunks]
+    first = named[0]
+    if not first or any(n is None or n.keys() != first.keys() for n in named):
+        return {}
+    return {name: [(it.t, n[name]) for it, n in zip(chunks, named) if n is not None] for name in first}
 
 
 def offline_windows(records: Iterable[tuple[Kind, WireRecord]], window_s: float = 2.0, hop_s: float = 1.0,

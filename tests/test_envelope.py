@@ -152,6 +152,67 @@ def test_audio_round_trip_pcm_float_stereo_resampled():
         assert np.abs(p.samples).max() == pytest.approx(0.5, abs=0.02)
 
 
+def _two_voices(n: int, rate: int) -> np.ndarray:
+    """(n, 2): a 300 Hz tone left, 1 kHz right, at different levels; nothing in common."""
+    t = np.arange(n) / rate
+    return np.stack([0.6 * np.sin(2 * np.pi * 300 * t), -0.25 * np.sin(2 * np.pi * 1000 * t)], axis=1)
+
+
+def _pcm16(x: np.ndarray) -> np.ndarray:
+    """What a 16-bit PCM WAV written by wav_bytes carries of float samples x."""
+    return (np.clip(x.astype(np.float32), -1, 1) * np.float32(32767)).astype(np.int16).astype(np.float32) / 32768
+
+
+def test_stereo_channels_are_kept_apart_when_asked():
+    from schemas.envelope import resample
+
+    x = _two_voices(4000, 8000)
+    pcm = _pcm16(x)
+    rec = encode_audio("call-000001", "/pbx/line1", NOW, wav_bytes(x, 8000))
+    kept = dec(Kind.AUDIO, rec, options=DecodeOptions(sample_rate=8000, channel_names=("agent", "customer")))
+    assert isinstance(kept, Accepted), kept
+    p = kept.payload
+    assert p.channels == 2 and set(p.named_channels) == {"agent", "customer"}
+    # at the model's rate each channel is the record's own channel, sample for sample
+    np.testing.assert_array_equal(p.named_channels["agent"], pcm[:, 0])
+    np.testing.assert_array_equal(p.named_channels["customer"], pcm[:, 1])
+    assert all(a.dtype == np.float32 and a.flags.c_contiguous for a in p.named_channels.values())
+    # the mix is what a decoder that keeps no channels gives
+    mix = dec(Kind.AUDIO, rec, options=DecodeOptions(sample_rate=8000)).payload
+    assert mix.named_channels is None
+    np.testing.assert_array_equal(p.samples, mix.samples)
+    # the other way round: channel 0 is the customer
+    swapped = dec(Kind.AUDIO, rec, options=DecodeOptions(sample_rate=8000, channel_names=("customer", "agent"))).payload
+    np.testing.assert_array_equal(swapped.named_channels["customer"], p.named_channels["agent"])
+
+    # resampled like the mix: 48 kHz -> 8 kHz, each channel on its own, the same length as the mix
+    wide = _two_voices(24000, 48000)
+    got = dec(Kind.AUDIO, encode_audio("call-000001", "/pbx/line1", NOW, wav_bytes(wide, 48000)),
+              options=DecodeOptions(sample_rate=8000, channel_names=("agent", "customer"))).payload
+    wide_pcm = _pcm16(wide)
+    for i, name in enumerate(("agent", "customer")):
+        track = got.named_channels[name]
+        assert track.shape == got.samples.shape == (4000,)
+        np.testing.assert_allclose(track, resample(np.ascontiguousarray(wide_pcm[:, i]), 48000, 8000), atol=1e-6)
+        spectrum = np.abs(np.fft.rfft(track))
+        assert np.fft.rfftfreq(len(track), 1 / 8000)[spectrum.argmax()] == pytest.approx((300, 1000)[i], abs=3)
+    np.testing.assert_allclose(got.samples, (got.named_channels["agent"] + got.named_channels["customer"]) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_record_whose_channels_do_not_match_the_names_carries_its_mix_only(channels):
+    x = np.tile(_two_voices(800, 8000)[:, :1], (1, channels))
+    got = dec(Kind.AUDIO, encode_audio("call-000001", "/pbx", NOW, wav_bytes(x, 8000)),
+              options=DecodeOptions(sample_rate=8000, channel_names=("agent", "customer")))
+    assert isinstance(got, Accepted) and got.payload.channels == channels
+    assert got.payload.named_channels is None and got.payload.samples.shape == (800,)
+
+
+def test_channel_names_must_differ():
+    with pytest.raises(ValueError, match="differ"):
+        DecodeOptions(channel_names=("agent", "agent"))
+
+
 def test_log_round_trip_text_and_json():
     got = dec(Kind.LOG, encode_log("L1-S1", "/line1/plc", NOW, "  motor temp 41.2 C  "))
     assert isinstance(got, Accepted) and got.payload.msg == "motor temp 41.2 C"

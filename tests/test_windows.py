@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.envelope import Envelope, Kind, LogPayload
+from schemas.envelope import AudioPayload, Envelope, Kind, LogPayload
 from streamlogic.windows import Position, WindowAligner
 
 
@@ -163,3 +163,38 @@ def test_a_stream_that_starts_or_comes_back_mid_window_marks_that_window_partial
     assert wins[19.0].partial == wins[20.0].partial == ("frames",)
     assert all(w.partial == () for start, w in wins.items() if start not in (9.0, 10.0, 19.0, 20.0))
     assert 16.0 in wins and not wins[16.0].inputs.frames  # the outage itself: windows without frames
+
+
+def _audio(t: float, channels: dict[str, float] | None, n: int = 400) -> AudioPayload:
+    """A 50 ms chunk at 8 kHz: its mix, and each named channel a constant that says whose it is."""
+    named = {name: np.full(n, v, np.float32) for name, v in channels.items()} if channels is not None else None
+    mix = np.mean(list(named.values()), axis=0) if named else np.zeros(n, np.float32)
+    return AudioPayload(mix.astype(np.float32), 8000, 8000, 2 if named else 1, named)
+
+
+def test_a_stereo_call_fills_the_window_channels_per_speaker():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=30.0, clock=clock, new_asset_grace_s=0)
+    times = np.arange(10.0, 16.0, 0.5)
+    for i, t in enumerate(times):  # mono for [13, 14): a source that switched, then stereo again
+        stereo = {"agent": i / 8, "customer": -i / 8} if not 13.0 <= t < 14.0 else None
+        al.add(env(Kind.AUDIO, float(t), "call-1"), _audio(float(t), stereo), Position("audio", 0, i))
+    wins = {w.inputs.start: w.inputs for w in al.ready(flush=True)}
+    w = wins[10.0]
+    assert w.sample_rate == 8000 and [t for t, _ in w.audio] == [10.0, 10.5, 11.0, 11.5]
+    assert set(w.channels) == {"agent", "customer"}
+    assert [(t, 8 * x[0]) for t, x in w.channels["agent"]] == [(10.0, 0), (10.5, 1), (11.0, 2), (11.5, 3)]
+    assert [(t, -8 * x[0]) for t, x in w.channels["customer"]] == [(10.0, 0), (10.5, 1), (11.0, 2), (11.5, 3)]
+    # a window with a mono chunk in it is scored on its mix (which covers the whole window), not on
+    # channels with a hole in them
+    assert wins[12.0].audio and wins[12.0].channels == {} and wins[13.0].channels == {}
+    assert set(wins[14.0].channels) == {"agent", "customer"} and len(wins[14.0].channels["agent"]) == 4
+
+
+def test_mono_audio_leaves_the_window_channels_empty():
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=30.0, clock=clock, new_asset_grace_s=0)
+    for i, t in enumerate(np.arange(10.0, 14.0, 0.5)):
+        al.add(env(Kind.AUDIO, float(t)), _audio(float(t), None), Position("audio", 0, i))
+    wins = al.ready(flush=True)
+    assert wins and all(w.inputs.audio and w.inputs.channels == {} for w in wins)

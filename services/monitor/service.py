@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from kafka import TopicPartition
@@ -84,7 +84,10 @@ class Monitor:
         self.aligner = WindowAligner(self.cfg.window_s, self.cfg.hop_s, self.cfg.allowed_lateness_s,
                                      self.cfg.modality_timeout_s, wall_clock=time.time)
         limits = limits or ContractLimits(max_future_skew_s=self.cfg.max_future_skew_s)
-        self.intake = RecordIntake(self.cfg, self.kind_of, limits, scorer.decode_options, self.aligner, self.book,
+        decode_options = scorer.decode_options
+        if decode_options.channel_names:  # the model hears a call's channels apart: the operator says whose is which
+            decode_options = replace(decode_options, channel_names=tuple(self.cfg.call_channels))
+        self.intake = RecordIntake(self.cfg, self.kind_of, limits, decode_options, self.aligner, self.book,
                                    self.stats)
         self.committer = Committer(self.sink, self._stop, self.cfg.commit_failing_unready_s)
         self.stage = ScoreStage(self.cfg, scorer, self.sink, self.committer, self.stats,
