@@ -1,7 +1,7 @@
 """The call-centre simulator: calls as synthesised speech plus transcript lines, with labels.
 
 The source end of the call-centre profile. Each call is an asset (key "call-000123"): its audio
-goes out in 0.5 s WAV chunks, its transcript as log records {"msg", "speaker"} stamped at the
+goes out in 0.5 s stereo WAV chunks (channel 0 the agent, 1 the customer), its transcript as log records {"msg", "speaker"} stamped at the
 start of each utterance (what a streaming ASR would emit). Several lines (agents) take calls at
 once; a new call starts a few seconds after the previous one on that line ends.
 
@@ -311,7 +311,7 @@ class CallCenter:
         base = f"/sim/callcenter/line{call.line + 1}"
         while (t := call.start + state["chunk"] * self.audio_chunk_s) < min(until, call.end):
             k = state["chunk"]
-            samples = call.audio[k * n:(k + 1) * n]
+            samples = call.channels[:, k * n:(k + 1) * n].T  # stereo, as a call recorder sends it (CHANNEL_ORDER)
             rec = encode_audio(asset, f"{base}/audio", t, wav_bytes(samples, sr), id=f"{asset}-a{k}", sequence=k)
             batch.append((t, call.line, 1, Kind.AUDIO, rec))
             state["chunk"] += 1
