@@ -266,3 +266,47 @@ def sources_cmd(
     finally:
         if server is not None:
             server.stop()
+
+
+@ingest_app.command("call")
+def call_cmd(
+    audio: str = typer.Argument(..., help="The call's recording (WAV, FLAC, MP3, ...): mono, or stereo with one speaker "
+                                          "per channel."),
+    transcript: Path = typer.Option(..., "--transcript", "-t", dir_okay=False,
+                                    help="The call's transcript, times in seconds from the start of the recording."),
+    fmt: str = typer.Option(..., "--format", "-f",
+                            help="whisper (OpenAI Whisper / WhisperX JSON), aws (AWS Transcribe JSON), google (Google "
+                                 "Speech-to-Text JSON) or jsonl (one turn a line: speaker, start, end, text)."),
+    call_id: str = typer.Option(None, "--call-id", help="The call id the records are keyed by (default: the "
+                                                        "recording's file name without its extension)."),
+    start: str = typer.Option("now", "--start",
+                              help="Wall-clock time of the recording's first sample, RFC 3339 (e.g. "
+                                   "2026-03-01T08:00:00Z); 'now' (default) stamps a replay so that the call ends now."),
+    customer: list[str] = typer.Option(None, "--customer",
+                                       help="A transcript speaker label that is the customer (spk_1, 2, SPEAKER_01, or "
+                                            "a channel: ch_1); repeat for several. Everyone else is the agent."),
+    agent: list[str] = typer.Option(None, "--agent", help="A speaker label that is the agent; everyone else is the "
+                                                          "customer (or name both sides)."),
+    customer_channel: int = typer.Option(None, "--customer-channel",
+                                         help="Stereo recordings: the customer's channel, 0 or 1 (default: from a "
+                                              "channel-labelled transcript, else 1). Channel 0 becomes the agent's."),
+    chunk_s: float = typer.Option(0.5, "--chunk-s", help="Audio chunk length in seconds."),
+    resample: int = typer.Option(None, "--resample", help="Resample the audio to this rate (Hz); default keeps it "
+                                                          "(8 kHz telephony is the call-centre model's native rate)."),
+    speed: float = typer.Option(0.0, "--speed", min=0, help=_SPEED_HELP),
+    bootstrap: str = typer.Option(None, "--bootstrap", "-b", help=_BOOTSTRAP_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the final statistics as JSON."),
+) -> None:
+    """Ingest a recorded call with its transcript: audio chunks and one transcript line per speaker turn, keyed by
+    the call id, on the recording's clock (docs/callcenter.md, 'Bringing your transcripts')."""
+    from rich.console import Console
+
+    from services.ingest.call import CallOptions, prepare_call
+    from services.ingest.common import IngestStats
+
+    # the whole transcript and the recording are checked before the broker is contacted
+    call = prepare_call(audio, transcript, fmt, call_id, start, tuple(customer or ()), tuple(agent or ()),
+                        CallOptions(chunk_s=chunk_s, resample=resample, customer_channel=customer_channel), speed)
+    Console(stderr=True).print(call.describe())
+    stats = IngestStats(audio, call.call_id)
+    _run(stats, call.records, bootstrap, speed, call.total_s, as_json, f"ingesting call {call.call_id}")
