@@ -121,7 +121,7 @@ class WindowFeatures:
 class WindowBatch:
     """Tensors for B windows. Masks are True where data is real."""
 
-    frames: "Any"  # (B, T_f, 3, H, W) float32 in [0, 1]
+    frames: "Any"  # (B, T_f, 3, H, W) float32 in [0, 1], or its uint8 bytes (`collate(..., float_frames=False)`)
     frame_mask: "Any"  # (B, T_f) bool
     frame_times: "Any"  # (B, T_f) float32, fraction of the window
     mel: "Any"  # (B, n_mels, T_a) float32 log-mel
@@ -294,8 +294,11 @@ class Featurizer:
         return out
 
 
-def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set[str] | frozenset[str] = frozenset()) -> WindowBatch:
-    """Stack features into padded tensors with masks. `code_vocab`: log codes seen in training."""
+def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set[str] | frozenset[str] = frozenset(),
+            float_frames: bool = True) -> WindowBatch:
+    """Stack features into padded tensors with masks. `code_vocab`: log codes seen in training.
+    `float_frames=False` leaves the frames uint8 (a view of `frame_pixels`): the model converts
+    them (`models.fusion.float_frames`), and with a frame memo only the frames it has not seen."""
     import torch
 
     B, T, L = len(items), cfg.max_frames, cfg.max_lines
@@ -334,7 +337,8 @@ def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set
         log_present[i] = f.log_present
     t = torch.from_numpy
     return WindowBatch(
-        frames=t(frames).permute(0, 1, 4, 2, 3).float().div_(255.0), frame_pixels=t(frames),
+        frames=t(frames).permute(0, 1, 4, 2, 3).float().div_(255.0) if float_frames else t(frames).permute(0, 1, 4, 2, 3),
+        frame_pixels=t(frames),
         frame_mask=t(frame_mask), frame_times=t(frame_times),
         mel=t(mel), audio_mask=t(audio_mask), log_emb=t(log_emb), log_levels=t(log_levels), log_code_state=t(log_state),
         log_times=t(log_times), log_mask=t(log_mask), log_count=t(log_count), log_present=t(log_present),

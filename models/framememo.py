@@ -3,9 +3,10 @@
 Where it sits: installed by the scorer (`models.scorer.AnomalyScorer`) as `FusionModel.frame_memo`,
 on CPU. Windows overlap (2 s windows every 1 s), so every frame is scored in two consecutive
 windows, and the frame autoencoder — about half the model's cost on CPU — would run twice on the
-same pixels. What scoring needs of a frame (`FusionModel.frame_evidence`: its error maps and feature
-statistics) depends on that frame alone, so it is kept in a small LRU keyed by content (128 bits
-of a SHA-256 of the pixels): the second window reuses it. As the text encoder's line cache,
+same pixels. What scoring needs of a frame (`FusionModel.frame_parts`: its error maps, feature
+statistics and scene view) depends on that frame alone, so it is kept in a small LRU keyed by
+content (128 bits of a SHA-256 of the pixels): the second window reuses it, and its uint8 bytes
+are never converted to float, lit or pooled again. As the text encoder's line cache,
 `max_frames=0` turns it off (the naive baseline of `fusionwatch bench pipeline`). Not used on CUDA:
 hashing on the host would cost more than the GPU spends recomputing.
 
@@ -24,8 +25,9 @@ import torch
 
 class FrameMemo:
     def __init__(self, max_frames: int = 1024):
-        # 1024 frames x (80x60 + 160x40 float32 error maps) = 46 MB; a frame is needed again within ~1-2 s, so
-        # this covers a few hundred 4 fps cameras per monitor process
+        # 1024 frames x (80x60 + 160x40 float32 error maps + a 3x80x60 scene view) = 105 MB with the
+        # standard recipe; a frame is needed again within ~1-2 s, so this covers a few hundred 4 fps
+        # cameras per monitor process
         self.max_frames = max_frames
         self.hits = self.misses = 0
         self._cache: OrderedDict[bytes, tuple[torch.Tensor, ...]] = OrderedDict()
@@ -36,7 +38,7 @@ class FrameMemo:
     @staticmethod
     def keys(frames: torch.Tensor, pixels: torch.Tensor | None = None) -> list[bytes]:
         """One content key per frame of (N, 3, H, W): from its bytes `pixels` (N, H, W, 3) uint8
-        when the batch has them (`collate`'s), else from the float32 pixels."""
+        when the batch has them (`collate`'s), else from `frames` themselves (uint8 or float32)."""
         if pixels is None:
             # pixel order (N, H, W, C): `collate`'s frames are NHWC in memory, so this is a view
             pixels = frames.detach().permute(0, 2, 3, 1)
@@ -48,7 +50,7 @@ class FrameMemo:
     def evidence(self, compute: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple[torch.Tensor, ...],
                  pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """`compute(*inputs)` — per-frame tensors in, a tuple of per-frame tensors out
-        (`FusionModel.frame_evidence`) — computed only for frames not seen before. `inputs[0]`:
+        (`FusionModel.frame_parts`) — computed only for frames not seen before. `inputs[0]`:
         the frames (N, 3, H, W), the others other views of the same frames (indexed alike);
         `pixels`: the frames' bytes (N, H, W, 3) uint8, if the batch has them (cheaper to hash)."""
         frames = inputs[0]

@@ -119,7 +119,8 @@ class AnomalyScorer:
         if not windows:
             return []
         feats = self.featurizer.featurize_many(windows)
-        batch = collate(feats, self.cfg, self.model.code_vocab).to(self.device)
+        # uint8 frames on CPU: the model converts only the frames its memo has not seen
+        batch = collate(feats, self.cfg, self.model.code_vocab, float_frames=self.frame_memo is None).to(self.device)
         with torch.inference_mode(), self._autocast():
             out = self.model(batch, want_weights=True)
             order = _by_start(windows)  # a window may hold the log evidence of an earlier one in the batch

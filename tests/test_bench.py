@@ -157,6 +157,46 @@ def test_frame_memo_reuses_frames_of_overlapping_windows_exactly():
     assert (memo.misses, memo.hits) == (8 + 4 + 5, 4)
 
 
+def test_uint8_frames_and_the_memo_give_the_float_frames_numbers():
+    """The scorer hands the shipped model uint8 frames (`collate(..., float_frames=False)`): the
+    model converts, lights and pools only the frames its memo has not seen, and keeps each frame's
+    scene view. Every output is bit-identical to float frames', with and without the memo, missing
+    frames too."""
+    import torch
+
+    from models import checkpoint
+    from models.features import collate
+    from models.framememo import FrameMemo
+    from services.bench.model import ModelBenchConfig, synthetic_features
+
+    model, _, _ = checkpoint.load(ROOT / "models/pretrained/factory-standard", device="cpu")
+    model.eval().frames.to(memory_format=torch.channels_last)
+    assert model.detail is not None and model.cfg.scene_pool == 2 and model.cfg.light_ref > 0  # every path
+    feats = synthetic_features(model, ModelBenchConfig(), n=3)
+    feats[1].frames[:4] = feats[0].frames[4:]  # window 2 overlaps window 1 by four frames
+    feats[2].frames, feats[2].frame_times = feats[2].frames[:5], feats[2].frame_times[:5]  # missing frames
+    fc, vocab = model.cfg.features, model.code_vocab
+    floats, uint8 = collate(feats, fc, vocab), collate(feats, fc, vocab, float_frames=False)
+    assert uint8.frames.dtype == torch.uint8 and floats.frames.dtype == torch.float32
+
+    def run(batch):  # without a memo, then twice with a fresh one (every frame from it the second time)
+        model.frame_memo = None
+        outs = [model(batch, want_weights=True)]
+        model.frame_memo = FrameMemo(max_frames=64)
+        return outs + [model(batch, want_weights=True) for _ in range(2)], model.frame_memo
+
+    with torch.inference_mode():
+        want, _ = run(floats)
+        got, memo = run(uint8)
+    assert (memo.misses, memo.hits) == (8 + 4 + 5, 4 + 21)  # missing frames are not encoded
+    assert all(len(parts) == 4 for parts in memo._cache.values())  # residual, stats, detail residual, scene view
+    for w, g in zip(want, got):
+        for name in ("components", "component_mask", "frame_error", "frame_scores", "detail_error", "detail_scores",
+                     "mel_error", "summary", "consistency_logits"):
+            assert torch.equal(getattr(w, name), getattr(g, name)), name
+        assert all(torch.equal(w.attention_to[k], g.attention_to[k]) for k in w.attention_to)
+
+
 def test_fused_convolutions_give_the_layers_numbers():
     """At CPU inference the encoders' convolution + activation run as one oneDNN call
     (`models.encoders.conv_act`); every output of the model matches the layers run one by one."""
