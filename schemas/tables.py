@@ -274,6 +274,29 @@ class CallSummary(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class CallTurn(Base):
+    """Call-centre profile: one transcript line of a call as the monitor heard it, with what the
+    model made of the customer in the windows that held the line (mean sentiment, peak frustration).
+
+    Written by the monitor with the call's summary, in the same transaction as the offsets. Full-text
+    search over `text` lives outside this mapping, per database (migration 0005): an FTS5 table
+    `call_turns_fts` kept by triggers on SQLite, a generated `tsv` tsvector column with a GIN index
+    on PostgreSQL; services/api/call_queries.py queries whichever the database has."""
+
+    __tablename__ = "call_turns"
+    __table_args__ = (Index("ix_call_turns_call_at", "call_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]  # the line's ce_time: the turn's start
+    speaker: Mapped[str | None] = mapped_column(String(128))  # agent | customer, as the line said; None: not said
+    text: Mapped[str] = mapped_column(Text)
+    windows: Mapped[int] = mapped_column(Integer, default=0)  # scored windows that held the line
+    negative: Mapped[float] = mapped_column(Float, default=0.0)  # mean over those windows
+    neutral: Mapped[float] = mapped_column(Float, default=0.0)
+    positive: Mapped[float] = mapped_column(Float, default=0.0)
+    frustration: Mapped[float] = mapped_column(Float, default=0.0)  # the highest of those windows
+
+
 class NotifyDelivery(Base):
     """The notifier's ledger: one row per (event revision, channel) that was delivered or given up
     on. Written right after the receiver acknowledged, before the Kafka offset is committed, so a

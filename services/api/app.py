@@ -27,7 +27,7 @@ from services import db
 from services.db import safe_url
 from services.api.auth import LOOPBACK_HOSTS, Auth, Unauthorized, token_matches
 from services.api.context import ApiContext, ApiError
-from services.api.routes import admin, baselines, events, media
+from services.api.routes import admin, baselines, calls, events, media
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ def create_app(settings: Settings, *, live_poll_s: float = 1.0) -> FastAPI:
     app.include_router(media.router)
     app.include_router(admin.router)
     app.include_router(baselines.router)
+    app.include_router(calls.router)
     app.include_router(admin.health)
 
     try:

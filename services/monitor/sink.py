@@ -100,6 +100,8 @@ class CallPoint:
     sentiment: dict[str, float]
     frustration: float
     start: float
+    # the transcript lines the window held, (time, speaker, text): what the call's turns are kept from
+    lines: tuple[tuple[float, str | None, str], ...] = ()
 
 
 @dataclass
@@ -199,6 +201,7 @@ class SqlSink:
                 self._write_event(s, change)
             for call_id, points in batch.calls.items():
                 _update_call(s, call_id, points)
+                record_call_turns(s, call_id, points)
             self._write_states(s, batch.assets)
             if batch.baseline_resets:  # applied with the restarted baselines they caused, or not at all
                 s.execute(update(BaselineReset).where(BaselineReset.id.in_(batch.baseline_resets))
@@ -316,6 +319,34 @@ def _update_call(s: Session, call_id: str, points: list[CallPoint]) -> None:
     row.peak_time, row.peak_frustration = dt(_epoch(peak[0])), peak[4]
     row.turning_point = _turning_point(curve)
     row.overall = CALL_CLASSES[overall_sentiment([c[1:4] for c in curve])]  # how the call ends
+
+
+def record_call_turns(s: Session, call_id: str, points: list[CallPoint]) -> None:
+    """Keep each transcript line the windows held as a `call_turns` row, with the model's view of the
+    customer while it was heard: the mean sentiment of every window that held the line and the
+    highest frustration. A line sits in several overlapping windows, scored in one batch or across
+    batches; each adds to its row once, in the transaction that commits the window."""
+    from datetime import datetime, timezone
+
+    from schemas.tables import CallTurn
+
+    heard = [(t, speaker, text, p) for p in points for t, speaker, text in p.lines]
+    if not heard:
+        return
+    times = [datetime.fromtimestamp(t, timezone.utc) for t, _, _, _ in heard]
+    rows = {(r.at, r.speaker, r.text): r for r in s.scalars(select(CallTurn).where(
+        CallTurn.call_id == call_id, CallTurn.at >= min(times), CallTurn.at <= max(times)))}
+    for at, (_, speaker, text, p) in zip(times, heard):
+        row = rows.get((at, speaker, text))
+        if row is None:
+            row = rows[(at, speaker, text)] = CallTurn(call_id=call_id, at=at, speaker=speaker, text=text, windows=0,
+                                                       negative=0.0, neutral=0.0, positive=0.0, frustration=0.0)
+            s.add(row)
+        n = row.windows
+        for cls in CALL_CLASSES:  # running mean over the windows that held the line
+            setattr(row, cls, round((getattr(row, cls) * n + p.sentiment.get(cls, 0.0)) / (n + 1), 4))
+        row.frustration = round(max(row.frustration, p.frustration), 4)
+        row.windows = n + 1
 
 
 def _turning_point(curve: list[list]):

@@ -48,7 +48,8 @@ class CallPolicy:
             return None
         from services.monitor.sink import CallPoint
 
-        return CallPoint(window.end, score.sentiment, float(score.frustration), window.start)
+        return CallPoint(window.end, score.sentiment, float(score.frustration), window.start,
+                         tuple((t, p.speaker, p.msg) for t, p in window.logs))
 
 
 class CallCentreProfile:
