@@ -310,3 +310,16 @@ def test_bench_pipeline_end_to_end_with_two_monitor_processes(broker):
     series = res.series["realtime optimised 4a"]
     assert series["columns"][:3] == ["t_s", "lag_records", "lag_s"] and len(series["points"]) >= 6
     assert rt["cpu by thread"] and "score" in rt["cpu by thread"]
+
+
+def test_kafka_client_bench_reads_every_record_with_both_clients():
+    """`python -m services.bench.kafka_clients`: both clients read every record of the same topics,
+    and each repeat charges a CPU time to each."""
+    pytest.importorskip("confluent_kafka")
+    from services.bench.kafka_clients import KafkaClientBenchConfig, run_kafka_client_bench
+
+    res = run_kafka_client_bench(KafkaClientBenchConfig(assets=1, seconds=2.0, partitions=2, repeats=1))
+    n = res.summary["records"]
+    assert n > 10 and not res.notes  # a note names a client that missed records
+    assert [(r["client"], r["records"]) for r in res.rows] == [("kafka-python", n), ("confluent-kafka", n)]
+    assert all(r["cpu_us_per_record"] > 0 for r in res.rows) and res.summary["ratio_first_over_second"] > 0
