@@ -205,7 +205,7 @@ class _Builder:
         self.optional: dict[str, list] = {k: [] for k in OPTIONAL}
 
     def add(self, f: WindowFeatures) -> None:
-        cfg, T, L = self.cfg, self.cfg.max_frames, self.cfg.max_lines
+        T, L = self.cfg.max_frames, self.cfg.max_lines
         a = self.assets.setdefault(f.asset, len(self.assets))
         fidx = np.full(T, -1, np.int32)
         ftimes = np.zeros(T, np.float32)
@@ -244,9 +244,9 @@ class _Builder:
         spk = np.zeros(L, np.int8)
         spk[:len(f.log_speakers)] = f.log_speakers
         self.optional["log_speakers"].append(spk)
-        stereo = f.channel_mel is not None
-        self.optional["channel_mel"].append(f.channel_mel.astype(np.float16) if stereo else None)
-        self.optional["channel_mask"].append(f.channel_mask if stereo else None)
+        stereo_mel = f.channel_mel.astype(np.float16) if f.channel_mel is not None else None
+        self.optional["channel_mel"].append(stereo_mel)
+        self.optional["channel_mask"].append(f.channel_mask if stereo_mel is not None else None)
 
     def finish(self, meta: dict[str, Any]) -> WindowArrays:
         cfg = self.cfg
@@ -262,5 +262,6 @@ class _Builder:
                                               for m in self.optional["channel_mel"]])
             arrays["channel_mask"] = np.stack([np.zeros((2, cfg.audio_frames), bool) if m is None else m
                                                for m in self.optional["channel_mask"]])
+        # unlabelled: callers that have labels add them (`labels.update`, services.training)
         return WindowArrays(features=cfg, assets=list(self.assets), codes=list(self.codes), frame_pool=pool, meta=meta,
-                            **arrays)
+                            labels={}, **arrays)

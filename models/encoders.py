@@ -13,6 +13,7 @@ MiniLM; the log encoder only projects them and adds level, code novelty and log 
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,9 @@ def time_features(t: torch.Tensor) -> torch.Tensor:
 
 
 # oneDNN's convolution with a fused activation, as inductor uses it on CPU (absent from builds
-# without oneDNN, where the layers simply run one after the other)
-_MKLDNN = getattr(torch.ops, "mkldnn", None)
+# without oneDNN, where the layers simply run one after the other). The op namespace always
+# exists; its ops may not.
+_MKLDNN = torch.ops.mkldnn
 _HAS_FUSED = torch.backends.mkldnn.is_available() and hasattr(_MKLDNN, "_convolution_pointwise")
 _ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -62,13 +64,29 @@ def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: s
     return _MKLDNN._convolution_pointwise(x, weight, bias, [padding, padding], [1, 1], [1, 1], 1, act, [], "")
 
 
+_ConvT = TypeVar("_ConvT", nn.Conv2d, nn.ConvTranspose2d)
+
+
+def _conv_of(block: nn.Module, kind: type[_ConvT]) -> _ConvT:
+    """The convolution of a `ConvReLU` or `nn.Sequential(conv)` block: its element 0."""
+    assert isinstance(block, nn.Sequential), f"a convolution block is an nn.Sequential, not {type(block).__name__}"
+    conv = block[0]
+    assert isinstance(conv, kind), f"element 0 of the block is a {type(conv).__name__}, not a {kind.__name__}"
+    return conv
+
+
 class ConvReLU(nn.Sequential):
     """A convolution or transposed convolution followed by ReLU (`conv_act`: one fused call at CPU
     inference). The convolution is element 0, as in the plain `nn.Sequential(conv, nn.ReLU())`
     this replaced, so state-dict keys and checkpoints are unchanged."""
 
+    def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d):
+        super().__init__(conv)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_act(self[0], x, "relu")
+        conv = self[0]
+        assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)), "the constructor's only element"
+        return conv_act(conv, x, "relu")
 
 
 def _conv(cin: int, cout: int, stride=1) -> nn.Sequential:
@@ -138,6 +156,7 @@ def _phase_weights(up: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
     out = out.reshape(4 * cout, cin, 3, 3)
     if up.weight.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous(memory_format=torch.channels_last)
+    assert up.bias is not None, "the decoder's transposed convolutions are built with a bias"
     return out, up.bias.repeat(4)
 
 
@@ -167,14 +186,14 @@ class FrameAutoencoder(nn.Module):
         return h1, h2, self.dec[1](y)  # (N, c1, H/2, W/2)
 
     def _layout(self, frames: torch.Tensor) -> torch.Tensor:
-        if self.enc[0][0].weight.is_contiguous(memory_format=torch.channels_last):
+        if _conv_of(self.enc[0], nn.Conv2d).weight.is_contiguous(memory_format=torch.channels_last):
             # the scorer keeps conv weights NHWC on CPU; NHWC input too makes oneDNN's fast path
             # end to end (bench: the frame autoencoder 32 % cheaper, identical output)
             return frames.contiguous(memory_format=torch.channels_last)
         return frames
 
     def _n_stats(self) -> int:
-        return 2 * (self.enc[0][0].out_channels + self.enc[1][0].out_channels)
+        return 2 * (_conv_of(self.enc[0], nn.Conv2d).out_channels + _conv_of(self.enc[1], nn.Conv2d).out_channels)
 
     def forward(self, frames: torch.Tensor, with_stats: bool = False):
         """(N, 3, H, W) in [0, 1] -> reconstruction (N, 3, H, W); with `with_stats`, also the
@@ -210,7 +229,7 @@ class FrameAutoencoder(nn.Module):
         if (2 * h, 2 * w) != (H, W):  # odd frame size: the cropped reconstruction
             d = frames - torch.sigmoid(self.dec[2](y)[:, :, :H, :W])
             return _box3((d * d).sum(1)), stats
-        weight, bias = _phase_weights(self.dec[2][0])
+        weight, bias = _phase_weights(_conv_of(self.dec[2], nn.ConvTranspose2d))
         phases = conv2d_act(y, weight.to(y.dtype), bias.to(y.dtype), "sigmoid", padding=1)  # (N, 4*3, h, w)
         # (N, h, a, w, b, c) views of both: the reconstruction's phases, the frame's pixels
         recon = phases.permute(0, 2, 3, 1).reshape(N, h, w, 2, 2, 3).permute(0, 1, 3, 2, 4, 5)

@@ -18,12 +18,15 @@ present (with zero lines) whenever any other modality is present.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from models.inputs import WindowInputs
 from models.text import EMBED_DIM, TextEncoder
+
+if TYPE_CHECKING:
+    from torchaudio.transforms import MelScale, Spectrogram
 
 MODALITIES = ("frames", "audio", "logs")
 LEVELS = {"debug": 0, "trace": 0, "info": 1, "notice": 1, "warn": 2, "warning": 2, "error": 3, "err": 3,
@@ -160,7 +163,7 @@ class Featurizer:
     def __init__(self, cfg: FeatureConfig = FeatureConfig(), text: TextEncoder | None = None):
         self.cfg = cfg
         self._text = text
-        self._mel = None
+        self._mel: tuple[Spectrogram, MelScale] | None = None  # built on the first audio (`_log_mel`)
 
     @property
     def text(self) -> TextEncoder:
@@ -321,6 +324,7 @@ def collate(items: Sequence[WindowFeatures], cfg: FeatureConfig, code_vocab: set
     for i, f in enumerate(items):
         log_speakers[i, :len(f.log_speakers)] = f.log_speakers
         if f.channel_mel is not None:
+            assert channel_mel is not None and channel_mask is not None, "allocated when any window is stereo"
             channel_mel[i], channel_mask[i] = f.channel_mel, f.channel_mask
         nf, nl = len(f.frames), len(f.log_text)
         frames[i, :nf] = f.frames

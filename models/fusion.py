@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ from models.encoders import AudioAutoencoder, AudioStateEncoder, FrameAutoencode
 from models.features import CHANNELS, MODALITIES, SPEAKERS, FeatureConfig, WindowBatch
 
 if TYPE_CHECKING:
+    from pydantic import ConfigDict
+
     from models.framememo import FrameMemo
 
 # Score components: (name, modality, cross-modal?). Order is the order of FusionOutput.components.
@@ -66,6 +68,10 @@ INTRA_NAMES = tuple(c[0] for c in COMPONENTS if not c[2])
 
 @dataclass
 class FusionConfig:
+    # `from_dict` parses with pydantic: a key this code does not know (here or in `features`) is an
+    # error, not a setting silently dropped
+    __pydantic_config__: ClassVar[ConfigDict] = {"extra": "forbid"}
+
     fusion: Literal["cross", "concat", "late"] = "cross"
     d_model: int = 64
     n_heads: int = 4
@@ -125,8 +131,8 @@ class FusionConfig:
         if self.scene_pool < 1 or fc.frame_height % (4 * self.scene_pool) or fc.frame_width % (4 * self.scene_pool):
             raise ValueError(f"frame size {fc.frame_size} must be a multiple of 4 x scene_pool ({self.scene_pool})")
         if self.detail_rows is not None:
-            self.detail_rows = tuple(self.detail_rows)
             r0, r1 = self.detail_rows
+            self.detail_rows = (r0, r1)
             if not (0 <= r0 < r1 <= fc.frame_height) or (r1 - r0) % 8:
                 raise ValueError(f"detail_rows {self.detail_rows} must lie inside the {fc.frame_height} decoded rows "
                                  "and span a multiple of 8 rows")
@@ -159,14 +165,19 @@ class FusionConfig:
         return replace(self.features, frame_height=r1 - r0)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FusionConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> "FusionConfig":
+        """The config of its JSON form (`to_dict`), each field checked against its type (pydantic:
+        lists become the tuples they stand for, `features` a `FeatureConfig`); an unknown key or a
+        value of the wrong type raises `pydantic.ValidationError` (a ValueError)."""
+        from pydantic import TypeAdapter
+
         # checkpoints saved before the log memory, the adaptation or the light normalisation were
         # calibrated without them; the sign-step adaptation's warm-up became the learning length
         d = dict(d)
         if "adapt_warmup" in d:
             d["learn_windows"] = d.pop("adapt_warmup")
             d.setdefault("judge_after", 0)
-        return cls(**{"log_memory_s": 0.0, "adapt_step": 0.0, "normalise_light": False, **d})
+        return TypeAdapter(cls).validate_python({"log_memory_s": 0.0, "adapt_step": 0.0, "normalise_light": False, **d})
 
     @property
     def baseline(self) -> BaselineConfig:
@@ -175,8 +186,9 @@ class FusionConfig:
     @classmethod
     def tiny(cls, **kw: Any) -> "FusionConfig":
         """Hidden size 32, small CNNs, 1+1 layers: for tests and smoke runs (trains in seconds)."""
-        base = dict(d_model=32, n_heads=2, frame_channels=(8, 16, 16), frame_bottleneck=4, audio_channels=(4, 8, 16),
-                    audio_bottleneck=8, frame_state_channels=(8, 16, 16), audio_state_channels=(4, 8, 16), dropout=0.0)
+        base: dict[str, Any] = dict(
+            d_model=32, n_heads=2, frame_channels=(8, 16, 16), frame_bottleneck=4, audio_channels=(4, 8, 16),
+            audio_bottleneck=8, frame_state_channels=(8, 16, 16), audio_state_channels=(4, 8, 16), dropout=0.0)
         base.update(kw)
         return cls(**base)
 
@@ -296,6 +308,7 @@ class CrossModalFusion(nn.Module):
             others = [i for i in range(3) if i != t]
             ctx = torch.cat([null] + [seqs[i] for i in others], dim=1)  # (B, 1 + T_o1 + T_o2, D)
             ctx_mask = torch.cat([one] + [masks[i] for i in others], dim=1)
+            assert isinstance(blocks, nn.ModuleList), "self.cross holds one ModuleList of blocks per modality"
             for block in blocks:
                 x, w = block(x, ctx, ctx_mask, want_weights)
                 if w is not None:  # attention the target's valid tokens pay to each other modality's tokens
@@ -369,6 +382,14 @@ class FusionModel(nn.Module):
 
     INTRA_PREFIXES = ("frames.", "audio.", "detail.")
     HEAD_PREFIXES = ("kind_head.", "sentiment_head.", "frustration_head.")
+    # buffers (`register_buffer` in __init__), which torch's stubs type as `Tensor | Module`
+    mel_mean: torch.Tensor
+    mel_std: torch.Tensor
+    line_bank: torch.Tensor
+    stats_mean: torch.Tensor
+    stats_precision: torch.Tensor
+    band_mean: torch.Tensor
+    band_std: torch.Tensor
 
     def __init__(self, cfg: FusionConfig):
         super().__init__()
@@ -481,6 +502,7 @@ class FusionModel(nn.Module):
         err, stats = self.frames.residual(scene)
         if self.detail is None:
             return err, stats
+        assert self.cfg.detail_rows is not None, "the detail view is built from detail_rows"
         r0, r1 = self.cfg.detail_rows
         crop = lit[:, :, r0:r1] if lit is not None else self.light(frames[:, :, r0:r1], like=frames)
         detail_err, _ = self.detail.residual(crop, with_stats=False)
@@ -495,7 +517,6 @@ class FusionModel(nn.Module):
         lit = self.light(frames)
         scene = self._pool(lit)
         return (*self.frame_evidence(frames, scene, lit), scene)
-
 
     def reconstruct(self, batch: WindowBatch):
         """Per-frame evidence (`frame_evidence`) and the scene view (`frame_parts`'s last), each as
@@ -577,6 +598,7 @@ class FusionModel(nn.Module):
         """Audio tokens [mix, agent channel, customer channel], each with its channel embedding. A
         stereo window's mix is masked (its channels say more); a mono window (no channel audio,
         e.g. a live monitor that decodes to mono) keeps its mix and masks the channel slots."""
+        assert self.channel_embed is not None, "called by `tokens` only for a model with channel audio"
         ce = self.channel_embed.to(mixed.dtype)
         B, T, D = mixed.shape
         if batch.channel_mel is None:
@@ -600,6 +622,7 @@ class FusionModel(nn.Module):
 
     def fuse(self, tokens: Tokens, want_weights: bool = False):
         """(consistency logits (B, 3), summary (B, D), attention_to)."""
+        assert self.fusion is not None, "the late variant has no fusion: callers check `self.fusion` first"
         summary, pooled, attention_to = self.fusion(tokens, want_weights)
         logits = torch.cat([self.consistency(torch.cat([p, summary], dim=1)) for p in pooled], dim=1)  # (B, 3)
         return logits, summary, attention_to
@@ -620,6 +643,7 @@ class FusionModel(nn.Module):
             detail_error = detail_scores = None
             detail_comp = torch.zeros_like(frame_comp)
             if detail_residual:
+                assert self.detail is not None, "only the detail view gives a detail residual"
                 detail_error = self.detail.error_map(detail_residual[0], batch.frame_mask)  # (B, T_f, h, W)
                 detail_scores = self.detail.frame_scores(detail_error)  # (B, T_f)
                 detail_comp = _masked_max(detail_scores, batch.frame_mask)
@@ -736,6 +760,10 @@ class ComponentTails(nn.Module):
     # tail is extrapolation, not evidence, and one component must not outweigh everything else
     # without bound (an unseen station scored 350,000 before it; docs/model.md).
     MAX_SURPRISE = 30.0
+    # buffers (`register_buffer` in __init__), which torch's stubs type as `Tensor | Module`
+    knots_x: torch.Tensor
+    knots_logs: torch.Tensor
+    tail: torch.Tensor
 
     def __init__(self, n: int):
         super().__init__()
@@ -746,20 +774,21 @@ class ComponentTails(nn.Module):
         self.register_buffer("tail", torch.tensor([0.0, 1.0]).repeat(n, 1))  # (C, 2): xi, sigma
 
     @torch.no_grad()
-    def fit(self, values: list, names: tuple[str, ...] | None = None) -> list[dict]:
+    def fit(self, values: list[np.ndarray], names: tuple[str, ...] | None = None) -> list[dict[str, float]]:
         """values[c]: 1-D numpy array of component c on normal windows; `names` pick the floors."""
         import numpy as np
 
         from models.calibration import fit_gpd
 
-        info = []
+        info: list[dict[str, float]] = []
         for c, x in enumerate(values):
             x = np.sort(np.asarray(x, np.float64))
             if len(x) < 20:
                 info.append({"n": int(len(x)), "fitted": False})
                 continue
             q = np.quantile(x, self.QUANTILES)
-            xs, logs = [], []
+            xs: list[float] = []
+            logs: list[float] = []
             for v in q:  # strictly increasing knots; survival P(X >= v) read from the data
                 # at the quantile itself, ties included: a knot nudged above a tied quantile must
                 # not read the survival just above the tie (a flat, meaningless step would become

@@ -136,13 +136,14 @@ class AnomalyScorer:
         raw_np = raw.float().cpu().numpy()
         weights_np = weights.float().cpu().numpy()
         fs, fe, me, nov = (x.float().cpu().numpy() for x in (out.frame_scores, out.frame_error, out.mel_error, out.line_novelty))
+        detail_rows = self.model.cfg.detail_rows  # not None exactly when the model scores a detail view
         if out.detail_scores is not None:
             ds, de = out.detail_scores.float().cpu().numpy(), out.detail_error.float().cpu().numpy()
         att = {k: v.cpu().numpy() for k, v in out.attention_to.items()}
         kinds = out.kind_logits.softmax(-1).cpu().numpy() if out.kind_logits is not None else None
         sent = out.sentiment_logits.softmax(-1).cpu().numpy() if out.sentiment_logits is not None else None
         frus = out.frustration.cpu().numpy() if out.frustration is not None else None
-        results: list[WindowScore | None] = [None] * len(windows)
+        results: dict[int, WindowScore] = {}  # by index into `windows`, filled in `order`
         for i in order:
             w, f, ph = windows[i], feats[i], phases[i]
             guard = self.model.cfg.learning_guard if ph.phase == "learning" else 1.0
@@ -151,8 +152,8 @@ class AnomalyScorer:
                 results[i] = WindowScore(0.0, thr, 0.0, f.present, {}, 0.0, [], None, None, [], [],
                                          baseline=ph.phase, judged=False, guard=guard)
                 continue
-            detail = (DetailEvidence(ds[i], de[i], self.model.cfg.detail_rows, self.cfg.frame_height)
-                      if out.detail_scores is not None else None)
+            detail = (DetailEvidence(ds[i], de[i], detail_rows, self.cfg.frame_height)
+                      if out.detail_scores is not None and detail_rows is not None else None)
             a = attribute(f, self.cfg, weights_np[i], fs[i], fe[i], me[i], nov[i], {k: v[i] for k, v in att.items()},
                           detail=detail)
             own[i].lines, own[i].codes = a.top_log_lines, a.log_codes
@@ -168,7 +169,7 @@ class AnomalyScorer:
                 frustration=float(frus[i]) if frus is not None else None,
                 baseline=ph.phase, judged=ph.judged, guard=guard,
             )
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(windows))]
 
     def _phase_after(self, first: WindowPhase, k: int) -> WindowPhase:
         """The phase of the asset's k-th window of this batch, given the phase of its first."""
@@ -185,13 +186,14 @@ class AnomalyScorer:
         col = COMPONENT_NAMES.index("logs")
         values = out.components[:, col].float().cpu().numpy()
         present = out.component_mask[:, col].cpu().numpy()
-        held: list[Held] = [None] * len(windows)  # type: ignore[list-item]
-        own: list[Held] = [None] * len(windows)  # type: ignore[list-item]
+        held: dict[int, Held] = {}  # by index into `windows`, filled in `order`
+        own: dict[int, Held] = {}
         for i in order:
             held[i], own[i] = self.log_memory.hold(windows[i].asset, windows[i].start, values[i], bool(present[i]))
-        out.components[:, col] = torch.tensor([h.value for h in held], dtype=out.components.dtype,
+        index = range(len(windows))
+        out.components[:, col] = torch.tensor([held[i].value for i in index], dtype=out.components.dtype,
                                               device=out.components.device)
-        return held, own
+        return [held[i] for i in index], [own[i] for i in index]
 
     def _adapt(self, windows: list[WindowInputs], order: list[int], surprise: torch.Tensor,
                mask: torch.Tensor) -> torch.Tensor:

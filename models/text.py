@@ -19,10 +19,14 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from schemas.errors import DependencyUnavailable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EMBED_DIM = 384
 _DIGITS = re.compile(r"\d+")
@@ -55,8 +59,8 @@ class TextEncoder:
         self.cache_size, self.device, self.max_tokens, self.batch_size = cache_size, device, max_tokens, batch_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._model = None
-        self._tokenizer = None
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
         self.hits = 0
         self.misses = 0
 
@@ -108,12 +112,14 @@ class TextEncoder:
             with self._lock:
                 if self._model is None:
                     self._load()
+        tokenizer, model = self._tokenizer, self._model
+        assert tokenizer is not None and model is not None, "_load sets the tokenizer before the model"
         chunks = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                        max_length=self.max_tokens, return_tensors="pt").to(self._model.device)
-                hidden = self._model(**batch).last_hidden_state  # (b, tokens, 384)
+                batch = tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
+                                  max_length=self.max_tokens, return_tensors="pt").to(model.device)
+                hidden = model(**batch).last_hidden_state  # (b, tokens, 384)
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # mean pooling, as the model was trained
                 chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())

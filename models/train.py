@@ -74,7 +74,7 @@ class TrainResult:
     steps: int
     seconds: float
     final_losses: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float | str]] = field(default_factory=list)  # every 10 steps: phase, step, losses
 
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]  # (phase, step, steps, losses)
@@ -156,21 +156,22 @@ def component_table(model: FusionModel, data: WindowArrays, batch_size: int = 64
 
     model.eval()
     cross_cols = [COMPONENT_NAMES.index(n) for n in ("cross_frames", "cross_audio", "cross_logs")]
-    comps, masks = [], []
+    comp_parts: list[np.ndarray] = []
+    mask_parts: list[np.ndarray] = []
     for i in range(0, len(data), batch_size):
         idx = np.arange(i, min(i + batch_size, len(data)))
         batch = data.batch(idx, model.code_vocab).to(device)
         if intra_from is None:
             out = model(batch)
-            comps.append(out.components.float().cpu().numpy())
-            masks.append(out.component_mask.cpu().numpy())
+            comp_parts.append(out.components.float().cpu().numpy())
+            mask_parts.append(out.component_mask.cpu().numpy())
         else:
             c, m = intra_from[0][idx].copy(), intra_from[1][idx].copy()
             xc, xm = model.cross_components(batch)
             c[:, cross_cols], m[:, cross_cols] = xc.cpu().numpy(), xm.cpu().numpy()
-            comps.append(c)
-            masks.append(m)
-    comps, masks = np.concatenate(comps), np.concatenate(masks)
+            comp_parts.append(c)
+            mask_parts.append(m)
+    comps, masks = np.concatenate(comp_parts), np.concatenate(mask_parts)
     if intra_from is None:  # (a donor's table holds it already)
         L = COMPONENT_NAMES.index("logs")
         comps[:, L] = hold_over_windows(comps[:, L], masks[:, L], data.asset_idx, data.start, model.cfg.log_memory_s)
@@ -235,7 +236,7 @@ def train(model: FusionModel, data: WindowArrays, cfg: TrainConfig, progress: Pr
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     resume = load_train_state(state_dir, model, cfg) if state_dir is not None else None
-    history: list[dict[str, float]] = resume["history"] if resume else []
+    history: list[dict[str, float | str]] = resume["history"] if resume else []
     if resume:
         rng = resume["rng"]
     sampler = GroupSampler(data, cfg.group_size, rng)
@@ -305,6 +306,7 @@ def _detail_loss(model: FusionModel, data: WindowArrays, frame_pool: np.ndarray,
     """The detail autoencoder's MSE on the product region of random normal frames."""
     if not len(frame_pool):  # no frames at all (an audio-only plant): nothing to learn, nothing to score
         return sum(p.sum() * 0.0 for p in model.detail_parameters()), {"loss": 0.0}
+    assert model.detail is not None and model.cfg.detail_rows is not None, "`train` runs this phase only with a detail view"
     r0, r1 = model.cfg.detail_rows
     pick = frame_pool[rng.integers(len(frame_pool), size=cfg.frames_per_step)]
     frames = torch.from_numpy(data.frame_pool[pick]).to(cfg.device).permute(0, 3, 1, 2).float().div_(255.0)

@@ -719,6 +719,21 @@ def test_adaptation_off_in_checkpoints_saved_before_it():
                                                         np.ones((2, len(COMPONENTS)), bool))
 
 
+def test_a_checkpoint_config_is_parsed_field_by_field():
+    """config.json is parsed against the config's types: lists become the tuples they stand for and
+    `features` a FeatureConfig, while a key this code does not know (a newer version's setting, here
+    or in `features`) or a value of the wrong type is refused rather than guessed at."""
+    cfg = FusionConfig.tiny(detail_rows=(8, 40), kind_classes=["stain"])
+    d = json.loads(json.dumps(cfg.to_dict()))
+    back = FusionConfig.from_dict(d)
+    assert back == cfg and back.detail_rows == (8, 40) and back.frame_channels == (8, 16, 16)
+    assert isinstance(back.features, FeatureConfig)
+    for bad in ({**d, "new_setting": 1}, {**d, "features": {**d["features"], "new_setting": 1}},
+                {**d, "d_model": "wide"}, {**d, "detail_rows": [8, 40, 48]}, {**d, "fusion": "early"}):
+        with pytest.raises(ValueError):
+            FusionConfig.from_dict(bad)
+
+
 def test_the_scorer_adapts_across_batches_as_in_one():
     """The monitor scores in batches of whatever has arrived: two stations interleaved, scored 13
     windows at a time, get the scores (and the adaptation state) of one pass over all of them.
