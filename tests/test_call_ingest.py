@@ -244,3 +244,24 @@ def test_malformed_transcript_exits_with_one_sentence_and_produces_nothing(broke
     assert message.startswith("error:") and f"item {k} " in message and "needs start_time and end_time" in message
     assert "Traceback" not in r.stderr
     assert read_topics(broker.bootstrap, ks, topics, 1, timeout_s=3) == []
+
+
+def test_prepare_call_checks_the_recording_against_the_transcript(tmp_path):
+    from services.ingest.call import CallOptions, prepare_call
+
+    wav = _call_wav(tmp_path / "call-0003.wav", 1)
+    assert not prepare_call(str(wav), DATA / "aws.json", "aws").swap_channels
+    assert prepare_call(str(wav), DATA / "aws.json", "aws", options=CallOptions(customer_channel=0)).swap_channels
+    call = prepare_call(str(wav), DATA / "aws_channels.json", "aws", customer=("ch_0",))
+    assert call.swap_channels and call.call_id == "call-0003" and "ch_0 → customer" in call.describe()
+    with pytest.raises(ConfigError, match="contradicts the transcript"):
+        prepare_call(str(wav), DATA / "aws_channels.json", "aws", customer=("ch_0",),
+                     options=CallOptions(customer_channel=1))
+    short = tmp_path / "short.wav"
+    short.write_bytes(wav_bytes(np.zeros((10 * RATE, 2), np.float32), RATE))
+    with pytest.raises(TranscriptError, match="runs to 19.2 s but the audio is 10.0 s long"):
+        prepare_call(str(short), DATA / "call.jsonl", "jsonl", call_id="call-0003")
+    with pytest.raises(ConfigError, match="not a call id"):
+        prepare_call(str(wav), DATA / "call.jsonl", "jsonl", call_id="no spaces")
+    with pytest.raises(ConfigError, match="does not exist"):
+        prepare_call(str(tmp_path / "missing.wav"), DATA / "call.jsonl", "jsonl")
