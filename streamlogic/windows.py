@@ -238,7 +238,8 @@ class WindowAligner:
             if ranges:
                 evidence[kind.value] = [EvidenceRange(topic=tp[0], partition=tp[1], first=min(o), last=max(o))
                                         for tp, o in ranges.items()]
-        partial = tuple(k.value for k in MODALITIES
+        # continuous streams only: log lines are sparse by nature, a quiet spell is not an outage
+        partial = tuple(k.value for k in (Kind.FRAME, Kind.AUDIO)
                         if any(start + self.hop_s / 2 < r < end for r in s.resumed.get(k, ())))
         s.next_start = start + self.hop_s
         for kind in MODALITIES:  # records before the next window can never be used again

@@ -24,10 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import ConfigError
 from services import db
-from services.db import safe_url
 from services.api.auth import LOOPBACK_HOSTS, Auth, Unauthorized, token_matches
 from services.api.context import ApiContext, ApiError
 from services.api.routes import admin, baselines, calls, events, media
+from services.db import safe_url
 from services.settings import Settings
 
 log = logging.getLogger(__name__)

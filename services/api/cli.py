@@ -72,7 +72,8 @@ def recalibrate(
     from rich.table import Table
 
     from services import db
-    from services.api.recalibration import plan, recalibrate as run
+    from services.api.recalibration import plan
+    from services.api.recalibration import recalibrate as run
     from services.settings import get_settings
 
     settings = get_settings()

@@ -309,4 +309,4 @@ class ScoreStage:
                             kind=judged.kind, log_lines=self.policy.evidence_lines(win)[:10], serials=serials,
                             evidence=w.evidence, learning=judged.learning,
                             # a stream that starts or comes back mid-window is not judged on that window
-                            judged=judged.judged and not w.partial)
+                            judged=judged.judged and not (w.partial and self.policy.skips_partial_windows))

@@ -40,6 +40,7 @@ class WindowPolicy(Protocol):
     """The monitor's side of a profile: pure decisions on scored windows."""
 
     reports_baseline: bool  # log each asset's learning → watching transition
+    skips_partial_windows: bool  # a window where a stream starts or comes back mid-way is not judged
 
     def lifecycle(self) -> EventLifecycle: ...
 

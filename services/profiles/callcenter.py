@@ -25,6 +25,7 @@ FACTORY_ONLY_EVAL = ("checkpoint", "test_assets", "per_asset")
 
 class CallPolicy:
     reports_baseline = False  # a call is scored against the escalation threshold, not a learned baseline
+    skips_partial_windows = False  # every call starts mid-window; the escalation's hysteresis absorbs it
 
     def __init__(self, cfg: MonitorSettings):
         self.cfg = cfg

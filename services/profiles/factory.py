@@ -23,6 +23,7 @@ SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "pretraine
 
 class StationPolicy:
     reports_baseline = True
+    skips_partial_windows = True  # a reconnecting camera's first windows are a view never trained on
 
     def __init__(self, cfg: MonitorSettings):
         self.cfg = cfg
