@@ -18,7 +18,8 @@ help:            ## show this help
 run: venv        ## set up and run the whole stack on the embedded defaults (Ctrl-C stops it)
 	$(BIN)/fusionwatch up
 
-test: venv sysdeps  ## set up and run the tests: the default suite, then the poison and fault-injection suites
+test: venv sysdeps  ## set up and run the tests: lint, the default suite, then the poison and fault-injection suites
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m poison
 	$(BIN)/python -m pytest -q -m faults
