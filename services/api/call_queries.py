@@ -208,12 +208,11 @@ def search_turns(session: Session, query: str, call_id: str | None, limit: int) 
 
 def _sqlite_matches(session: Session, expr: str, call_id: str | None, limit: int) -> list[int]:
     # bm25: lower is better; ties (the same words) go to the most recent line
-    where = "call_turns_fts MATCH :expr" + (" AND t.call_id = :call_id" if call_id else "")
-    stmt = text(f"SELECT t.id FROM call_turns_fts JOIN call_turns AS t ON t.id = call_turns_fts.rowid "  # noqa: S608 - fixed SQL, values bound
-                f"WHERE {where} ORDER BY bm25(call_turns_fts), t.at DESC, t.id DESC LIMIT :limit")
-    params: dict[str, Any] = {"expr": expr, "limit": limit}
-    if call_id:
-        params["call_id"] = call_id
+    # one fixed statement: a NULL :call_id matches every call
+    stmt = text("SELECT t.id FROM call_turns_fts JOIN call_turns AS t ON t.id = call_turns_fts.rowid "
+                "WHERE call_turns_fts MATCH :expr AND (:call_id IS NULL OR t.call_id = :call_id) "
+                "ORDER BY bm25(call_turns_fts), t.at DESC, t.id DESC LIMIT :limit")
+    params: dict[str, Any] = {"expr": expr, "limit": limit, "call_id": call_id}
     return [int(i) for i, in session.execute(stmt, params)]
 
 

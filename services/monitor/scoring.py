@@ -87,6 +87,10 @@ class ScoreStage:
                  on_change: Callable[[EventChange], None] | None = None):
         self.cfg, self.scorer, self.sink, self.committer, self.stats = cfg, scorer, sink, committer, stats
         self.stream: StreamScorer | None = scorer if isinstance(scorer, StreamScorer) else None
+        if self.stream is None and hasattr(scorer, "stream_state"):  # half a protocol: its state would be lost
+            missing = [n for n in ("stream_state", "restore_stream", "forget_stream", "rebaseline", "adaptation",
+                                   "baseline_phase") if not hasattr(scorer, n)]
+            raise TypeError(f"{type(scorer).__name__} keeps stream state but lacks {', '.join(missing)} (StreamScorer)")
         self.flush_dead_letters, self.policy, self.on_change = flush_dead_letters, policy, on_change
         self.lifecycle = policy.lifecycle()  # what opens and closes an event: the profile's
         # unbounded so that restore/forget orders never block; batches are capped by backpressure

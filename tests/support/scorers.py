@@ -97,6 +97,9 @@ class PoisonableScorer(BrightnessScorer):
     def forget_stream(self, asset: str) -> None:
         self._state.pop(asset, None)
 
+    def rebaseline(self, asset: str) -> None:  # a "new normal": the running mean starts again
+        self._state.pop(asset, None)
+
     def adaptation(self, asset: str) -> dict[str, float]:
         return {}
 

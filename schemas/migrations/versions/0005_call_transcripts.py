@@ -59,8 +59,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == 'sqlite':
-        for name in ('call_turns_fts_update', 'call_turns_fts_delete', 'call_turns_fts_insert'):
-            op.execute(f"DROP TRIGGER IF EXISTS {name}")
+        op.execute("DROP TRIGGER IF EXISTS call_turns_fts_update")
+        op.execute("DROP TRIGGER IF EXISTS call_turns_fts_delete")
+        op.execute("DROP TRIGGER IF EXISTS call_turns_fts_insert")
         op.execute("DROP TABLE IF EXISTS call_turns_fts")
     with op.batch_alter_table('call_turns', schema=None) as batch_op:
         batch_op.drop_index('ix_call_turns_call_at')
