@@ -21,7 +21,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class WindowAligner:
         for a in self.assets(partition):
             del self._assets[a]
 
-    def hold(self, behind: dict[int, Iterable[Kind]]) -> None:
+    def hold(self, behind: Mapping[int | None, Iterable[Kind]]) -> None:
         """`behind[partition]` = modalities whose records on that partition are not all read yet
         (a backlog, or consumption paused). Idleness means "nothing left to read", not "nothing
         read lately": a consumer catching up reads one partition ahead of another, and a modality
@@ -124,7 +124,7 @@ class WindowAligner:
             return
         now = self.clock()
         for s in self._assets.values():
-            kinds = behind.get(s.partition) if s.partition is not None else None
+            kinds = behind.get(s.partition)  # None: an asset read without partitions (offline, tests)
             if not kinds:
                 continue
             for k in kinds:
