@@ -348,14 +348,16 @@ def test_call_audio_is_speech_and_anger_sounds_louder(one_call_each):
         assert t0 == pytest.approx(call.start)
         x = np.concatenate([p.samples for _, p in chunks])
         assert len(x) / 16000 == pytest.approx(call.end - call.start, abs=0.01)
+        line_noise = float(np.sqrt(np.mean(x[: int(0.5 * 16000)] ** 2)))  # before the agent's greeting
+        assert line_noise < 0.01
         for u in call.utterances:
             seg = x[int((u.start - t0) * 16000):int((u.end - t0) * 16000)]
             rms = float(np.sqrt(np.mean(seg ** 2)))
-            assert rms > 0.02  # someone is speaking
+            # someone is speaking: well above the line (20 dB); the softest calm turn sits near 0.02,
+            # and eSpeak's output moves in the third digit with the process's earlier syntheses
+            assert rms > 10 * line_noise
             if u.speaker == "customer":
                 (loud if u.frustration >= 0.6 else calm if u.frustration <= 0.2 else []).append(rms)
-        line_noise = x[: int(0.5 * 16000)]  # before the agent's greeting
-        assert np.sqrt(np.mean(line_noise ** 2)) < 0.01
     assert loud and calm and np.mean(loud) > 1.3 * np.mean(calm)
 
 
