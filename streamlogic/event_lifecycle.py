@@ -1,8 +1,11 @@
 """Event lifecycle: turn a stream of scored windows per asset into few, trustworthy events.
 
-Hysteresis: an event opens after `open_after` consecutive windows at or over the threshold and
-closes after `close_after` consecutive windows under it, so one fault is one event. The state is
-plain JSON (committed with the Kafka offsets), so a restarted monitor continues mid-event.
+Hysteresis: an event opens after `open_after` consecutive windows at or over the window's threshold
+and closes after `close_after` consecutive windows below its close threshold, so one fault is one
+event. The close threshold is the open threshold times `close_ratio`: 1 for a station (one
+threshold), lower for a call's escalation (streamlogic/escalation.py), where a window between the
+two neither counts towards closing nor lets an open event's count go on. The state is plain JSON
+(committed with the Kafka offsets), so a restarted monitor continues mid-event.
 Pure logic: no Kafka, no SQL — the review API replays stored score timelines through it too.
 """
 
@@ -73,8 +76,12 @@ OPEN_AFTER, CLOSE_AFTER = 3, 3
 
 
 class EventLifecycle:
-    def __init__(self, open_after: int = OPEN_AFTER, close_after: int = CLOSE_AFTER):
-        self.open_after, self.close_after = open_after, close_after
+    def __init__(self, open_after: int = OPEN_AFTER, close_after: int = CLOSE_AFTER, close_ratio: float = 1.0):
+        if open_after < 1 or close_after < 1:
+            raise ValueError("open_after and close_after must be >= 1")
+        if not 0 <= close_ratio <= 1:
+            raise ValueError("close_ratio must lie in [0, 1]: an event closes below its open threshold")
+        self.open_after, self.close_after, self.close_ratio = open_after, close_after, close_ratio
         self._state: dict[str, dict[str, Any]] = {}
 
     # state is JSON-serialisable: {"over": int, "pending": [window dicts], "open": event dict | None}
@@ -103,12 +110,14 @@ class EventLifecycle:
             st["over"], st["pending"] = 0, []
             return [self._change("opened", ev)]
         add_window(ev, window_dict(w), over)
-        if over:
+        below = not w.judged or w.score < w.threshold * self.close_ratio
+        if not below:
             ev["under"] = 0
-            old = ev["severity"]
-            ev["severity"] = severity(ev["peak"], ev["threshold"])
-            if ev["severity"] != old or ev["windows"] % UPDATE_EVERY == 0:
-                return [self._change("updated", ev)]
+            if over:
+                old = ev["severity"]
+                ev["severity"] = severity(ev["peak"], ev["threshold"])
+                if ev["severity"] != old or ev["windows"] % UPDATE_EVERY == 0:
+                    return [self._change("updated", ev)]
             return []
         ev["under"] += 1
         if ev["under"] >= self.close_after:

@@ -224,7 +224,8 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
     from services.monitor.service import Monitor
     from services.settings import Settings
     from services.simulator.callcenter import CallCenter
-    from streamlogic.escalation import EscalationLifecycle, EscalationRule, ScoredWindow
+    from streamlogic.escalation import EscalationRule
+    from streamlogic.event_lifecycle import ScoredWindow
     from tests.support.streams import produce
     from tests.test_monitor import run_until
 
@@ -270,7 +271,7 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
     rule = EscalationRule.from_settings(settings.monitor)
     replayed = set()
     for call_id, row in summaries.items():
-        life = EscalationLifecycle(rule)
+        life = rule.lifecycle()
         for t, *_probs, frustration in row.sentiment_curve:
             ts = datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
             if life.update(ScoredWindow(call_id, ts, ts + settings.monitor.window_s, frustration, rule.open_threshold, "replay")):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from streamlogic.call_summary import overall_sentiment, overall_weights
-from streamlogic.escalation import EscalationLifecycle, EscalationRule
+from streamlogic.escalation import EscalationRule
 from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
 
 RULE = EscalationRule(open_threshold=0.6, close_threshold=0.4, open_after=3, close_after=4)
@@ -27,23 +27,23 @@ ANGRY = [0.2, 0.7, 0.8, 0.75, 0.5, 0.45, 0.55, 0.8, 0.9, 0.3, 0.5, 0.85, 0.7, 0.
 def test_one_event_per_episode_where_one_threshold_flaps():
     flapping = EventLifecycle(open_after=3, close_after=2)
     assert sum(c == "opened" for _, c in _run(flapping, ANGRY)) > 1  # the single-threshold lifecycle re-opens
-    changes = _run(EscalationLifecycle(RULE), ANGRY)
+    changes = _run(RULE.lifecycle(), ANGRY)
     assert [c for _, c in changes if c in ("opened", "closed")] == ["opened"]
     assert changes[0][0] == 3  # after 3 windows at or over 0.6
 
 
 def test_closes_only_after_enough_windows_below_the_lower_threshold():
     calm_again = [0.7, 0.7, 0.7, 0.35, 0.35, 0.35, 0.5, 0.35, 0.35, 0.35, 0.35, 0.1]
-    changes = _run(EscalationLifecycle(RULE), calm_again)
+    changes = _run(RULE.lifecycle(), calm_again)
     # the 0.5 (between the thresholds) restarts the count: 4 below from index 7 close it at index 10
     assert [(k, c) for k, c in changes if c in ("opened", "closed")] == [(2, "opened"), (10, "closed")]
 
 
 def test_between_the_thresholds_never_opens_and_state_round_trips():
-    life = EscalationLifecycle(RULE)
+    life = RULE.lifecycle()
     assert _run(life, [0.59] * 20) == []
     _run(life, [0.7, 0.7, 0.7, 0.1])
-    restored = EscalationLifecycle(RULE)
+    restored = RULE.lifecycle()
     restored.restore("call-1", life.state("call-1"))  # JSON state, as the monitor commits it
     assert [c for _, c in _run(restored, [0.1, 0.1, 0.1])] == ["closed"]
 

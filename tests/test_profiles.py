@@ -9,7 +9,6 @@ from schemas.envelope import LogPayload
 from schemas.errors import ConfigError
 from services.profiles import PROFILES, get_profile
 from services.settings import MonitorSettings
-from streamlogic.escalation import EscalationLifecycle
 from streamlogic.event_lifecycle import EventLifecycle
 from tests.support.scorers import BrightnessScore
 from tests.test_cli_errors import fusionwatch, one_sentence
@@ -49,7 +48,10 @@ def test_a_station_is_judged_against_its_threshold_and_guard():
 def test_a_call_is_judged_on_the_customers_frustration():
     cfg = MonitorSettings()
     policy = get_profile("callcenter").window_policy(cfg)
-    assert isinstance(policy.lifecycle(), EscalationLifecycle) and not policy.reports_baseline
+    life = policy.lifecycle()  # the event lifecycle with the escalation's two thresholds
+    assert life.close_ratio == pytest.approx(cfg.escalation_close_threshold / cfg.escalation_threshold)
+    assert (life.open_after, life.close_after) == (cfg.escalation_open_after, cfg.escalation_close_after)
+    assert not policy.reports_baseline
     angry = policy.judge(_window(), _score(frustration=0.8, sentiment={"negative": 0.9}), 1.5)
     assert (angry.score, angry.threshold, angry.kind) == (0.8, cfg.escalation_threshold, "escalation")
     assert policy.evidence_lines(_window()) == ["belt ok", "customer: jam"]  # everything said, by whom

@@ -31,9 +31,9 @@ class CallPolicy:
         self.cfg = cfg
 
     def lifecycle(self):
-        from streamlogic.escalation import EscalationLifecycle, EscalationRule
+        from streamlogic.escalation import EscalationRule
 
-        return EscalationLifecycle(EscalationRule.from_settings(self.cfg))
+        return EscalationRule.from_settings(self.cfg).lifecycle()
 
     def judge(self, window: WindowInputs, score: WindowScore, threshold: float) -> Judgement:
         if score.frustration is None:  # a model without the call heads: judged as a station would be

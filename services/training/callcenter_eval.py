@@ -15,7 +15,7 @@ import numpy as np
 from models.data import WindowArrays
 from services.training.callcenter_data import SENTIMENT_CLASSES, customer_turns
 from streamlogic.call_summary import overall_sentiment
-from streamlogic.escalation import EscalationLifecycle, EscalationRule
+from streamlogic.escalation import EscalationRule
 from streamlogic.event_lifecycle import ScoredWindow
 
 ESCALATION_FRUSTRATION = 0.6  # a call should escalate when a customer turn is at least this frustrated
@@ -99,14 +99,14 @@ def turn_truth(data: WindowArrays) -> np.ndarray:
 # ── escalations, exactly as the monitor runs them ───────────────────────────────────────────
 
 def escalation_events(data: WindowArrays, frustration: np.ndarray, rule: EscalationRule) -> dict[str, int]:
-    """Escalation events per call: `EscalationLifecycle` over every window of the call in time
+    """Escalation events per call: the rule's lifecycle over every window of the call in time
     order (agent-only windows included, as live), the window's score its predicted frustration."""
     w = data.features.window_s
     out = {a: 0 for a in data.assets}
     for k, asset in enumerate(data.assets):
         idx = np.flatnonzero(data.asset_idx == k)
         idx = idx[np.argsort(data.start[idx])]
-        life = EscalationLifecycle(rule)
+        life = rule.lifecycle()
         for i in idx:
             f = float(frustration[i]) if np.isfinite(frustration[i]) else 0.0
             sw = ScoredWindow(asset, float(data.start[i]), float(data.start[i]) + w, f, rule.open_threshold, "eval",
