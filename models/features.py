@@ -44,6 +44,21 @@ def speaker_id(speaker: str | None) -> int:
     return SPEAKERS.index(s) if s in SPEAKERS else 0
 
 
+# a channel's mel frame is speech at or above this level (mean-square power against a full-scale
+# signal): a phone line's noise sits near -60 dBFS, a voice at -35 to -15
+SPEECH_DBFS = -45.0
+
+
+def speech_seconds(log_mel: np.ndarray, mask: np.ndarray, cfg: FeatureConfig, level_dbfs: float = SPEECH_DBFS) -> np.ndarray:
+    """Seconds of received audio at or above `level_dbfs`: log-mel (..., n_mels, T) as
+    `Featurizer` makes it, with its frame mask (..., T) -> (...). The mel bands tile the spectrum,
+    so their summed power is the frame's; a Hann-windowed FFT of n_fft samples makes it
+    0.1875 * n_fft**2 times the signal's mean square."""
+    power = np.exp(log_mel.astype(np.float32)).sum(-2)  # (..., T)
+    dbfs = 10.0 * np.log10(np.maximum(power, 1e-30) / (0.1875 * cfg.n_fft ** 2))
+    return ((dbfs >= level_dbfs) & mask).sum(-1) * (cfg.hop_length / cfg.sample_rate)
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     window_s: float = 2.0

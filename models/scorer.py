@@ -23,7 +23,7 @@ from models import checkpoint
 from models.adaptation import SurpriseAdapter, WindowPhase
 from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
-from models.features import CHANNELS, Featurizer, collate
+from models.features import CHANNELS, FeatureConfig, Featurizer, WindowFeatures, collate, speech_seconds
 from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
 from models.inputs import WindowInputs
 from models.logmemory import Held, LogMemory
@@ -54,6 +54,8 @@ class WindowScore:
     baseline: str = "watching"
     judged: bool = True
     guard: float = 1.0  # the factor `threshold` carries while learning (FusionConfig.learning_guard)
+    # seconds of speech heard on each channel of a stereo call (models.features.CHANNELS); None: mono
+    speech_s: dict[str, float] | None = None
 
 
 def pick_device(device: str = "auto") -> str:
@@ -167,7 +169,7 @@ class AnomalyScorer:
                 kind=self.model.cfg.kind_classes[int(kinds[i].argmax())] if kinds is not None else None,
                 sentiment={c: round(float(p), 4) for c, p in zip(self.model.cfg.sentiment_classes, sent[i])} if sent is not None else None,
                 frustration=float(frus[i]) if frus is not None else None,
-                baseline=ph.phase, judged=ph.judged, guard=guard,
+                baseline=ph.phase, judged=ph.judged, guard=guard, speech_s=_speech(f, self.cfg),
             )
         return [results[i] for i in range(len(windows))]
 
@@ -239,3 +241,9 @@ def _by_start(windows: list[WindowInputs]) -> list[int]:
     return sorted(range(len(windows)), key=lambda i: windows[i].start)
 
 
+
+
+def _speech(f: WindowFeatures, cfg: FeatureConfig) -> dict[str, float] | None:
+    if f.channel_mel is None or f.channel_mask is None or not f.channel_mask.any():
+        return None
+    return {c: round(float(v), 3) for c, v in zip(CHANNELS, speech_seconds(f.channel_mel, f.channel_mask, cfg))}

@@ -266,7 +266,7 @@ class CallSummary(Base):
     call_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     start_time: Mapped[datetime]
     end_time: Mapped[datetime | None]
-    sentiment_curve: Mapped[list[Any]] = mapped_column(default=list)  # [[t_iso, neg, neu, pos, frustration]]
+    sentiment_curve: Mapped[list[Any]] = mapped_column(default=list)  # [[t_iso, neg, neu, pos, frustration, customer heard]]
     peak_time: Mapped[datetime | None]
     peak_frustration: Mapped[float | None] = mapped_column(Float)
     turning_point: Mapped[datetime | None]

@@ -4,7 +4,9 @@ A customer's frustration does not fall while they pause or the agent answers, bu
 model's estimate does, so one threshold made one angry call open two or three events. An
 escalation is therefore the event lifecycle (`event_lifecycle.EventLifecycle`) with two
 thresholds: it opens after `open_after` consecutive windows at or above `open_threshold` and closes
-only after `close_after` consecutive windows below the lower `close_threshold`.
+only after `close_after` consecutive windows below the lower `close_threshold`. Only windows that
+hear the customer count (the call policy judges the others out): the agent's answer between two
+angry turns neither breaks the run that opens an escalation nor counts towards closing it.
 
 The window's score is the customer's frustration and its threshold `open_threshold` (the call
 policy judges it so, services/profiles/callcenter.py); the live monitor and the evaluation
@@ -25,6 +27,7 @@ class EscalationRule:
     close_threshold: float = 0.4
     open_after: int = 3
     close_after: int = 8
+    min_customer_speech_s: float = 0.5  # a stereo call's window counts only when it hears this much of the customer
 
     def __post_init__(self) -> None:
         if not 0 < self.open_threshold or not 0 <= self.close_threshold <= self.open_threshold:
@@ -36,8 +39,13 @@ class EscalationRule:
     def from_settings(cls, monitor: Any) -> EscalationRule:
         """From `services.settings.MonitorSettings` (duck-typed: streamlogic imports no settings)."""
         return cls(monitor.escalation_threshold, monitor.escalation_close_threshold, monitor.escalation_open_after,
-                   monitor.escalation_close_after)
+                   monitor.escalation_close_after, monitor.escalation_min_customer_speech_s)
+
+    def hears_customer(self, speech_s: dict[str, float] | None) -> bool:
+        """Whether a window counts: seconds of speech per channel of a stereo call, None for mono."""
+        return speech_s is None or speech_s.get("customer", 0.0) >= self.min_customer_speech_s
 
     def lifecycle(self) -> EventLifecycle:
         """The lifecycle for windows scored by frustration and judged against `open_threshold`."""
-        return EventLifecycle(self.open_after, self.close_after, self.close_threshold / self.open_threshold)
+        return EventLifecycle(self.open_after, self.close_after, self.close_threshold / self.open_threshold,
+                              unjudged="hold")

@@ -162,6 +162,19 @@ def test_single_modality_rows_mask_the_other_modality(call_data):
     assert not fused.frame_mask.any()  # audio calls: the video slots are masked, not black frames
 
 
+def test_the_windows_an_escalation_counts_are_the_ones_that_hear_the_customer(call_data):
+    """The scorer's speech measure on the customer's channel (what the live policy and the
+    evaluation judge by) picks exactly the windows the simulator labels as hearing the customer."""
+    from services.training.callcenter_eval import customer_heard
+    from streamlogic.escalation import EscalationRule
+
+    val = call_data["validation"]
+    heard = customer_heard(val, EscalationRule(min_customer_speech_s=TINY_VALIDATION.min_speech_s))
+    labelled = val.labels["sentiment"] >= 0
+    assert labelled.any() and (~labelled).any()
+    assert (heard == labelled).mean() >= 0.97, (heard != labelled).sum()
+
+
 def test_tiny_model_learns_tone_and_saves_a_monitor_checkpoint(tiny_checkpoint, call_data):
     from models import checkpoint
     from services.simulator.callcenter import CALL_TYPES
@@ -272,9 +285,10 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
     replayed = set()
     for call_id, row in summaries.items():
         life = rule.lifecycle()
-        for t, *_probs, frustration in row.sentiment_curve:
+        for t, _neg, _neu, _pos, frustration, heard in row.sentiment_curve:
             ts = datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
-            if life.update(ScoredWindow(call_id, ts, ts + settings.monitor.window_s, frustration, rule.open_threshold, "replay")):
+            if life.update(ScoredWindow(call_id, ts, ts + settings.monitor.window_s, frustration, rule.open_threshold,
+                                        "replay", judged=heard)):
                 replayed.add(call_id)
     assert escalated == replayed and escalated, (escalated, replayed)
     peaks = {"calm": [], "angry": []}

@@ -69,3 +69,54 @@ def test_overall_follows_how_the_call_ends():
     assert w.sum() == pytest.approx(1.0) and (np.diff(w) > 0).all()
     with pytest.raises(ValueError):
         overall_sentiment([])
+
+
+def test_windows_that_do_not_hear_the_customer_hold_the_counts():
+    """The agent's answers between angry turns (windows not judged: the customer is silent) neither
+    break the run that opens an escalation nor count towards closing it; a station's lifecycle
+    counts them as under the threshold."""
+    def run(life, windows):
+        changes = []
+        for k, (score, heard) in enumerate(windows):
+            w = ScoredWindow("call-1", 100.0 + k, 102.0 + k, score, 0.6, "m", judged=heard)
+            changes += [(k, c.change) for c in life.update(w) if c.change != "updated"]
+        return changes
+
+    # two angry windows, the agent's answer (model guesses low), one more angry window
+    angry_turns = [(0.7, True), (0.75, True), (0.1, False), (0.1, False), (0.8, True)]
+    assert run(EventLifecycle(3, 4, 0.4 / 0.6), angry_turns) == []  # "under": the answer breaks the run
+    life = RULE.lifecycle()
+    assert run(life, angry_turns) == [(4, "opened")]
+    # the customer then listens for a long time: nothing closes until four heard windows are calm
+    assert run(life, [(0.1, False)] * 20 + [(0.2, True)] * 3) == []
+    assert run(life, [(0.2, True)]) == [(0, "closed")]
+
+
+def test_a_window_counts_when_it_hears_enough_of_the_customer():
+    assert RULE.hears_customer(None)  # a mono call: every window counts
+    assert RULE.hears_customer({"agent": 0.0, "customer": 0.5})
+    assert not RULE.hears_customer({"agent": 1.8, "customer": 0.4})
+
+
+def test_speech_is_measured_per_channel_from_the_log_mel():
+    """`speech_seconds` from the featurizer's own per-channel log-mel: 1 s of a -20 dBFS tone on the
+    customer's channel in a 2 s window, a -60 dBFS line hiss on both."""
+    from models.features import CHANNELS, FeatureConfig, Featurizer, speech_seconds
+    from models.inputs import WindowInputs
+
+    cfg = FeatureConfig(max_frames=2, sample_rate=8000, n_fft=256, hop_length=160, n_mels=40, f_max=4000.0)
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 8000
+    hiss = lambda: rng.normal(0, 10 ** (-60 / 20), 16000).astype(np.float32)  # noqa: E731
+    customer = hiss()
+    customer[:8000] += (np.sqrt(2) * 10 ** (-20 / 20) * np.sin(2 * np.pi * 440 * t[:8000])).astype(np.float32)
+    agent = hiss()
+    win = WindowInputs("call-1", 0.0, 2.0, audio=[(0.0, (agent + customer) / 2)], sample_rate=8000,
+                       channels={"agent": [(0.0, agent)], "customer": [(0.0, customer)]})
+    f = Featurizer(cfg).featurize_many([win])[0]
+    assert f.channel_mel is not None and f.channel_mask is not None
+    speech = dict(zip(CHANNELS, speech_seconds(f.channel_mel, f.channel_mask, cfg)))
+    assert speech["customer"] == pytest.approx(1.0, abs=0.06) and speech["agent"] == 0.0
+    # the level: the same tone 30 dB down is line noise, not speech
+    quiet = speech_seconds(f.channel_mel[1] - np.log(1000.0), f.channel_mask[1], cfg)
+    assert float(quiet) == 0.0

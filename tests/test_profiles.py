@@ -53,7 +53,14 @@ def test_a_call_is_judged_on_the_customers_frustration():
     assert (life.open_after, life.close_after) == (cfg.escalation_open_after, cfg.escalation_close_after)
     assert not policy.reports_baseline
     angry = policy.judge(_window(), _score(frustration=0.8, sentiment={"negative": 0.9}), 1.5)
-    assert (angry.score, angry.threshold, angry.kind) == (0.8, cfg.escalation_threshold, "escalation")
+    assert (angry.score, angry.threshold, angry.kind, angry.judged) == (0.8, cfg.escalation_threshold, "escalation", True)
+    # a stereo window where only the agent speaks is scored, not judged: the escalation holds its counts
+    answer = policy.judge(_window(), _score(frustration=0.1, sentiment={"neutral": 0.9},
+                                            speech_s={"agent": 1.9, "customer": 0.0}), 1.5)
+    assert not answer.judged
+    point = policy.call_point(_window(), _score(frustration=0.1, sentiment={"neutral": 0.9},
+                                                speech_s={"agent": 1.9, "customer": 0.0}))
+    assert point is not None and not point.heard
     assert policy.evidence_lines(_window()) == ["belt ok", "customer: jam"]  # everything said, by whom
     point = policy.call_point(_window(), _score(frustration=0.8, sentiment={"negative": 0.9}))
     assert point is not None and (point.start, point.time, point.frustration) == (10.0, 12.0, 0.8)

@@ -228,3 +228,20 @@ def test_stations_panel_shows_learning_and_marks_a_new_normal(server, browser):
         ("L1-S2", "Quinn", "camera re-mounted after cleaning", None)]
     _wait(d, "return document.querySelector('#baselines li[data-asset=\"L1-S2\"]').textContent.includes('pending')",
           what="pending shown")
+
+
+def test_a_notifications_link_opens_its_event(server, browser):
+    """A notification links to /#event=<id> (services/notify/notification.py): the page opens that
+    event, not the newest, and says so plainly when the event does not exist."""
+    base, sessions, _ = server
+    d = browser
+    d.get(f"{base}/#token={TOKEN}")
+    queue = _wait(d, "const b = document.querySelectorAll('#queue button'); return b.length === 3 && "
+                     "[...b].map(x => x.dataset.id)", what="queue")
+    d.get(f"{base}/#event={queue[2]}")  # the oldest; the token is already in this tab's session
+    _wait(d, f"const cur = document.querySelector('#queue button[aria-current=true]'); "
+             f"return cur && cur.dataset.id === '{queue[2]}' && !document.getElementById('event').hidden",
+          what="the linked event opened")
+    d.get(f"{base}/#event=no-such-event")
+    _wait(d, "return document.getElementById('action-msg').textContent.startsWith('Event no-such-event:')",
+          what="a missing event said so")

@@ -37,6 +37,8 @@ class CurvePoint(BaseModel):
     neutral: float
     positive: float
     frustration: float
+    # the window heard the customer (an escalation counts only those); None: mono call or older row
+    customer_heard: bool | None = None
 
 
 class CallOut(BaseModel):
@@ -110,13 +112,15 @@ class SearchOut(BaseModel):
 # ── calls ──────────────────────────────────────────────────────────────────────────────────────
 
 def _curve(raw: list[Any] | None, call_id: str) -> list[CurvePoint]:
-    """[[t_iso, neg, neu, pos, frustration], ...] as the monitor writes it; a malformed point is
-    skipped (and logged) so that it cannot hide the rest of the call."""
+    """[[t_iso, neg, neu, pos, frustration, customer heard], ...] as the monitor writes it (rows
+    written before "heard" have five items); a malformed point is skipped (and logged) so that it
+    cannot hide the rest of the call."""
     out = []
     for item in raw or []:
         try:
             out.append(CurvePoint(time=datetime.fromtimestamp(parse_time(item[0]), timezone.utc), negative=item[1],
-                                  neutral=item[2], positive=item[3], frustration=item[4]))
+                                  neutral=item[2], positive=item[3], frustration=item[4],
+                                  customer_heard=bool(item[5]) if len(item) > 5 else None))
         except (TypeError, ValueError, IndexError):
             log.warning("call %s: skipping malformed curve point %r", call_id, item)
     return out

@@ -102,6 +102,7 @@ class CallPoint:
     start: float
     # the transcript lines the window held, (time, speaker, text): what the call's turns are kept from
     lines: tuple[tuple[float, str | None, str], ...] = ()
+    heard: bool = True  # the window heard the customer (what an escalation counts; streamlogic/escalation.py)
 
 
 @dataclass
@@ -310,12 +311,13 @@ def _update_call(s: Session, call_id: str, points: list[CallPoint]) -> None:
     seen = {p[0] for p in row.sentiment_curve}
     curve = list(row.sentiment_curve) + [
         [format_time(p.time), round(p.sentiment.get("negative", 0.0), 4), round(p.sentiment.get("neutral", 0.0), 4),
-         round(p.sentiment.get("positive", 0.0), 4), round(p.frustration, 4)]
+         round(p.sentiment.get("positive", 0.0), 4), round(p.frustration, 4), p.heard]
         for p in points if format_time(p.time) not in seen]
     curve = curve[-MAX_CURVE:]
     row.sentiment_curve = curve
     row.end_time = dt(max(p.time for p in points))
-    peak = max(curve, key=lambda c: c[4])
+    # the peak of the windows that heard the customer: an agent-only window's frustration is a guess
+    peak = max([c for c in curve if len(c) < 6 or c[5]] or curve, key=lambda c: c[4])
     row.peak_time, row.peak_frustration = dt(_epoch(peak[0])), peak[4]
     row.turning_point = _turning_point(curve)
     row.overall = CALL_CLASSES[overall_sentiment([c[1:4] for c in curve])]  # how the call ends

@@ -28,18 +28,19 @@ class CallPolicy:
     skips_partial_windows = False  # every call starts mid-window; the escalation's hysteresis absorbs it
 
     def __init__(self, cfg: MonitorSettings):
-        self.cfg = cfg
-
-    def lifecycle(self):
         from streamlogic.escalation import EscalationRule
 
-        return EscalationRule.from_settings(self.cfg).lifecycle()
+        self.cfg, self.rule = cfg, EscalationRule.from_settings(cfg)
+
+    def lifecycle(self):
+        return self.rule.lifecycle()
 
     def judge(self, window: WindowInputs, score: WindowScore, threshold: float) -> Judgement:
         if score.frustration is None:  # a model without the call heads: judged as a station would be
             return Judgement(float(score.score), threshold * score.guard, score.kind, learning=False, judged=True)
-        return Judgement(float(score.frustration), self.cfg.escalation_threshold, "escalation", learning=False,
-                         judged=True)
+        # a window that does not hear the customer is scored (the curve) but not judged (the escalation)
+        return Judgement(float(score.frustration), self.rule.open_threshold, "escalation", learning=False,
+                         judged=self.rule.hears_customer(score.speech_s))
 
     def evidence_lines(self, window: WindowInputs) -> list[str]:
         return [f"{p.speaker}: {p.msg}" if p.speaker else p.msg for _, p in window.logs]
@@ -50,7 +51,7 @@ class CallPolicy:
         from services.monitor.sink import CallPoint
 
         return CallPoint(window.end, score.sentiment, float(score.frustration), window.start,
-                         tuple((t, p.speaker, p.msg) for t, p in window.logs))
+                         tuple((t, p.speaker, p.msg) for t, p in window.logs), self.rule.hears_customer(score.speech_s))
 
 
 class CallCentreProfile:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.data import WindowArrays
+from models.features import CHANNELS, speech_seconds
 from services.training.callcenter_data import SENTIMENT_CLASSES, customer_turns
 from streamlogic.call_summary import overall_sentiment
 from streamlogic.escalation import EscalationRule
@@ -100,8 +101,10 @@ def turn_truth(data: WindowArrays) -> np.ndarray:
 
 def escalation_events(data: WindowArrays, frustration: np.ndarray, rule: EscalationRule) -> dict[str, int]:
     """Escalation events per call: the rule's lifecycle over every window of the call in time
-    order (agent-only windows included, as live), the window's score its predicted frustration."""
+    order, the window's score its predicted frustration, judged as live (the call policy): only
+    where a stereo call's window hears the customer."""
     w = data.features.window_s
+    heard = customer_heard(data, rule)
     out = {a: 0 for a in data.assets}
     for k, asset in enumerate(data.assets):
         idx = np.flatnonzero(data.asset_idx == k)
@@ -110,9 +113,20 @@ def escalation_events(data: WindowArrays, frustration: np.ndarray, rule: Escalat
         for i in idx:
             f = float(frustration[i]) if np.isfinite(frustration[i]) else 0.0
             sw = ScoredWindow(asset, float(data.start[i]), float(data.start[i]) + w, f, rule.open_threshold, "eval",
-                              kind="escalation")
+                              kind="escalation", judged=bool(heard[i]))
             out[asset] += sum(ch.change == "opened" for ch in life.update(sw))
     return out
+
+
+def customer_heard(data: WindowArrays, rule: EscalationRule) -> np.ndarray:
+    """(N,) bool: the windows an escalation counts, by the scorer's own measure
+    (`models.features.speech_seconds` of the customer's channel; every mono window counts)."""
+    if data.channel_mel is None or data.channel_mask is None:
+        return np.ones(len(data), bool)
+    c = CHANNELS.index("customer")
+    mask = data.channel_mask[:, c]
+    speech = speech_seconds(data.channel_mel[:, c], mask, data.features)
+    return ~mask.any(1) | (speech >= rule.min_customer_speech_s)
 
 
 def should_escalate(call: dict) -> bool | None:

@@ -30,6 +30,7 @@ class BrightnessScore:
     baseline: str = "watching"
     judged: bool = True
     guard: float = 1.0
+    speech_s: dict[str, float] | None = None
 
 
 class BrightnessScorer:

@@ -4,66 +4,11 @@
 // API is inserted with textContent (never innerHTML), so transcripts cannot inject markup.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const state = { calls: [], current: null, token: null, highlight: null, words: [] };
+const state = { calls: [], current: null, highlight: null, words: [] };
 const REFRESH_MS = 5000;
 
-// ---- token and API (as the review page: the token from the link's fragment, kept per tab) ----------
+// ---- helpers (the shared ones are in common.js) -----------------------------------------------------
 
-function takeToken() {
-  const m = location.hash.match(/token=([^&]+)/);
-  if (m) {
-    sessionStorage.setItem("fw-token", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-  state.token = sessionStorage.getItem("fw-token");
-}
-
-async function api(path, options = {}) {
-  const headers = { Accept: "application/json" };
-  if (state.token) headers.Authorization = "Bearer " + state.token;
-  const res = await fetch(path, { method: options.method || "GET", headers, credentials: "same-origin" });
-  let data = null;
-  try { data = await res.json(); } catch (_) { /* not JSON */ }
-  if (!res.ok) {
-    if (res.status === 401) $("token-form").hidden = false;
-    throw new Error(data && data.error ? data.error.message : res.status + " " + res.statusText);
-  }
-  return data;
-}
-
-async function openSession() {
-  // a read-only cookie so the clip links open in a new tab when reads need the token
-  if (!state.token) return;
-  try { await api("/api/session", { method: "POST" }); } catch (e) { status(e.message); }
-}
-
-// ---- helpers ---------------------------------------------------------------------------------------
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (v !== null && v !== undefined) node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
-
-const svgNS = "http://www.w3.org/2000/svg";
-function svg(tag, attrs = {}, text) {
-  const node = document.createElementNS(svgNS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-const pad = (n) => String(n).padStart(2, "0");
-const fmtClock = (t) => { const d = new Date(t); return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()); };
-const fmtTime = (iso) => {
-  if (!iso) return "—";
-  const d = new Date(iso);
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + fmtClock(d);
-};
 // position in the call, m:ss
 const offset = (iso, startIso) => {
   const s = Math.max(0, Math.round((Date.parse(iso) - Date.parse(startIso)) / 1000));
@@ -255,23 +200,20 @@ async function refresh() {
   }
 }
 
+async function session() {
+  try { await openSession(); } catch (e) { status(e.message); }
+}
+
 async function start() {
-  takeToken();
-  $("token-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    state.token = $("token").value.trim();
-    sessionStorage.setItem("fw-token", state.token);
-    $("token-form").hidden = true;
-    await openSession();
-    await refresh();
-  });
+  takeFragment();
+  watchTokenForm(async () => { await session(); await refresh(); });
   $("f-state").addEventListener("change", refresh);
   $("search").addEventListener("submit", (e) => {
     e.preventDefault();
     const q = $("q").value.trim();
     if (q) search(q);
   });
-  await openSession();
+  await session();
   await refresh();
   setInterval(refresh, REFRESH_MS);
 }

@@ -3,73 +3,10 @@
 // (never innerHTML), so log lines and notes cannot inject markup.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const state = { items: [], index: -1, current: null, token: null, newIds: new Set(), loading: null };
+const state = { items: [], index: -1, current: null, newIds: new Set(), loading: null };
 
-// ---- token and API ------------------------------------------------------------------------------
+// ---- small helpers (the shared ones are in common.js) ------------------------------------------------
 
-function takeToken() {
-  // `fusionwatch api` prints http://host:port/#token=...; the fragment never reaches the server.
-  const m = location.hash.match(/token=([^&]+)/);
-  if (m) {
-    sessionStorage.setItem("fw-token", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-  state.token = sessionStorage.getItem("fw-token");
-}
-
-async function api(path, options = {}) {
-  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
-  if (state.token) headers.Authorization = "Bearer " + state.token;
-  if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  const res = await fetch(path, {
-    method: options.method || "GET", headers, credentials: "same-origin",
-    body: options.body === undefined ? undefined : JSON.stringify(options.body),
-  });
-  if (res.status === 204) return null;
-  let data = null;
-  try { data = await res.json(); } catch (_) { /* not JSON */ }
-  if (!res.ok) {
-    if (res.status === 401) $("token-form").hidden = false;
-    const message = data && data.error ? data.error.message : res.status + " " + res.statusText;
-    throw new Error(message);
-  }
-  return data;
-}
-
-async function openSession() {
-  // a read-only cookie so <video>/<track>/<img> can load media when reads need the token
-  if (!state.token) return;
-  try { await api("/api/session", { method: "POST" }); } catch (e) { say(e.message, true); }
-}
-
-// ---- small helpers --------------------------------------------------------------------------------
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (v !== null && v !== undefined) node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
-
-const svgNS = "http://www.w3.org/2000/svg";
-function svg(tag, attrs = {}, text) {
-  const node = document.createElementNS(svgNS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-const pad = (n) => String(n).padStart(2, "0");
-const fmtClock = (t) => { const d = new Date(t); return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()); };
-// local time, unambiguous and sortable: 2024-05-01 14:03:07
-const fmtTime = (iso) => {
-  if (!iso) return "—";
-  const d = new Date(iso);
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + fmtClock(d);
-};
 const label = (s) => String(s || "").replace(/_/g, " ");
 
 function say(text, isError = false) {
@@ -414,18 +351,27 @@ function connectLive() {
 
 // ---- start ----------------------------------------------------------------------------------------------
 
+async function session() {
+  try { await openSession(); } catch (e) { say(e.message, true); }
+}
+
+// a notification's link (/#event=<id>): that event, in the queue when it is there, else on its own
+async function openLinked(id) {
+  const at = state.items.findIndex((x) => x.id === id);
+  if (at >= 0) return select(at);
+  try {
+    const ev = await api("/api/events/" + encodeURIComponent(id));
+    state.index = -1;
+    markCurrent();
+    showEvent(ev);
+  } catch (e) { say("Event " + id + ": " + e.message, true); }
+}
+
 async function start() {
-  takeToken();
+  const linked = takeFragment().event;
   $("reviewer").value = localStorage.getItem("fw-reviewer") || "";
   $("reviewer").addEventListener("change", reviewer);
-  $("token-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    state.token = $("token").value.trim();
-    sessionStorage.setItem("fw-token", state.token);
-    $("token-form").hidden = true;
-    await openSession();
-    await loadQueue();
-  });
+  watchTokenForm(async () => { await session(); await loadQueue(); if (linked) await openLinked(linked); });
   $("filters").addEventListener("submit", (e) => { e.preventDefault(); state.index = -1; loadQueue().then(() => select(0)); });
   $("btn-real").addEventListener("click", () => act("real"));
   $("btn-false").addEventListener("click", () => act("false_alarm"));
@@ -437,12 +383,15 @@ async function start() {
     "estop_but_moving", "cycles_without_parts", "sensor_glitch", "normal_variation"];
   $("kinds").replaceChildren(...kinds.map((k) => el("option", { value: k })));
   $("new-normal").addEventListener("submit", markNewNormal);
-  await openSession();
+  await session();
   await loadQueue();
-  if (state.items.length) await select(0);
+  if (linked) await openLinked(linked);
+  else if (state.items.length) await select(0);
   await loadBaselines();
   setInterval(loadBaselines, 15000);
   connectLive();
+  // a link opened in a tab that already shows the page only changes the fragment
+  window.addEventListener("hashchange", () => { const id = takeFragment().event; if (id) openLinked(id); });
 }
 
 document.addEventListener("DOMContentLoaded", start);
