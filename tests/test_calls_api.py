@@ -39,7 +39,7 @@ def window_points(t0: float, seconds: int = 20) -> list[CallPoint]:
         lines = tuple((t0 + u["start"], u["speaker"], u["text"]) for u in TRUTH if start <= t0 + u["start"] < end)
         said = [u for u in TRUTH if u["speaker"] == "customer" and u["start"] < k + 2 and u["end"] > k]
         frustration = max((ANGRY[u["text"]] for u in said), default=0.1)
-        points.append(CallPoint(end, CROSS if said else CALM, frustration, start, lines))
+        points.append(CallPoint(end, CROSS if said else CALM, frustration, start, lines, heard=bool(said)))
     return points
 
 
@@ -121,6 +121,9 @@ def test_calls_list_detail_and_escalation_clip(api):
     # that hear the customer's previous turn (to 15.3 s)
     assert [t["sentiment"] for t in call["transcript"]] == ["neutral", "negative", "neutral", "negative", "negative"]
     assert len(call["curve"]) == 19 and max(p["frustration"] for p in call["curve"]) == pytest.approx(0.85)
+    # which windows heard the customer (what an escalation counts), as the monitor recorded them
+    heard = [p["customer_heard"] for p in call["curve"]]
+    assert heard == [pt.heard for pt in window_points(now - 3600)] and True in heard and False in heard
     assert call["escalation_threshold"] == 0.6 and call["escalation_close_threshold"] == 0.4
     (esc,) = call["escalation_list"]
     assert esc["id"] == eid and esc["clip"] == f"/api/events/{eid}/clip" and esc["peak_frustration"] == 0.85

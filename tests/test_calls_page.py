@@ -79,6 +79,9 @@ def test_calls_page_list_call_transcript_curve_escalation_and_search(server, bro
                              "episodes: s.querySelectorAll('rect.episode').length, thr: !!s.querySelector('line.thr')}")
     assert curve == {"points": 19, "episodes": 1, "thr": True}
     assert "19 windows" in d.find_element(By.ID, "curve-desc").text
+    # windows that did not hear the customer are drawn hollow and said to be not counted
+    hollow = d.execute_script("return document.querySelectorAll('#curve circle.unheard').length")
+    assert hollow > 0 and f"({hollow} without the customer's voice" in d.find_element(By.ID, "curve-desc").text
     clip = d.find_element(By.CSS_SELECTOR, "#escalations a.clip")
     assert clip.get_attribute("href") == f"{base}/api/events/{eid}/clip" and clip.text == "narrated clip"
     assert "washing machine" in d.find_element(By.ID, "escalations").text

@@ -90,7 +90,8 @@ function showCall(c) {
 function drawCurve(c) {
   const s = $("curve");
   s.replaceChildren();
-  const pts = c.curve.map((p) => ({ t: Date.parse(p.time), v: p.frustration }));
+  // heard: false where a stereo call's window did not hear the customer (the escalation does not count it)
+  const pts = c.curve.map((p) => ({ t: Date.parse(p.time), v: p.frustration, heard: p.customer_heard !== false }));
   const W = Math.max(320, Math.round(s.getBoundingClientRect().width) || 640), H = 150, L = 36, R = 8, T = 10, B = 24;
   s.setAttribute("viewBox", "0 0 " + W + " " + H);
   if (!pts.length) {
@@ -120,9 +121,16 @@ function drawCurve(c) {
   s.append(svg("text", { x: L, y: H - 6 }, fmtClock(t0)));
   s.append(svg("text", { x: W - R - 52, y: H - 6 }, fmtClock(pts[pts.length - 1].t)));
   s.append(svg("polyline", { class: "frustration", points: pts.map((p) => x(p.t) + "," + y(p.v)).join(" ") }));
-  const over = pts.filter((p) => p.v >= c.escalation_threshold).length;
-  $("curve-desc").textContent = pts.length + " windows, " + over + " at or above the escalation threshold " +
-    c.escalation_threshold + "; " + c.escalation_list.length + " escalation" + (c.escalation_list.length === 1 ? "" : "s") + " shaded.";
+  for (const p of pts.filter((q) => !q.heard)) {
+    const dot = svg("circle", { class: "unheard", cx: x(p.t), cy: y(p.v), r: 2.5 });
+    dot.append(svg("title", {}, fmtClock(p.t) + ": the customer is silent; not counted"));
+    s.append(dot);
+  }
+  const over = pts.filter((p) => p.heard && p.v >= c.escalation_threshold).length;
+  const silent = pts.filter((p) => !p.heard).length;
+  $("curve-desc").textContent = pts.length + " windows, " + over + " hearing the customer at or above the escalation threshold " +
+    c.escalation_threshold + (silent ? " (" + silent + " without the customer's voice, hollow: not counted)" : "") + "; " +
+    c.escalation_list.length + " escalation" + (c.escalation_list.length === 1 ? "" : "s") + " shaded.";
 }
 
 function showEscalations(c) {
