@@ -106,6 +106,8 @@ class MonitorSettings(BaseModel):
     # ... counting only windows that hear this much of the customer's voice on a stereo call (a
     # mono call's every window counts): the agent's turns carry no estimate of their frustration
     escalation_min_customer_speech_s: float = Field(0.5, ge=0)
+    # ... for up to this many windows in a row; a longer silence of the customer counts as calm
+    escalation_silence_after: int = Field(30, ge=0)
     # ... whose voice is on channel 0 and 1 of a stereo call's audio records (a call folder's
     # labels.json "channels" offline): the model hears each apart (docs/callcenter.md)
     call_channels: tuple[Literal["agent", "customer"], Literal["agent", "customer"]] = ("agent", "customer")

@@ -5,10 +5,10 @@ and closes after `close_after` consecutive windows below its close threshold, so
 event. The close threshold is the open threshold times `close_ratio`: 1 for a station (one
 threshold), lower for a call's escalation (streamlogic/escalation.py), where a window between the
 two neither counts towards closing nor lets an open event's count go on. A window that is not
-`judged` counts as under the threshold (a station still learning its baseline) or, with
-`unjudged="hold"`, changes no count (a call window without the customer's voice says nothing about
-their frustration). The state is plain JSON (committed with the Kafka offsets), so a restarted
-monitor continues mid-event.
+`judged` counts as under the threshold (a station still learning its baseline), except that up to
+`hold_unjudged` of them in a row change no count (a call window without the customer's voice says
+nothing about their frustration; a silence longer than that does, and lets the event close). The
+state is plain JSON (committed with the Kafka offsets), so a restarted monitor continues mid-event.
 Pure logic: no Kafka, no SQL — the review API replays stored score timelines through it too.
 """
 
@@ -80,23 +80,24 @@ OPEN_AFTER, CLOSE_AFTER = 3, 3
 
 class EventLifecycle:
     def __init__(self, open_after: int = OPEN_AFTER, close_after: int = CLOSE_AFTER, close_ratio: float = 1.0,
-                 unjudged: Literal["under", "hold"] = "under"):
+                 hold_unjudged: int = 0):
         if open_after < 1 or close_after < 1:
             raise ValueError("open_after and close_after must be >= 1")
         if not 0 <= close_ratio <= 1:
             raise ValueError("close_ratio must lie in [0, 1]: an event closes below its open threshold")
-        if unjudged not in ("under", "hold"):
-            raise ValueError("unjudged must be 'under' or 'hold'")
+        if hold_unjudged < 0:
+            raise ValueError("hold_unjudged must be >= 0")
         self.open_after, self.close_after, self.close_ratio = open_after, close_after, close_ratio
-        self.unjudged = unjudged
+        self.hold_unjudged = hold_unjudged
         self._state: dict[str, dict[str, Any]] = {}
 
-    # state is JSON-serialisable: {"over": int, "pending": [window dicts], "open": event dict | None}
+    # state is JSON-serialisable: {"over": int, "pending": [window dicts], "open": event dict | None,
+    # "held": unjudged windows in a row}
     def state(self, asset: str) -> dict[str, Any]:
-        return self._state.setdefault(asset, {"over": 0, "pending": [], "open": None})
+        return self._state.setdefault(asset, {"over": 0, "pending": [], "open": None, "held": 0})
 
     def restore(self, asset: str, state: dict[str, Any]) -> None:
-        self._state[asset] = {"over": 0, "pending": [], "open": None} | (state or {})
+        self._state[asset] = {"over": 0, "pending": [], "open": None, "held": 0} | (state or {})
 
     def forget(self, asset: str) -> None:
         self._state.pop(asset, None)
@@ -105,7 +106,8 @@ class EventLifecycle:
         st = self.state(w.asset)
         over = w.judged and w.score >= w.threshold
         ev = st["open"]
-        if not w.judged and self.unjudged == "hold":
+        st["held"] = 0 if w.judged else st.get("held", 0) + 1
+        if 0 < st["held"] <= self.hold_unjudged:
             if ev is not None:
                 add_window(ev, window_dict(w), False)  # on the event's timeline, no count moves
             return []

@@ -120,3 +120,16 @@ def test_speech_is_measured_per_channel_from_the_log_mel():
     # the level: the same tone 30 dB down is line noise, not speech
     quiet = speech_seconds(f.channel_mel[1] - np.log(1000.0), f.channel_mask[1], cfg)
     assert float(quiet) == 0.0
+
+
+def test_a_long_silence_of_the_customer_counts_as_calm():
+    """Up to `silence_after` windows without the customer are held; beyond that their silence counts
+    as calm, so an escalation closes though the customer never speaks again."""
+    rule = EscalationRule(open_threshold=0.6, close_threshold=0.4, open_after=3, close_after=4, silence_after=5)
+    life = rule.lifecycle()
+    changes = []
+    for k, (score, heard) in enumerate([(0.8, True)] * 3 + [(0.1, False)] * 12):
+        changes += [(k, c.change) for c in life.update(ScoredWindow("call-1", 100.0 + k, 102.0 + k, score, 0.6, "m",
+                                                                    judged=heard)) if c.change != "updated"]
+    # opened at the 3rd window; 5 silent windows held (3..7), then 4 counted as calm (8..11)
+    assert changes == [(2, "opened"), (11, "closed")]
