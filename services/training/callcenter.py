@@ -777,7 +777,9 @@ def evaluate_callcenter(recipe: CallRecipe, out_root: Path, cache_dir: Path | No
         validation=asdict(recipe.validation), train_config=recipe.train_config(device=device).to_dict(), seconds=seconds,
         notes=[f"threads {_threads()}, device {device}",
                f"escalation: open at >= {rule.open_threshold:g} for {rule.open_after} windows, close below "
-               f"{rule.close_threshold:g} for {rule.close_after} (monitor.escalation_*)",
+               f"{rule.close_threshold:g} for {rule.close_after}, counting windows with >= "
+               f"{rule.min_customer_speech_s:g} s of the customer (up to {rule.silence_after} without held) "
+               "(monitor.escalation_*)",
                f"{stereo} of {len(t.meta.get('calls', []))} test calls stereo"],
         source=source, turns=int(len(turn_truth(t))))
 
