@@ -24,7 +24,7 @@ test: venv sysdeps  ## set up and run the tests: lint, the default suite, then t
 	$(BIN)/python -m pytest -q -m poison
 	$(BIN)/python -m pytest -q -m faults
 
-lint: venv       ## ruff (style, imports, bugbear, private access) and mypy (schemas, streamlogic, models)
+lint: venv       ## ruff (style, imports, bugbear, private access) and mypy (schemas, streamlogic, models, the monitor, profiles)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

@@ -12,7 +12,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -248,7 +248,7 @@ class NotifyRule(_Strict):
     assets: list[str] = Field(default_factory=lambda: ["*"], min_length=1)  # shell globs (fnmatch), e.g. "L1-*"
     kinds: list[str] = Field(default_factory=lambda: ["*"], min_length=1)  # globs over the event kind
     min_severity: Literal["low", "medium", "high", "critical"] = "low"
-    transitions: list[Transition] = Field(default_factory=lambda: ["opened", "escalated", "closed"], min_length=1)
+    transitions: list[Transition] = Field(default_factory=lambda: list(get_args(Transition)), min_length=1)
     channels: list[str] = Field(min_length=1)
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import case, func, literal_column, select, text
+from sqlalchemy import ColumnElement, case, func, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from schemas.envelope import parse_time
@@ -221,7 +221,7 @@ def _sqlite_matches(session: Session, expr: str, call_id: str | None, limit: int
 
 
 def _postgres_matches(session: Session, expr: str, call_id: str | None, limit: int) -> list[int]:
-    tsv = literal_column("call_turns.tsv")
+    tsv: ColumnElement[Any] = literal_column("call_turns.tsv")
     tsq = func.to_tsquery("english", expr)
     stmt = (select(CallTurn.id).where(tsv.op("@@")(tsq))
             .order_by(func.ts_rank(tsv, tsq).desc(), CallTurn.at.desc(), CallTurn.id.desc()).limit(limit))

@@ -57,7 +57,7 @@ def labelled_windows(session: Session, since: datetime | None = None) -> list[La
     out = []
     for e in session.scalars(stmt):
         end = e.end_time or _last_score_time(e) or e.start_time
-        out.append(LabelledWindow(e.asset_id, e.start_time, end, e.verdict, e.verdict_kind or e.kind))
+        out.append(LabelledWindow(e.asset_id, e.start_time, end, str(e.verdict), e.verdict_kind or e.kind))
     return out
 
 

@@ -50,12 +50,12 @@ class BatchCutter:
             nxt = low.get(tp, book.last_seen[tp] + 1)
             book.processed[tp] = max(book.processed.get(tp, -1), book.last_seen[tp])
             offsets[tp] = (nxt, book.processed[tp])
-        assets = {}
+        assets: dict[str, tuple[int, float, list[str]]] = {}
         for a in {w.inputs.asset for w in self.pending}:  # only these changed since the last cut
-            nxt, expected = self.aligner.snapshot(a)
-            if nxt is not None:
+            next_start, expected = self.aligner.snapshot(a)
+            if next_start is not None:
                 part = self.aligner.partition_of(a)
-                assets[a] = (part if part is not None else -1, nxt, expected)
+                assets[a] = (part if part is not None else -1, next_start, expected)
         windows, self.pending, self._pending_since = self.pending, [], 0.0
         book.cut_seen = dict(book.last_seen)
         log_ids = {tp: str(book.topic_ids[tp]) for tp in offsets if book.topic_ids.get(tp) is not None}

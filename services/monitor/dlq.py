@@ -34,7 +34,8 @@ class DeadLetters:
 
     def send(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
              headers, reason: str, detail: str) -> None:
-        kept, dropped, size = [], 0, 0
+        kept: list[tuple[str, bytes]] = []
+        dropped, size = 0, 0
         for k, v in headers or ():
             if k.startswith("fw_"):
                 continue

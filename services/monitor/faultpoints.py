@@ -82,7 +82,7 @@ def hit(name: str) -> None:
         if action in ACTIONS:
             os.kill(os.getpid(), ACTIONS[action])
         else:
-            time.sleep(_sleep_s(action))
+            time.sleep(_sleep_s(action) or 0.0)  # arm() accepts only kill actions and sleepN
 
 
 def armed() -> dict[str, tuple[int, str]]:

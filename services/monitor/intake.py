@@ -42,6 +42,7 @@ class RecordIntake:
         if not isinstance(res, Accepted):
             return self.dead_letter(tp, rec, res.reason, res.detail)
         env = res.envelope
+        assert res.payload is not None, "the monitor decodes media (DecodeOptions.decode_media)"
         if not self.rate.allow((env.asset, kind), env.time, now):
             m.RATE_LIMITED_RECORDS.labels(asset=m.asset_labels(env.asset)).inc()
             return self.dead_letter(tp, rec, "rate_limited", f"asset {env.asset} exceeds "

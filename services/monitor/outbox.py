@@ -31,7 +31,7 @@ class OutboxRelay:
     def relay_once(self) -> int:
         with self.sessions() as s:
             q = select(Outbox).where(Outbox.sent_at.is_(None)).order_by(Outbox.id).limit(self.batch)
-            if s.bind.dialect.name == "postgresql":
+            if s.get_bind().dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)  # two relays never hold the same rows
             rows = s.scalars(q).all()
             if not rows:

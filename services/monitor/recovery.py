@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from kafka import TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from schemas.envelope import Kind
 from services.monitor.batching import BatchCutter
@@ -30,7 +30,7 @@ class PartitionRecovery:
                  cutter: BatchCutter, kind_of: dict[str, Kind]):
         self.book, self.aligner, self.sink, self.stage, self.cutter, self.kind_of = (
             book, aligner, sink, stage, cutter, kind_of)
-        self.consumer = None  # opened by Monitor.run
+        self.consumer: KafkaConsumer  # opened by Monitor.run
         self._past_end: dict[TP, float] = {}  # when a position was first seen past the log end
 
     def positions(self) -> Positions:
@@ -57,7 +57,7 @@ class PartitionRecovery:
     def hold_behind(self, positions: Positions, paused: bool) -> None:
         """Tell the aligner which modalities still have unread records (see WindowAligner.hold),
         and restart partitions whose log was lost."""
-        behind: dict[int, list[Kind]] = {}
+        behind: dict[int | None, list[Kind]] = {}
         for (topic, part), (hw, pos) in positions.items():
             tp = TopicPartition(topic, part)
             if paused or hw is None or pos is None or pos < hw:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from kafka import TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CorruptRecordError
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine
@@ -98,7 +98,7 @@ class Monitor:
         self.recovery = PartitionRecovery(self.book, self.aligner, self.sink, self.stage, self.cutter, self.kind_of)
         self.rebalancer = Rebalancer(self.book, self.stage, self.recovery, self.sink, self.backpressure, self.ready)
         self._lag_reported = 0.0
-        self.consumer = None
+        self.consumer: KafkaConsumer  # opened by run()
 
     # ── consume thread ─────────────────────────────────────────────────────────────────────
     def run(self, stop: threading.Event) -> MonitorStats:

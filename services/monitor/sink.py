@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from sqlalchemy import Engine, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -65,6 +65,7 @@ def find_nonfinite(value: Any, path: str = "") -> str | None:
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     elif hasattr(value, "model_dump"):
         value = value.model_dump()
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, (list, tuple, set, frozenset)):

@@ -231,7 +231,7 @@ class BoundedLabel:
 
     def __call__(self, value: str | None) -> str:
         if value in self._allowed:
-            return value  # type: ignore[return-value]
+            return value
         if not value or not self._pattern.match(value):
             return OTHER
         with self._lock:
@@ -282,7 +282,7 @@ class AssetLabels(BoundedLabel):
 
     def __call__(self, value: str | None) -> str:
         if value in self._allowed:
-            return value  # type: ignore[return-value]
+            return value
         if not value or not self._pattern.match(value):
             return OTHER
         with self._lock:

@@ -33,6 +33,7 @@ from schemas.errors import ConfigError
 from services.observability import metrics
 
 if TYPE_CHECKING:  # heavy imports only where a check is built
+    from kafka import KafkaAdminClient
     from sqlalchemy import Engine
 
     from services.settings import KafkaSettings, Settings
@@ -163,7 +164,7 @@ class kafka_reachable:  # noqa: N801 - used like the function-style checks besid
 
     def __init__(self, settings: "KafkaSettings", bootstrap: str, topics: Iterable[str] = (), timeout_s: float = 3.0):
         self.settings, self.bootstrap, self.topics, self.timeout_s = settings, bootstrap, tuple(topics), timeout_s
-        self._admin = None
+        self._admin: KafkaAdminClient | None = None
         self._lock = threading.Lock()
 
     def __call__(self) -> CheckResult:
@@ -297,6 +298,7 @@ class MetricsServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host = self.server_address[0]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
 
     def start(self) -> "MetricsServer":

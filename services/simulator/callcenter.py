@@ -224,7 +224,7 @@ class CallCenter:
                  "product": PRODUCTS[int(rng.integers(len(PRODUCTS)))], "times": ("three", "four", "five")[int(rng.integers(3))]}
         sr = self.sample_rate
         t = 0.6  # the line connects
-        pieces: list[tuple[int, np.ndarray]] = []
+        pieces: list[tuple[int, np.ndarray, int]] = []  # (sample offset, wave, channel)
         utterances: list[Utterance] = []
         last_frustration = 0.0
         for stage in SCRIPTS[call_type]:
@@ -311,6 +311,7 @@ class CallCenter:
         base = f"/sim/callcenter/line{call.line + 1}"
         while (t := call.start + state["chunk"] * self.audio_chunk_s) < min(until, call.end):
             k = state["chunk"]
+            assert call.channels is not None, "a call's channels are kept until it has been streamed"
             samples = call.channels[:, k * n:(k + 1) * n].T  # stereo, as a call recorder sends it (CHANNEL_ORDER)
             rec = encode_audio(asset, f"{base}/audio", t, wav_bytes(samples, sr), id=f"{asset}-a{k}", sequence=k)
             batch.append((t, call.line, 1, Kind.AUDIO, rec))
@@ -336,7 +337,7 @@ def write_call_folder(call: Call, root: Path, stereo: bool = True) -> Path:
         raise ConfigError(f"{call.call_id}: its audio was already streamed and dropped; write calls from complete_calls()")
     folder = Path(root) / call.call_id
     folder.mkdir(parents=True, exist_ok=True)
-    samples = call.channels.T if stereo else call.audio
+    samples = call.channels.T if stereo and call.channels is not None else call.audio
     (folder / "call.wav").write_bytes(wav_bytes(np.ascontiguousarray(samples), call.sample_rate))
     turns = [{"speaker": u.speaker, "start": round(u.start - call.start, 3), "end": round(u.end - call.start, 3),
               "text": u.text, "sentiment": u.sentiment, "frustration": round(u.frustration, 3)} for u in call.utterances]

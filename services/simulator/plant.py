@@ -151,7 +151,7 @@ class Plant:
         self.seed = seed
         self.start_time = float(start_time if start_time is not None else round(time.time(), 3))
         self.fps, self.sample_rate, self.audio_chunk_s = fps, sample_rate, audio_chunk_s
-        self.frame_size = tuple(frame_size)
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.shift_s = shift_s
         if isinstance(faults, (str, Path)):
             faults = self._schedule(str(faults))

@@ -91,7 +91,8 @@ class PlcLog:
 
     def second(self, b0: float) -> list[tuple[float, dict[str, Any]]]:
         """Every line with time in [b0, b0 + 1); call for consecutive seconds."""
-        rng, out, b1 = self._rng, [], b0 + 1.0
+        out: list[tuple[float, dict[str, Any]]] = []
+        rng, b1 = self._rng, b0 + 1.0
         # state changes that start in this second
         for seg in self.timeline.segments_between(b0, b1):
             if b0 <= seg.t0 < b1 and seg.t0 > self.start and self._estop_at(seg.t0) is None:
@@ -131,10 +132,10 @@ class PlcLog:
         if rng.random() < 1 / 90:
             code, level, tpl = KNOWN_WARNINGS[int(rng.integers(len(KNOWN_WARNINGS)))]
             if running or "{serial}" not in tpl:
-                serial = self.serial(max(self.conveyor.last_index - 3, 0)) if "{serial}" in tpl else None
-                msg = tpl.format(station=self.station, bar=float(rng.uniform(5.2, 5.8)), serial=serial,
+                named = self.serial(max(self.conveyor.last_index - 3, 0)) if "{serial}" in tpl else None
+                msg = tpl.format(station=self.station, bar=float(rng.uniform(5.2, 5.8)), serial=named,
                                  door=int(rng.integers(1, 5)), op=OPERATORS[int(rng.integers(len(OPERATORS)))])
-                self._line(out, b0 + float(rng.uniform(0, 1)), msg, level, code, serial)
+                self._line(out, b0 + float(rng.uniform(0, 1)), msg, level, code, named)
         for f in self.faults:
             if f.overlaps(b0, b1):  # own random stream: the normal lines around a fault stay as they were
                 self._fault_lines(out, f, b0, b1, speed, np.random.default_rng([int(f.start * 1000), int(b0 * 1000)]))

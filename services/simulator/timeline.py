@@ -108,7 +108,7 @@ class Timeline:
             mode, reason = "idle", str(rng.choice(IDLE_REASONS, p=_IDLE_WEIGHTS))
         else:
             mode, reason = "run", None  # a speed change
-        lo, hi = _IDLE_LEN[reason] if mode == "idle" else (25, 150)
+        lo, hi = _IDLE_LEN[reason] if mode == "idle" and reason is not None else (25, 150)
         t1 = t0 + float(rng.uniform(lo, hi))
         if mode == "idle":
             speed = 0.0

@@ -4,7 +4,7 @@ from the request (see services/api/media.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/events/{event_id}", tags=["media"])
 EventId = Annotated[str, Path(pattern=shapes.EVENT_ID_PATTERN, description="event id (a UUID)")]
 
 _FIELDS = {"clip": "video_path", "subtitles": "subtitles_path", "thumbnail": "thumbnail_path"}
-_RESPONSES = {200: {"description": "the whole file"}, 206: {"description": "the requested byte range"},
+_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"description": "the whole file"}, 206: {"description": "the requested byte range"},
               404: {"model": shapes.ErrorOut}, 416: {"model": shapes.ErrorOut}}
 
 
