@@ -66,13 +66,16 @@ COMPONENT_NAMES = tuple(c[0] for c in COMPONENTS)
 INTRA_NAMES = tuple(c[0] for c in COMPONENTS if not c[2])
 
 
+FusionVariant = Literal["cross", "concat", "late"]  # cross-attention, concatenation, late (no fusion)
+
+
 @dataclass
 class FusionConfig:
     # `from_dict` parses with pydantic: a key this code does not know (here or in `features`) is an
     # error, not a setting silently dropped
     __pydantic_config__: ClassVar[ConfigDict] = {"extra": "forbid"}
 
-    fusion: Literal["cross", "concat", "late"] = "cross"
+    fusion: FusionVariant = "cross"
     d_model: int = 64
     n_heads: int = 4
     cross_layers: int = 1  # MulT cross-modal blocks per target modality

@@ -11,9 +11,8 @@ Pure: the monitor's call summary (`services.monitor.sink`) and the evaluation sh
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
+from numpy.typing import ArrayLike
 
 CLASSES = ("negative", "neutral", "positive")
 OVERALL_HALF_LIFE_WINDOWS = 4.0
@@ -25,7 +24,7 @@ def overall_weights(n: int, half_life: float = OVERALL_HALF_LIFE_WINDOWS) -> np.
     return w / w.sum()
 
 
-def overall_sentiment(probs: Sequence[Sequence[float]], half_life: float = OVERALL_HALF_LIFE_WINDOWS) -> int:
+def overall_sentiment(probs: ArrayLike, half_life: float = OVERALL_HALF_LIFE_WINDOWS) -> int:
     """Index into CLASSES of the recency-weighted mean of (n, 3) class probabilities, in time order."""
     p = np.asarray(probs, dtype=float).reshape(-1, len(CLASSES))
     if not len(p):

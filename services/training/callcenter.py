@@ -39,7 +39,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -59,7 +59,7 @@ from services.training.callcenter_eval import (
 from streamlogic.escalation import EscalationRule
 
 if TYPE_CHECKING:
-    from models.fusion import FusionConfig
+    from models.fusion import FusionConfig, FusionModel, FusionVariant
 
 log = logging.getLogger(__name__)
 
@@ -571,11 +571,11 @@ class CallRecipe:
     tiny_model: bool = False
     description: str = ""
 
-    def model_config(self, variant: str = "cross") -> "FusionConfig":
+    def model_config(self, variant: FusionVariant = "cross") -> FusionConfig:
         from models.fusion import FusionConfig
 
         base = FusionConfig.tiny if self.tiny_model else FusionConfig
-        kw = {"dropout": 0.0, **dict(self.model)}  # weight decay regularises; attention dropout doubles CPU time
+        kw: dict[str, Any] = {"dropout": 0.0, **dict(self.model)}  # weight decay regularises; attention dropout doubles CPU time
         return base(fusion=variant, sentiment_classes=list(SENTIMENT_CLASSES), frustration_head=True,
                     speaker_embedding=True, channel_audio=True, features=CALL_FEATURES, **kw)
 
@@ -627,7 +627,7 @@ def load_call_data(recipe: CallRecipe, cache_dir: Path | None, progress: StageFn
     return out
 
 
-ROWS = {  # row -> (fusion variant, modalities the model sees)
+ROWS: dict[str, tuple[FusionVariant, tuple[str, ...]]] = {  # row -> (fusion variant, modalities the model sees)
     "text_only": ("cross", MODALITY_SETS["text"]),
     "audio_only": ("cross", MODALITY_SETS["audio"]),
     "concat_fusion": ("concat", MODALITY_SETS["fused"]),
@@ -641,7 +641,7 @@ EVAL_ROWS = ("vader", "text_only", "audio_only", "late_fusion", "concat_fusion",
 
 @dataclass
 class TrainedCallModel:
-    model: object  # FusionModel
+    model: FusionModel
     path: Path
     info: dict
 
@@ -998,8 +998,8 @@ def eval_command(recipe: str = "standard", json_path: Path | None = None, retrai
         torch.set_num_threads(threads)
     settings = get_settings()
     r = get_call_recipe(recipe)
-    test = replace(r.test, **{k: v for k, v in {"seed": test_seed, "duration_s": test_duration,
-                                                  "lines": test_lines}.items() if v is not None})
+    given: dict[str, Any] = {"seed": test_seed, "duration_s": test_duration, "lines": test_lines}
+    test = replace(r.test, **{k: v for k, v in given.items() if v is not None})
     folder = call_source(source)
     console = Console(stderr=True)
     with progress_bars(progress, console) as bar:

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from models.data import WindowArrays
-from models.features import CHANNELS, FeatureConfig, Featurizer
+from models.features import CHANNELS, FeatureConfig, Featurizer, WindowFeatures
 from models.inputs import WindowInputs
 from schemas.envelope import ContractLimits, LogPayload, format_time, parse_time, parse_wav
 from schemas.errors import ConfigError
@@ -174,7 +174,9 @@ def featurize_recordings(recs: Iterable[CallRecording], features: FeatureConfig,
                          batch: int = 256) -> WindowArrays:
     """Featurized windows of every call, `meta['calls']` holding each call's ground truth."""
     fz = featurizer or Featurizer(features)
-    feats, calls, pending = [], [], []
+    feats: list[WindowFeatures] = []
+    calls: list[dict] = []
+    pending: list[WindowInputs] = []
     for rec in recs:
         calls.append(rec.meta())
         pending.extend(call_windows(rec, features, hop_s))

@@ -178,8 +178,8 @@ def run_lifecycle(scores: np.ndarray, thresholds: np.ndarray, data: WindowArrays
                     opened[ch.data.event_id] = (sw.end, ch.data.learning)
                 if ch.change == "closed":
                     at, was_learning = opened.pop(ch.data.event_id)
-                    events.append(EvalEvent(asset, ch.data.start_time.timestamp(), ch.data.end_time.timestamp(), at,
-                                            was_learning))
+                    end = ch.data.end_time or ch.data.start_time  # a closed event has its end
+                    events.append(EvalEvent(asset, ch.data.start_time.timestamp(), end.timestamp(), at, was_learning))
         st = life.state(asset)
         if st["open"] is not None:  # still open at the end of the run
             at, was_learning = opened[st["open"]["id"]]
@@ -221,7 +221,7 @@ def event_metrics(events: list[EvalEvent], faults: list[dict], asset_hours: floa
     late = 0
     for ev in events:
         verdict, j = classify_event(ev, faults, window_s)
-        if verdict == "detection":
+        if verdict == "detection" and j is not None:
             detected[j] = True
         elif verdict == "late":
             late += 1
@@ -263,7 +263,8 @@ def evaluate(models: dict[str, FusionModel], calib: WindowArrays, test: WindowAr
     hours_by_shift = asset_hours_by_shift(test)
     tables = tables or component_tables(models, calib, test, device)
     results = []
-    positives, negatives = {}, 0
+    positives: dict[str, int] = {}
+    negatives = 0
     for name, (variant, comps) in rows.items():
         model = models[variant]
         (cc, cm), (tc, tm) = tables[variant]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast, get_args
 
 from services.profiles.base import EvalRequest, TrainRequest
 
@@ -19,21 +20,22 @@ def train_command(req: TrainRequest) -> None:
     from rich.console import Console
 
     from models.data import WindowArrays
+    from models.fusion import FusionVariant
     from models.scorer import pick_device
     from schemas.errors import ConfigError
     from services.settings import get_settings
     from services.training.recipes import get_recipe, run_recipe, spec_with
     from services.training.ui import progress_bars
 
-    recipe, source, variant, out, device, threads, progress = (req.recipe, req.source, req.variant, req.out, req.device,
-                                                               req.threads, req.progress)
+    recipe, source, out, device, threads, progress = req.recipe, req.source, req.out, req.device, req.threads, req.progress
     since, until, bootstrap, dataset, save_dataset = req.since, req.until, req.bootstrap, req.dataset, req.save_dataset
     budget, budget_hours, detail_rows = req.budget, req.budget_hours, req.detail_rows
     settings = get_settings()
     console = Console(stderr=True)
     r = get_recipe(recipe)
-    if variant not in ("cross", "concat", "late"):
-        raise ConfigError(f"--variant must be cross, concat or late, not {variant!r}")
+    if req.variant not in get_args(FusionVariant):
+        raise ConfigError(f"--variant must be cross, concat or late, not {req.variant!r}")
+    variant = cast(FusionVariant, req.variant)
     if threads:
         torch.set_num_threads(threads)
     dev = pick_device(device)
@@ -93,6 +95,7 @@ def eval_command(req: EvalRequest) -> None:
     from rich.console import Console
 
     from models import checkpoint as ckpt
+    from models.fusion import FusionModel
     from models.scorer import pick_device
     from schemas.errors import ConfigError
     from services.settings import get_settings
@@ -124,7 +127,7 @@ def eval_command(req: EvalRequest) -> None:
         else:
             paths = train_variants(r, ("late", "concat", "cross"), settings.var_dir / "eval" / r.name, cache_dir=cache,
                                    progress=bar, device=dev, reuse=not retrain)
-        models = {v: ckpt.load(p, device=dev)[0] for v, p in paths.items()}
+        models: dict[str, FusionModel] = {v: ckpt.load(p, device=dev)[0] for v, p in paths.items()}
         features = next(iter(models.values())).cfg.features
         calib = load_datasets(r, features, cache, bar, which=("calib",))["calib"]
 

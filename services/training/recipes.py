@@ -28,7 +28,7 @@ from models.adaptation import table_phases
 from models.calibration import Calibration, calibrate
 from models.data import WindowArrays
 from models.features import FeatureConfig
-from models.fusion import FusionConfig, FusionModel
+from models.fusion import FusionConfig, FusionModel, FusionVariant
 from models.train import (
     TrainConfig,
     TrainResult,
@@ -58,7 +58,7 @@ class Recipe:
     per_asset: bool = False  # per-asset calibration (only when calib data come from the same plant)
     description: str = ""
 
-    def model_config(self, variant: str = "cross") -> FusionConfig:
+    def model_config(self, variant: FusionVariant = "cross") -> FusionConfig:
         base = FusionConfig.tiny if self.tiny_model else FusionConfig
         return base(fusion=variant, **self.model)
 
@@ -97,7 +97,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def product_config(variant: str = "cross") -> FusionConfig:
+def product_config(variant: FusionVariant = "cross") -> FusionConfig:
     """The architecture the shipped model has (the standard recipe's): what benchmarks measure."""
     return RECIPES["standard"].model_config(variant)
 
@@ -185,7 +185,7 @@ def calibrate_model(model: FusionModel, calib_data: WindowArrays, per_asset: boo
     return calibrate(raw, assets, calib_data.start, per_asset=per_asset, hop_s=hop, **kw)
 
 
-def run_recipe(recipe: Recipe, out_dir: Path, variant: str = "cross", cache_dir: Path | None = None,
+def run_recipe(recipe: Recipe, out_dir: Path, variant: FusionVariant = "cross", cache_dir: Path | None = None,
                progress: ProgressFn | None = None, device: str = "cpu", resume: bool = True,
                train_data: WindowArrays | None = None, calib_data: WindowArrays | None = None,
                overrides: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
@@ -221,9 +221,9 @@ def run_recipe(recipe: Recipe, out_dir: Path, variant: str = "cross", cache_dir:
     return TrainedModel(model, calibration, info | {"version": version, "path": str(out_dir)})
 
 
-def train_variants(recipe: Recipe, variants: tuple[str, ...], out_root: Path, cache_dir: Path | None = None,
+def train_variants(recipe: Recipe, variants: tuple[FusionVariant, ...], out_root: Path, cache_dir: Path | None = None,
                    progress: ProgressFn | None = None, device: str = "cpu", overrides: dict[str, Any] | None = None,
-                   reuse: bool = True) -> dict[str, Path]:
+                   reuse: bool = True) -> dict[FusionVariant, Path]:
     """Baselines with the same encoders and budget: the autoencoders are trained once and copied
     into every variant; each fusion variant then gets the same number of fusion steps."""
     overrides = overrides or {}
