@@ -25,9 +25,9 @@ def _call_scorer():
             super().__init__(*args)
             self.seen: list = []
 
-        def score(self, windows):
+        def score(self, windows, prepared=None):
             self.seen.extend(windows)
-            return super().score(windows)
+            return super().score(windows, prepared)
 
     return Recording(FusionModel(CALL_RECIPES["tiny"].model_config()), None, "untrained-call-model", "cpu")
 
