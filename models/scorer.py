@@ -117,16 +117,10 @@ class AnomalyScorer:
     def threshold(self, asset: str) -> float:
         return self.calibration.threshold(asset)
 
-    def prepare(self, windows: list[WindowInputs]) -> list[WindowFeatures]:
-        """The windows' features (log-mel, text embeddings, frame selection): no per-asset state,
-        so the monitor computes them ahead, in a thread of its own, while the model scores."""
-        return self.featurizer.featurize_many(windows)
-
-    def score(self, windows: list[WindowInputs], prepared: list[WindowFeatures] | None = None) -> list[WindowScore]:
-        """`prepared`: `prepare(windows)`'s result when it was computed ahead."""
+    def score(self, windows: list[WindowInputs]) -> list[WindowScore]:
         if not windows:
             return []
-        feats = prepared if prepared is not None else self.prepare(windows)
+        feats = self.featurizer.featurize_many(windows)
         # uint8 frames on CPU: the model converts only the frames its memo has not seen
         batch = collate(feats, self.cfg, self.model.code_vocab, float_frames=self.frame_memo is None).to(self.device)
         with torch.inference_mode(), self._autocast():

@@ -93,9 +93,6 @@ class MonitorSettings(BaseModel):
     # False: the consume thread waits for each batch's score + SQL commit before reading on (the
     # naive baseline of `fusionwatch bench pipeline`); True overlaps consumption with scoring
     overlap: bool = True
-    # with overlap: featurize the next batch (log-mel, text encoder) in a thread of its own while
-    # the model scores the current one (services/monitor/scoring.py)
-    prepare_ahead: bool = True
     # torch intra-op threads of the score stage; None = every core but one, which the consume
     # thread (Kafka, JPEG/WAV decode) needs: torch's default (all cores) spin-waits against it
     torch_threads: int | None = Field(None, ge=1)

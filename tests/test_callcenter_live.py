@@ -25,9 +25,9 @@ def _call_scorer():
             super().__init__(*args)
             self.seen: list = []
 
-        def score(self, windows, prepared=None):
+        def score(self, windows):
             self.seen.extend(windows)
-            return super().score(windows, prepared)
+            return super().score(windows)
 
     return Recording(FusionModel(CALL_RECIPES["tiny"].model_config()), None, "untrained-call-model", "cpu")
 

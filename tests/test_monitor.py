@@ -50,8 +50,7 @@ def test_monitor_records_events_and_dead_letters(broker, make_topics, unique_gro
     total = len(stream) + 3
 
     engine = db.make_engine(db_url)
-    scorer = BrightnessScorer()
-    monitor = Monitor(settings, broker.bootstrap, engine, scorer, topics, group_id=unique_group())
+    monitor = Monitor(settings, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=unique_group())
     factory = db.session_factory(engine)
 
     def closed_events():
@@ -74,7 +73,6 @@ def test_monitor_records_events_and_dead_letters(broker, make_topics, unique_gro
         outbox = s.scalars(select(Outbox).order_by(Outbox.id)).all()
     assert offsets and all(o.next_offset >= 0 for o in offsets)
     assert [o.change for o in outbox] == ["opened", "closed"]
-    assert scorer.prepared_in == {"fw-prepare"}  # the windows' inputs were prepared ahead, in their own thread
 
     dlq = make_consumer(ks, broker.bootstrap, unique_group())
     dlq.subscribe([topics.dlq])

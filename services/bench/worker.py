@@ -38,7 +38,7 @@ class WorkerSpec:
     partitions: int
     group: str
     checkpoint: str
-    mode: str = "optimised"  # optimised | serial | naive
+    mode: str = "optimised"  # optimised | naive
     threads: int | None = None  # torch intra-op threads (None: the monitor's default / torch's for naive)
     camera_size: tuple[int, int] = (320, 240)  # what the naive mode decodes to
     device: str = "cpu"  # where the scorer runs: cpu, cuda (bf16 autocast) or auto
@@ -60,9 +60,7 @@ def monitor_overrides(mode: str) -> dict:
         return {"max_batch": 1, "max_wait_ms": 0, "overlap": False}
     if mode == "optimised":
         return {}
-    if mode == "serial":  # the optimised monitor featurizing on its score thread (no prepare thread)
-        return {"prepare_ahead": False}
-    raise ValueError(f"mode must be optimised, serial or naive, not {mode!r}")
+    raise ValueError(f"mode must be optimised or naive, not {mode!r}")
 
 
 class _FullDecode:

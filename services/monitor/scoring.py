@@ -4,11 +4,8 @@ events + offsets + per-asset state in one SQL transaction.
 torch releases the GIL, so the consume thread decodes the next records while a batch is scored.
 Work arrives on a queue, in order: batches to score, and the restore / forget orders that the
 consume thread issues when partitions move, so the stage never scores an asset whose state is
-stale. A scorer that can prepare its inputs apart from scoring them (`PreparingScorer`: the
-featurizer's log-mel and text encoder, which keep no per-asset state) gets a second thread that
-prepares the next batch while the model scores this one; orders pass through it in turn. The
-stage's feedback goes back on two queues the consume thread drains: offsets made durable (for
-Kafka's lag tools) and fenced partitions (to reload from SQL).
+stale. The stage's feedback goes back on two queues the consume thread drains: offsets made
+durable (for Kafka's lag tools) and fenced partitions (to reload from SQL).
 """
 
 from __future__ import annotations
@@ -16,10 +13,9 @@ from __future__ import annotations
 import copy
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -51,16 +47,6 @@ class Scorer(Protocol):
 
 
 @runtime_checkable
-class PreparingScorer(Scorer, Protocol):
-    """A scorer whose input preparation depends on the windows alone (no per-asset state), so it
-    can run ahead of scoring in a thread of its own. `score` must take what `prepare` returned
-    (a subclass that overrides `score` passes `prepared` on)."""
-
-    def prepare(self, windows: list[WindowInputs]) -> Any: ...
-    def score(self, windows: list[WindowInputs], prepared: Any = None) -> Sequence[WindowScore]: ...
-
-
-@runtime_checkable
 class StreamScorer(Scorer, Protocol):
     """A scorer that keeps per-asset stream state (log memory, baseline adaptation): committed with
     the asset's lifecycle, restored on assignment, forgotten on revocation."""
@@ -80,7 +66,6 @@ class Batch:
     assets: dict[str, tuple[int, float, list[str]]]  # asset -> (partition, next window start, expected modalities)
     epochs: dict[TP, int]  # the sink's ownership epochs at cut time
     log_ids: dict[TP, str]  # topic ids of the logs the offsets count records of
-    prepared: list[Any] | None = None  # per chunk of max_batch windows, by the prepare thread
 
 
 @dataclass
@@ -110,10 +95,6 @@ class ScoreStage:
         self.lifecycle = policy.lifecycle()  # what opens and closes an event: the profile's
         # unbounded so that restore/forget orders never block; batches are capped by backpressure
         self.work: queue.Queue[WorkItem] = queue.Queue()
-        # prepared batches and the orders between them, from the prepare thread (when there is one)
-        self.preparer = (scorer if isinstance(scorer, PreparingScorer) and cfg.overlap and cfg.prepare_ahead
-                         else None)
-        self.ready: queue.Queue[WorkItem] = queue.Queue()
         self.committed: queue.Queue[dict[TP, int]] = queue.Queue()  # offsets made durable
         self.fenced: queue.Queue[list[TP]] = queue.Queue()
         self.error: BaseException | None = None
@@ -128,19 +109,13 @@ class ScoreStage:
         self.work.put(item)
 
     def busy(self) -> bool:
-        return bool(self.scoring() or not self.work.empty() or not self.ready.empty())
+        return bool(self.work.unfinished_tasks or not self.work.empty())
 
     def scoring(self) -> bool:
-        return self.in_flight() > 0
+        return self.work.unfinished_tasks > 0
 
     def full(self) -> bool:
-        return self.queued() >= MAX_QUEUED_BATCHES
-
-    def queued(self) -> int:
-        return self.work.qsize() + self.ready.qsize()
-
-    def in_flight(self) -> int:
-        return self.work.unfinished_tasks + self.ready.unfinished_tasks
+        return self.work.qsize() >= MAX_QUEUED_BATCHES
 
     def wait_idle(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -149,39 +124,11 @@ class ScoreStage:
                 return
             time.sleep(0.01)
 
-    # ── the prepare thread (a PreparingScorer only) ────────────────────────────────────────
-    def prepare_ahead(self) -> None:
-        assert self.preparer is not None, "started only for a PreparingScorer"
+    # ── the score thread ───────────────────────────────────────────────────────────────────
+    def run(self) -> None:
         try:
             while True:
                 item = self.work.get()
-                try:
-                    if isinstance(item, Batch):
-                        item.prepared = [self.preparer.prepare([w.inputs for w in chunk])
-                                         for chunk in self._chunks(item)]
-                    self.ready.put(item)  # before task_done: the stage never looks idle in between
-                finally:
-                    self.work.task_done()
-                if item is None:
-                    return
-        except BaseException as e:  # surfaced in the consume thread, which stops the service
-            log.exception("prepare stage failed")
-            self.error = e
-            self.ready.put(None)  # and the score thread stops
-
-    def _chunks(self, batch: Batch) -> list[list[AlignedWindow]]:
-        return [batch.windows[i: i + self.cfg.max_batch] for i in range(0, len(batch.windows), self.cfg.max_batch)]
-
-    # ── the score thread ───────────────────────────────────────────────────────────────────
-    def run(self) -> None:
-        """Score until the stop order; with a preparer, also its thread, which feeds this one."""
-        source = self.work
-        if self.preparer is not None:
-            threading.Thread(target=self.prepare_ahead, name="fw-prepare", daemon=True).start()
-            source = self.ready
-        try:
-            while True:
-                item = source.get()
                 try:
                     if item is None:
                         return
@@ -193,7 +140,7 @@ class ScoreStage:
                     else:
                         self._score_and_commit(item)
                 finally:
-                    source.task_done()
+                    self.work.task_done()
         except BaseException as e:  # surfaced in the consume thread, which stops the service
             log.exception("score/sink stage failed")
             self.error = e
@@ -216,12 +163,10 @@ class ScoreStage:
         resets = self._apply_baseline_resets(batch)
         changes: list[EventChange] = []
         calls: dict[str, list[CallPoint]] = {}
-        for k, chunk in enumerate(self._chunks(batch)):
+        for i in range(0, len(batch.windows), self.cfg.max_batch):
+            chunk = batch.windows[i: i + self.cfg.max_batch]
             t0 = time.perf_counter()
-            if batch.prepared is not None and self.preparer is not None:
-                scores = self.preparer.score([w.inputs for w in chunk], batch.prepared[k])
-            else:
-                scores = self.scorer.score([w.inputs for w in chunk])
+            scores = self.scorer.score([w.inputs for w in chunk])
             present = {k: sum(bool(s.present.get(k)) for s in scores) for k in ("frames", "audio", "logs")}
             m.observe_batch(present, len(chunk), [s.score for s in scores], time.perf_counter() - t0)
             if self.stream:

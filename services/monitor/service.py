@@ -207,5 +207,5 @@ class Monitor:
     def gauges(self) -> PipelineGauges:
         return PipelineGauges(assigned=sorted(self.book.assigned), incoming=self.rebalancer.pending(),
                               paused=self.backpressure.paused, buffered=self.aligner.buffered(),
-                              pending=len(self.cutter.pending), queued=self.stage.queued(),
-                              in_flight=self.stage.in_flight())
+                              pending=len(self.cutter.pending), queued=self.stage.work.qsize(),
+                              in_flight=self.stage.work.unfinished_tasks)

@@ -4,7 +4,6 @@ end to end elsewhere; this lets a test know exactly which windows must become ev
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,20 +39,15 @@ class BrightnessScorer:
 
     def __init__(self, threshold: float = 0.5):
         self._threshold = threshold
-        self.prepared_in: set[str] = set()  # the threads `prepare` ran in
 
     def threshold(self, asset: str) -> float:
         return self._threshold
 
-    def prepare(self, windows) -> list[float]:
-        """Each window's mean brightness (a PreparingScorer: the monitor computes it ahead)."""
-        self.prepared_in.add(threading.current_thread().name)
-        return [float(np.mean([float(img.mean()) / 255.0 for _, img in w.frames])) if w.frames else 0.0
-                for w in windows]
-
-    def score(self, windows, prepared=None):
+    def score(self, windows):
         out = []
-        for w, s in zip(windows, prepared if prepared is not None else self.prepare(windows)):
+        for w in windows:
+            values = [float(img.mean()) / 255.0 for _, img in w.frames]
+            s = float(np.mean(values)) if values else 0.0
             top = [t for t, img in sorted(w.frames, key=lambda f: -f[1].mean())[:2]]
             out.append(BrightnessScore(s, self._threshold, s, {"frames": bool(w.frames), "audio": bool(w.audio),
                                                                   "logs": bool(w.logs)}, top_frame_times=top))
@@ -80,8 +74,8 @@ class PoisonableScorer(BrightnessScorer):
         super().__init__(threshold)
         self._state: dict[str, dict] = {}
 
-    def score(self, windows, prepared=None):
-        out = super().score(windows, prepared)
+    def score(self, windows):
+        out = super().score(windows)
         for w, s in zip(windows, out):
             lines = {p.msg for _, p in w.logs}
             st = self._state.setdefault(w.asset, {"mean": 0.0, "n": 0})
@@ -129,8 +123,8 @@ class BaselineScorer(BrightnessScorer):
         self.adapter = SurpriseAdapter(BaselineConfig(step=0.01, learn_windows=learn_windows, judge_after=judge_after))
         self.guard = guard
 
-    def score(self, windows, prepared=None):
-        out = super().score(windows, prepared)
+    def score(self, windows):
+        out = super().score(windows)
         for w, s in sorted(zip(windows, out), key=lambda p: p[0].start):
             ph = self.adapter.phase(w.asset)
             surprise = np.array([10.0 * s.raw])
