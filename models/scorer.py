@@ -241,8 +241,6 @@ def _by_start(windows: list[WindowInputs]) -> list[int]:
     return sorted(range(len(windows)), key=lambda i: windows[i].start)
 
 
-
-
 def _speech(f: WindowFeatures, cfg: FeatureConfig) -> dict[str, float] | None:
     if f.channel_mel is None or f.channel_mask is None or not f.channel_mask.any():
         return None

@@ -4,7 +4,7 @@ Hysteresis: an event opens after `open_after` consecutive windows at or over the
 and closes after `close_after` consecutive windows below its close threshold, so one fault is one
 event. The close threshold is the open threshold times `close_ratio`: 1 for a station (one
 threshold), lower for a call's escalation (streamlogic/escalation.py), where a window between the
-two neither counts towards closing nor lets an open event's count go on. A window that is not
+two restarts the count towards closing without counting towards opening. A window that is not
 `judged` counts as under the threshold (a station still learning its baseline), except that up to
 `hold_unjudged` of them in a row change no count (a call window without the customer's voice says
 nothing about their frustration; a silence longer than that does, and lets the event close). The
@@ -106,7 +106,7 @@ class EventLifecycle:
         st = self.state(w.asset)
         over = w.judged and w.score >= w.threshold
         ev = st["open"]
-        st["held"] = 0 if w.judged else st.get("held", 0) + 1
+        st["held"] = 0 if w.judged else st["held"] + 1
         if 0 < st["held"] <= self.hold_unjudged:
             if ev is not None:
                 add_window(ev, window_dict(w), False)  # on the event's timeline, no count moves

@@ -22,6 +22,7 @@ from services.api.app import create_app, review_url
 from services.api.sample import write_sample
 from services.db import make_engine, session_factory, session_scope
 from services.settings import Settings
+from tests.support.http_server import serving
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -491,25 +492,13 @@ def test_sample_data_and_cli_recalibrate(sqlite_url, tmp_path, monkeypatch):
 @pytest.fixture
 def live_server(sqlite_url, tmp_path):
     """The API on a real uvicorn server (a request goes through the HTTP stack, not a test transport)."""
-    import threading
-
-    import uvicorn
-
     from services.broker.embedded import free_port
 
     seed(sqlite_url)
     port = free_port()
     settings = Settings(database={"url": sqlite_url}, media_root=tmp_path, api={"port": port, "token": TOKEN})
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_app(settings), port):
+        yield port
 
 
 def _raw_request(port: int, head: bytes, body_chunks=(), read_after_s: float = 5.0) -> tuple[int, bytes]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import numpy as np
 import pytest
@@ -231,6 +230,7 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
     from sqlalchemy import select
 
     from models.scorer import AnomalyScorer
+    from schemas.envelope import parse_time
     from schemas.tables import CallSummary, Event
     from services import db
     from services.kafka import make_producer
@@ -286,7 +286,7 @@ def test_calls_escalate_through_the_monitor(tiny_checkpoint, broker, make_topics
     for call_id, row in summaries.items():
         life = rule.lifecycle()
         for t, _neg, _neu, _pos, frustration, heard in row.sentiment_curve:
-            ts = datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+            ts = parse_time(t)
             if life.update(ScoredWindow(call_id, ts, ts + settings.monitor.window_s, frustration, rule.open_threshold,
                                         "replay", judged=heard)):
                 replayed.add(call_id)

@@ -6,13 +6,13 @@ opens its call at that line; the review page links here."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from services.db import make_engine
 from services.settings import Settings
+from tests.support.http_server import serving
 from tests.test_calls_api import TRUTH, seed_call
 from tests.test_review_page import _wait, browser  # noqa: F401 - the Chromium fixture
 
@@ -22,8 +22,6 @@ TOKEN = "calls-page-token-0123456789"
 
 @pytest.fixture
 def server(sqlite_url, tmp_path):
-    import uvicorn
-
     from services.api.app import create_app
     from services.broker.embedded import free_port
 
@@ -33,18 +31,8 @@ def server(sqlite_url, tmp_path):
     port = free_port()
     settings = Settings(database={"url": sqlite_url}, media_root=tmp_path / "media",
                         api={"host": "127.0.0.1", "port": port, "token": TOKEN})
-    app = create_app(settings)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", eid
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(settings), port) as base:
+        yield base, eid
     make_engine(sqlite_url).dispose()
 
 

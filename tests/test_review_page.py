@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +20,7 @@ from schemas.tables import Event
 from services.api.sample import write_sample
 from services.db import make_engine, session_factory, session_scope
 from services.settings import Settings
+from tests.support.http_server import serving
 
 pytestmark = pytest.mark.slow
 TOKEN = "page-test-token-0123456789"
@@ -40,8 +40,6 @@ def _chromium() -> tuple[str, str]:
 
 @pytest.fixture
 def server(sqlite_url, tmp_path):
-    import uvicorn
-
     from services.api.app import create_app
     from services.broker.embedded import free_port
 
@@ -52,18 +50,8 @@ def server(sqlite_url, tmp_path):
     port = free_port()
     settings = Settings(database={"url": sqlite_url}, media_root=tmp_path / "media",
                         api={"host": "127.0.0.1", "port": port, "token": TOKEN})
-    app = create_app(settings, live_poll_s=0.2)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", sessions, ids
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(settings, live_poll_s=0.2), port) as base:
+        yield base, sessions, ids
     engine.dispose()
 
 

@@ -89,11 +89,9 @@ function showCall(c) {
 
 function drawCurve(c) {
   const s = $("curve");
-  s.replaceChildren();
+  const { W, H, L, R, T, B } = chartFrame(s, 36);
   // heard: false where a stereo call's window did not hear the customer (the escalation does not count it)
   const pts = c.curve.map((p) => ({ t: Date.parse(p.time), v: p.frustration, heard: p.customer_heard !== false }));
-  const W = Math.max(320, Math.round(s.getBoundingClientRect().width) || 640), H = 150, L = 36, R = 8, T = 10, B = 24;
-  s.setAttribute("viewBox", "0 0 " + W + " " + H);
   if (!pts.length) {
     s.append(svg("text", { x: 20, y: 75 }, "no window scored yet"));
     $("curve-desc").textContent = "The monitor has scored no window of this call yet.";

@@ -78,6 +78,15 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
+// A time chart's empty frame in `s` (an <svg>), drawn in CSS pixels so text is not stretched: the
+// viewBox follows the element's size. `left`: room for the value axis. Returns the plot's box.
+function chartFrame(s, left) {
+  s.replaceChildren();
+  const W = Math.max(320, Math.round(s.getBoundingClientRect().width) || 640), H = 150, L = left, R = 8, T = 10, B = 24;
+  s.setAttribute("viewBox", "0 0 " + W + " " + H);
+  return { W, H, L, R, T, B };
+}
+
 // ---- time -----------------------------------------------------------------------------------------
 
 const pad = (n) => String(n).padStart(2, "0");

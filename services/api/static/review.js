@@ -144,11 +144,8 @@ function showMedia(ev) {
 
 function drawTimeline(ev) {
   const s = $("timeline");
-  s.replaceChildren();
+  const { W, H, L, R, T, B } = chartFrame(s, 44);
   const pts = ev.scores.map((p) => ({ t: Date.parse(p.time), v: p.score }));
-  // draw in CSS pixels so text is not stretched: the viewBox follows the element's size
-  const W = Math.max(320, Math.round(s.getBoundingClientRect().width) || 640), H = 150, L = 44, R = 8, T = 10, B = 24;
-  s.setAttribute("viewBox", "0 0 " + W + " " + H);
   if (!pts.length) {
     s.append(svg("text", { x: 20, y: 75 }, "no score timeline stored"));
     $("timeline-desc").textContent = "No scores were stored for this event.";
