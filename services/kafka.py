@@ -62,13 +62,54 @@ def security_config(kafka: KafkaSettings, bootstrap: str) -> dict[str, Any]:
     return cfg
 
 
-def make_producer(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> KafkaProducer:
+class Producer:
+    """A KafkaProducer that replaces itself once its idempotence state has failed for good.
+
+    A broker that forgets producer ids (the embedded broker restarted empty) answers the next
+    batch with UnknownProducerId; kafka-python then asks for an epoch bump (KIP-360), which Tansu
+    refuses, and from then on the producer fails every send until the process restarts: the
+    simulator and the ingest commands would go on running and deliver nothing. The failed sends
+    are reported through their futures as always; the next send goes through a fresh producer.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self._producer = KafkaProducer(**config)
+        self.renewals = 0
+
+    def _failed_for_good(self) -> bool:
+        # kafka-python's own (private) state: it has no public accessor; without it nothing is renewed
+        state = getattr(self._producer, "_transaction_manager", None)
+        return bool(state is not None and state.has_fatal_error())
+
+    def send(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp_ms=None):
+        if self._failed_for_good():
+            log.warning("Kafka producer's idempotence state failed for good (the broker forgot its "
+                        "producer id: restarted empty?); starting a fresh producer")
+            self._producer.close(timeout=0)
+            self._producer = KafkaProducer(**self.config)
+            self.renewals += 1
+        return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition,
+                                   timestamp_ms=timestamp_ms)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._producer.close(timeout=timeout)
+
+
+def make_producer(kafka: KafkaSettings, bootstrap: str, *, idempotent: bool = True, **overrides: Any) -> Producer:
+    """`idempotent=False` for streams whose readers de-duplicate anyway (the outbox's events by
+    CloudEvent id, the dead letters by original offset): their records then survive a broker
+    that forgets producer ids, where an idempotent producer fails the batches in flight."""
     cfg = security_config(kafka, bootstrap) | {
         "linger_ms": 5,
         "max_request_size": 2 * 1024 * 1024,
         "acks": "all",
+        "enable_idempotence": idempotent,
     }
-    return KafkaProducer(**(cfg | overrides))
+    return Producer(cfg | overrides)
 
 
 def make_consumer(kafka: KafkaSettings, bootstrap: str, group_id: str | None, **overrides: Any) -> KafkaConsumer:

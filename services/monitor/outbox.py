@@ -7,6 +7,7 @@ the CloudEvent `id` (event id + revision), which is stable.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -38,11 +39,22 @@ class OutboxRelay:
                 m.OUTBOX_PENDING.set(0)
                 s.rollback()
                 return 0
-            for row in rows:
-                self.producer.send(self.topic, key=row.payload["subject"].encode(),
-                                   value=json.dumps(row.payload, separators=(",", ":")).encode(),
-                                   headers=[("content-type", CONTENT_TYPE)])
+            futures = [self.producer.send(self.topic, key=row.payload["subject"].encode(),
+                                          value=json.dumps(row.payload, separators=(",", ":")).encode(),
+                                          headers=[("content-type", CONTENT_TYPE)])
+                       for row in rows]
             self.producer.flush()
+            # flush() returns whether or not the broker took them: mark only the rows up to the
+            # first that failed, so the rest go again, in order, on the next round
+            delivered = list(itertools.takewhile(lambda f: f.succeeded(), futures))
+            if len(delivered) < len(rows):
+                error = futures[len(delivered)].exception
+                log.warning("outbox relay: %d of %d event changes not delivered (%s: %s); retrying",
+                            len(rows) - len(delivered), len(rows), type(error).__name__, error)
+            rows = rows[: len(delivered)]
+            if not rows:
+                s.rollback()
+                return 0
             s.execute(update(Outbox).where(Outbox.id.in_([r.id for r in rows])).values(sent_at=utcnow()))
             s.commit()
             m.OUTBOX_PENDING.set(s.scalar(select(func.count()).select_from(Outbox).where(Outbox.sent_at.is_(None))) or 0)

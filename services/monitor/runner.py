@@ -96,7 +96,7 @@ def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str |
             "assigned": lambda: CheckResult(monitor.ready.is_set(), "waiting for partitions"),
             "commits": lambda: CheckResult(*monitor.commit_health()),
         })
-    relay = OutboxRelay(engine, make_producer(settings.kafka, bootstrap), topics.events)
+    relay = OutboxRelay(engine, make_producer(settings.kafka, bootstrap, idempotent=False), topics.events)
     relay_thread = threading.Thread(target=relay.run, args=(stop,), name="fw-outbox", daemon=True)
     relay_thread.start()
     log.info("monitor %s: model %s, group %s", bootstrap, scorer.version, monitor.group_id)

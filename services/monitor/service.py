@@ -103,7 +103,8 @@ class Monitor:
     # ── consume thread ─────────────────────────────────────────────────────────────────────
     def run(self, stop: threading.Event) -> MonitorStats:
         self._stop = self.committer.stop = stop
-        dlq = self.intake.dlq = DeadLetters(make_producer(self.settings.kafka, self.bootstrap), self.topics.dlq)
+        dlq = self.intake.dlq = DeadLetters(make_producer(self.settings.kafka, self.bootstrap, idempotent=False),
+                                                 self.topics.dlq)
         self.consumer = self.recovery.consumer = make_consumer(self.settings.kafka, self.bootstrap, self.group_id)
         self.consumer.subscribe(list(self.topics.inputs), listener=RebalanceListener(self.rebalancer))
         scorer_thread = threading.Thread(target=self.stage.run, name="fw-score", daemon=True)

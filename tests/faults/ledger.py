@@ -47,31 +47,38 @@ class DeadLetter:
     reason: str
 
 
-def read_dlq(kafka: KafkaSettings, bootstrap: str, topics: Topics, idle_s: float = 2.0) -> list[DeadLetter]:
-    """Every record on the scenario's DLQ topic (read to the high watermark of each partition)."""
+def read_topic(kafka: KafkaSettings, bootstrap: str, topic: str, idle_s: float = 2.0) -> list:
+    """Every record on a topic (read to the high watermark of each partition)."""
     from kafka import TopicPartition
 
     consumer = make_consumer(kafka, bootstrap, None)
-    tps = [TopicPartition(topics.dlq, p) for p in range(kafka.partitions)]
+    tps = [TopicPartition(topic, p) for p in range(kafka.partitions)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
-    out: list[DeadLetter] = []
+    out: list = []
     last = time.monotonic()
     try:
         while time.monotonic() - last < idle_s:
             got = consumer.poll(timeout_ms=300)
             for recs in got.values():
                 last = time.monotonic()
-                for r in recs:
-                    h = {k: v.decode(errors="replace") for k, v in r.headers}
-                    out.append(DeadLetter(h["fw_original_topic"], int(h["fw_original_partition"]),
-                                          int(h["fw_original_offset"]), h["fw_error"].split(":", 1)[0]))
+                out.extend(recs)
             # done once every partition's position has reached its (fetch-reported) high watermark
             hw = [consumer.highwater(tp) for tp in tps]
             if all(h is not None for h in hw) and all(consumer.position(tp) >= h for tp, h in zip(tps, hw)):
                 break
     finally:
         consumer.close()
+    return out
+
+
+def read_dlq(kafka: KafkaSettings, bootstrap: str, topics: Topics, idle_s: float = 2.0) -> list[DeadLetter]:
+    """Every record on the scenario's DLQ topic."""
+    out = []
+    for r in read_topic(kafka, bootstrap, topics.dlq, idle_s):
+        h = {k: v.decode(errors="replace") for k, v in r.headers}
+        out.append(DeadLetter(h["fw_original_topic"], int(h["fw_original_partition"]),
+                              int(h["fw_original_offset"]), h["fw_error"].split(":", 1)[0]))
     return out
 
 

@@ -12,14 +12,20 @@ not yet consumed are gone with the broker: only a real Kafka cluster makes them 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
+from kafka.errors import KafkaError
+from sqlalchemy import func, select
 
+from schemas.tables import Outbox
 from services import db
 from services.broker.embedded import EmbeddedBroker, free_port
+from services.kafka import Topics, ensure_topics, make_producer
+from services.monitor.outbox import OutboxRelay
 from services.settings import KafkaSettings
 from tests.faults import inputs as fault_inputs
 from tests.faults import ledger
@@ -86,13 +92,23 @@ def test_broker_restart_monitor_survives_and_resumes_on_new_data(tmp_path):
         assert fault_inputs.ends(after) == fault_inputs.ends(before)
         wait_for(lambda: len(new_events(url, events_before, later)) == len(fault_inputs.FAULTS), 120,
                  "events from the data after the restart", procs=[monitor])
-        assert monitor.stop() == 0
+        # the monitor reads the new logs with the assignment it had; the new broker's group knows
+        # nothing of it, and the rejoin comes when the client next finds the coordinator — after
+        # the data, on a fast machine: wait for it rather than assume an order
+        wait_for(lambda: monitor.log().count("partitions assigned") >= 2, 60, "the monitor rejoining the new group",
+                 procs=[monitor])
         fresh = new_events(url, events_before, later)
         assert sorted(e[1] for e in fresh) == sorted(fault_inputs.FAULTS)
         assert ledger.event_rows(url)[: len(events_before)] == events_before  # the old ones untouched
+        # the dead-letter producer outlives the restart (an idempotent one fails for good)
+        poison = {(r.topic, r.partition, r.offset, r.expect) for r in after if r.expect != "scored"}
+        wait_for(lambda: {(d.topic, d.partition, d.offset, d.reason)
+                          for d in ledger.read_dlq(ks, broker.bootstrap, topics)} == poison,
+                 60, "the dead letters on the new broker", procs=[monitor])
+        assert monitor.stop() == 0
         log = monitor.log()
-        assert log.count("partitions assigned") >= 2  # rejoined the (new) group
         assert "was re-created" in log or "past the end of the log" in log
+        assert "could not write the dead-letter copy" not in log
     finally:
         if monitor is not None:
             monitor.kill()
@@ -132,3 +148,68 @@ def test_broker_restarted_empty_while_the_monitor_was_down(tmp_path):
             monitor.kill()
         if broker is not None:
             broker.stop()
+
+
+def test_outbox_relay_outlives_a_broker_restart(tmp_path):
+    """The relay's producer, made before the broker restarted empty, delivers what is written after."""
+    st = _stack(tmp_path, "relay")
+    topics = Topics.from_settings(st.kafka)
+    engine = db.make_engine(st.url)
+    broker = EmbeddedBroker(port=st.port, log_path=tmp_path / "tansu-1.log").start()
+    relay = OutboxRelay(engine, make_producer(st.kafka, broker.bootstrap, idempotent=False), topics.events)
+    try:
+        ensure_topics(st.kafka, broker.bootstrap)
+        _write_outbox(engine, "before")
+        assert relay.relay_once() == 3
+        broker.stop()
+        broker = EmbeddedBroker(port=st.port, log_path=tmp_path / "tansu-2.log").start()
+        ensure_topics(st.kafka, broker.bootstrap)
+        _write_outbox(engine, "after")
+        wait_for(lambda: relay.relay_once() >= 0 and _unsent(engine) == 0, 60, "the relay to deliver after the restart")
+        on_broker = [json.loads(r.value)["data"]["event_id"] for r in ledger.read_topic(st.kafka, broker.bootstrap,
+                                                                                        topics.events)]
+        assert sorted(on_broker) == [f"after-{i}" for i in range(3)]  # the new broker holds only what came after
+    finally:
+        relay.producer.close(timeout=5)
+        engine.dispose()
+        broker.stop()
+
+
+def _write_outbox(engine, tag: str) -> None:
+    with db.session_factory(engine)() as s:
+        s.add_all([Outbox(event_id=f"{tag}-{i}", revision=1, change="opened",
+                          payload={"subject": "L1-S1", "data": {"event_id": f"{tag}-{i}"}}) for i in range(3)])
+        s.commit()
+
+
+def _unsent(engine) -> int:
+    with db.session_factory(engine)() as s:
+        return s.scalar(select(func.count()).select_from(Outbox).where(Outbox.sent_at.is_(None))) or 0
+
+
+def test_an_idempotent_producer_outlives_a_broker_restart(tmp_path):
+    """The simulator's and the ingest commands' producer: after the broker restarted empty, the
+    first sends fail (the broker forgot the producer id) and the producer starts afresh."""
+    st = _stack(tmp_path, "producer")
+    topics = Topics.from_settings(st.kafka)
+    broker = EmbeddedBroker(port=st.port, log_path=tmp_path / "tansu-1.log").start()
+    producer = make_producer(st.kafka, broker.bootstrap)
+    try:
+        ensure_topics(st.kafka, broker.bootstrap)
+        producer.send(topics.logs, key=b"L1-S1", value=b"before").get(10)
+        broker.stop()
+        broker = EmbeddedBroker(port=st.port, log_path=tmp_path / "tansu-2.log").start()
+        ensure_topics(st.kafka, broker.bootstrap)
+
+        def delivered() -> bool:
+            try:
+                producer.send(topics.logs, key=b"L1-S1", value=b"after").get(10)
+                return True
+            except KafkaError:
+                return False
+
+        wait_for(delivered, 60, "a send after the restart to succeed")
+        assert producer.renewals == 1
+    finally:
+        producer.close(timeout=5)
+        broker.stop()
