@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from services.api.sample import write_clip
 from services.db import make_engine
 from services.settings import Settings
 from tests.support.http_server import serving
@@ -28,6 +29,8 @@ def server(sqlite_url, tmp_path):
     now = time.time()
     eid = seed_call(sqlite_url, "call-0001", now - 3600)
     seed_call(sqlite_url, "call-0002", now - 19, escalate=False)
+    # the clip the summary row names: Chromium may fetch a link's target ahead of a click
+    write_clip(tmp_path / "media" / f"{eid}.mp4", seconds=1.0)
     port = free_port()
     settings = Settings(database={"url": sqlite_url}, media_root=tmp_path / "media",
                         api={"host": "127.0.0.1", "port": port, "token": TOKEN})
