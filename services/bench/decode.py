@@ -8,7 +8,8 @@ per batch), on records the factory simulator produces, so the bytes are what the
   ignores the model's size does; the featurizer then resizes) vs Pillow draft decoding (DCT-domain
   1/2, 1/4, 1/8 scaling), at the simulator's 320x240 and at larger camera sizes;
 - audio: WAV chunk decode, and log-mel feature extraction per window vs batched across windows;
-- text: MiniLM line embeddings with no cache vs the normalised-line cache (PLC lines repeat).
+- text: MiniLM line embeddings with no cache vs the normalised-line cache (PLC lines repeat);
+- the frame memo's content key per decoded frame: SHA-256 vs XXH3-128.
 
 CPU time is taken from the measuring thread's clock where the work is single-threaded, so other
 people's processes on a shared box do not count; torch work uses the process clock.
@@ -51,6 +52,8 @@ def run_decode_bench(cfg: DecodeBenchConfig, progress=None) -> BenchResult:
     for size in cfg.frame_sizes:
         step(f"frames {size[0]}x{size[1]}")
         _frames_case(cfg, fc, size, result)
+    step("frame memo keys")
+    _memo_key_case(cfg, fc, result)
     step("audio")
     _audio_case(cfg, fc, result)
     if cfg.text:
@@ -127,6 +130,38 @@ def _frames_case(cfg: DecodeBenchConfig, fc, size: tuple[int, int], result: Benc
     result.rows.append(_row(stage, "draft decode (DCT scaling)" + (", simplejpeg" if t_pillow else ""), t_draft, t_naive,
                             note=f"mean |Δ| {np.mean(diffs):.1f}/255"))
     result.summary[f"draft_speedup_{size[0]}x{size[1]}"] = t_draft.items_per_cpu_s / t_naive.items_per_cpu_s
+
+
+def _memo_key_case(cfg: DecodeBenchConfig, fc, result: BenchResult) -> None:
+    """The frame memo's content key per decoded frame (`models.framememo.FrameMemo.keys`):
+    SHA-256 (what it used) against XXH3-128 (what it uses), on the simulator's decoded frames."""
+    import hashlib
+
+    import torch
+
+    from models.framememo import FrameMemo
+    from schemas.envelope import DecodeOptions, Kind, decode
+
+    opts = DecodeOptions(frame_size=fc.frame_size, sample_rate=fc.sample_rate)
+    now = time.time()
+    recs = [rec for kind, rec in _plant_records(16, 3.0, seed=cfg.seed) if kind is Kind.FRAME][:128]
+    pixels = torch.from_numpy(np.stack([decode(Kind.FRAME, r.key, r.value, r.headers, now, options=opts).payload.image
+                                        for r in recs]))  # (N, H, W, 3) uint8, as `collate` leaves them
+
+    def sha256():
+        px = pixels.numpy()
+        [hashlib.sha256(px[i].data).digest()[:16] for i in range(len(px))]
+        return len(px)
+
+    def xxh3():
+        return len(FrameMemo.keys(pixels.permute(0, 3, 1, 2), pixels))
+
+    t_sha = measure(sha256, cfg.min_time_s)
+    t_xxh = measure(xxh3, cfg.min_time_s)
+    stage = f"frame memo key ({fc.frame_size[0]}x{fc.frame_size[1]} decoded frame)"
+    result.rows.append(_row(stage, "SHA-256, 128 bits", t_sha))
+    result.rows.append(_row(stage, "XXH3-128", t_xxh, t_sha))
+    result.summary["memo_key_speedup"] = t_xxh.items_per_cpu_s / t_sha.items_per_cpu_s
 
 
 def _audio_case(cfg: DecodeBenchConfig, fc, result: BenchResult) -> None:
