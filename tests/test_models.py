@@ -17,7 +17,7 @@ import torch
 from models.calibration import Calibration, calibrate, cluster_peaks, fit_gpd, return_level, runs_statistic
 from models.data import WindowArrays
 from models.features import FeatureConfig, WindowFeatures, collate
-from models.fusion import COMPONENT_NAMES, COMPONENTS, FusionConfig, FusionModel, Tokens
+from models.fusion import COMPONENT_NAMES, COMPONENTS, FusionConfig, FusionModel, Tokens, float_frames
 from models.train import TrainConfig, fit_component_stats, fit_intra_statistics, fit_normalisers, train
 
 FC = FeatureConfig()
@@ -759,3 +759,17 @@ def test_the_scorer_adapts_across_batches_as_in_one():
     assert len(windows) > 70 and whole.adapter.state("L1-S1")["seen"] > 16
     np.testing.assert_allclose(streamed, at_once, rtol=1e-5, atol=1e-5)
     assert batched.adapter.state("L1-S2") == whole.adapter.state("L1-S2")
+
+
+def test_the_scene_pooling_is_avg_pool2d_bit_for_bit():
+    """`scene_frames` pools 2x2 blocks by its own sums (faster on the pixel-major frames the
+    monitor hands it); the trained models saw avg_pool2d's numbers, so it must give exactly those."""
+    import torch.nn.functional as F
+
+    model = FusionModel(FusionConfig.tiny(features=DETAIL_FC, scene_pool=2, normalise_light=False))
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (6, 120, 160, 3), dtype=torch.uint8, generator=g)
+    frames = pixels.permute(0, 3, 1, 2)  # the monitor's uint8 view of pixel-major bytes
+    for x in (frames, frames.float().contiguous(), frames.float() / 255.0, frames.reshape(2, 3, 3, 120, 160)):
+        want = F.avg_pool2d(float_frames(x).reshape(-1, 3, 120, 160), 2).reshape(*x.shape[:-2], 60, 80)
+        assert torch.equal(model.scene_frames(x), want)
