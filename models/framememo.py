@@ -43,8 +43,8 @@ class FrameMemo:
             # pixel order (N, H, W, C): `collate`'s frames are NHWC in memory, so this is a view
             pixels = frames.detach().permute(0, 2, 3, 1)
         px = pixels.contiguous().numpy()
-        # XXH3-128: ~1.4 us per 160x120 frame of bytes, against ~33 us for SHA-256 (with SHA-NI)
-        # and ~62 us for BLAKE2b (docs/performance.md). Not a cryptographic hash: whoever can
+        # XXH3-128: ~1.4 us per 160x120 frame of bytes, against ~33 us for SHA-256 with SHA-NI
+        # (`fusionwatch bench decode`, "frame memo key"). Not a cryptographic hash: whoever can
         # choose a camera's pixels can show it anything anyway
         return [xxhash.xxh3_128_digest(px[i].data) for i in range(len(px))]
 

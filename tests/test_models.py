@@ -762,8 +762,8 @@ def test_the_scorer_adapts_across_batches_as_in_one():
 
 
 def test_the_scene_pooling_is_avg_pool2d_bit_for_bit():
-    """`scene_frames` pools 2x2 blocks by its own sums (faster on the pixel-major frames the
-    monitor hands it); the trained models saw avg_pool2d's numbers, so it must give exactly those."""
+    """`scene_frames` pools 2x2 blocks by its own sums (strided views, cheaper than avg_pool2d);
+    the trained models saw avg_pool2d's numbers, so it must give exactly those."""
     import torch.nn.functional as F
 
     model = FusionModel(FusionConfig.tiny(features=DETAIL_FC, scene_pool=2, normalise_light=False))

@@ -113,7 +113,8 @@ def decode_cmd(
     json_path: Path = typer.Option(None, "--json", help="Write the full result as JSON here."),
 ) -> None:
     """Media decoding and feature extraction: full JPEG decode + resize vs draft decode, WAV decode,
-    log-mel per window vs batched, text embeddings without vs with the line cache."""
+    log-mel per window vs batched, text embeddings without vs with the line cache, the frame memo's
+    key (SHA-256 vs XXH3-128)."""
     from services.bench.decode import DecodeBenchConfig, run_decode_bench
 
     try:

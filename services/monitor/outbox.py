@@ -46,12 +46,12 @@ class OutboxRelay:
             self.producer.flush()
             # flush() returns whether or not the broker took them: mark only the rows up to the
             # first that failed, so the rest go again, in order, on the next round
-            delivered = list(itertools.takewhile(lambda f: f.succeeded(), futures))
-            if len(delivered) < len(rows):
-                error = futures[len(delivered)].exception
+            delivered = sum(1 for _ in itertools.takewhile(lambda f: f.succeeded(), futures))
+            if delivered < len(rows):
+                error = futures[delivered].exception
                 log.warning("outbox relay: %d of %d event changes not delivered (%s: %s); retrying",
-                            len(rows) - len(delivered), len(rows), type(error).__name__, error)
-            rows = rows[: len(delivered)]
+                            len(rows) - delivered, len(rows), type(error).__name__, error)
+            rows = rows[:delivered]
             if not rows:
                 s.rollback()
                 return 0

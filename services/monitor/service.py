@@ -103,8 +103,9 @@ class Monitor:
     # ── consume thread ─────────────────────────────────────────────────────────────────────
     def run(self, stop: threading.Event) -> MonitorStats:
         self._stop = self.committer.stop = stop
-        dlq = self.intake.dlq = DeadLetters(make_producer(self.settings.kafka, self.bootstrap, idempotent=False),
-                                                 self.topics.dlq)
+        # not idempotent: fw.dlq is at-least-once, and a broker restart must not stop the copies
+        dlq_producer = make_producer(self.settings.kafka, self.bootstrap, idempotent=False)
+        dlq = self.intake.dlq = DeadLetters(dlq_producer, self.topics.dlq)
         self.consumer = self.recovery.consumer = make_consumer(self.settings.kafka, self.bootstrap, self.group_id)
         self.consumer.subscribe(list(self.topics.inputs), listener=RebalanceListener(self.rebalancer))
         scorer_thread = threading.Thread(target=self.stage.run, name="fw-score", daemon=True)

@@ -165,7 +165,11 @@ def test_outbox_relay_outlives_a_broker_restart(tmp_path):
         broker = EmbeddedBroker(port=st.port, log_path=tmp_path / "tansu-2.log").start()
         ensure_topics(st.kafka, broker.bootstrap)
         _write_outbox(engine, "after")
-        wait_for(lambda: relay.relay_once() >= 0 and _unsent(engine) == 0, 60, "the relay to deliver after the restart")
+        def relayed_all() -> bool:
+            relay.relay_once()
+            return _unsent(engine) == 0
+
+        wait_for(relayed_all, 60, "the relay to deliver after the restart")
         on_broker = [json.loads(r.value)["data"]["event_id"] for r in ledger.read_topic(st.kafka, broker.bootstrap,
                                                                                         topics.events)]
         assert sorted(on_broker) == [f"after-{i}" for i in range(3)]  # the new broker holds only what came after
