@@ -15,7 +15,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,18 +24,12 @@ from models.adaptation import SurpriseAdapter, WindowPhase
 from models.attribution import DetailEvidence, attribute
 from models.calibration import AssetCalibration, Calibration
 from models.features import CHANNELS, FeatureConfig, Featurizer, WindowFeatures, collate, speech_seconds
-from models.fusion import COMPONENT_NAMES, FusionModel, FusionOutput, combine_components
+from models.fusion import COMPONENT_NAMES, FusionModel, combine_components
 from models.inputs import WindowInputs
 from models.logmemory import Held, LogMemory
 from schemas.envelope import DecodeOptions
 
 log = logging.getLogger(__name__)
-
-
-class Prepared(NamedTuple):
-    """A batch's features and forward pass (`AnomalyScorer.prepare`)."""
-    feats: list[WindowFeatures]
-    out: FusionOutput
 
 
 @dataclass
@@ -124,23 +117,14 @@ class AnomalyScorer:
     def threshold(self, asset: str) -> float:
         return self.calibration.threshold(asset)
 
-    def prepare(self, windows: list[WindowInputs]) -> Prepared:
-        """The windows' features and forward pass: what `score` needs that depends on the windows
-        alone, not on any asset's stream state — so it may run ahead of the batch before it (the
-        scoring process prepares the next batch while the monitor commits the last one)."""
+    def score(self, windows: list[WindowInputs]) -> list[WindowScore]:
+        if not windows:
+            return []
         feats = self.featurizer.featurize_many(windows)
         # uint8 frames on CPU: the model converts only the frames its memo has not seen
         batch = collate(feats, self.cfg, self.model.code_vocab, float_frames=self.frame_memo is None).to(self.device)
         with torch.inference_mode(), self._autocast():
             out = self.model(batch, want_weights=True)
-        return Prepared(feats, out)
-
-    def score(self, windows: list[WindowInputs], prepared: Prepared | None = None) -> list[WindowScore]:
-        """Calibrated scores of the windows, in order; `prepared`: their `prepare`, if done already."""
-        if not windows:
-            return []
-        feats, out = prepared or self.prepare(windows)
-        with torch.inference_mode(), self._autocast():
             order = _by_start(windows)  # a window may hold the log evidence of an earlier one in the batch
             held, own = self._hold_log_novelty(windows, order, out)
             phases = [self.adapter.phase(w.asset) for w in windows]  # before `_adapt` counts this batch

@@ -96,10 +96,6 @@ class MonitorSettings(BaseModel):
     # torch intra-op threads of the score stage; None = every core but one, which the consume
     # thread (Kafka, JPEG/WAV decode) needs: torch's default (all cores) spin-waits against it
     torch_threads: int | None = Field(None, ge=1)
-    # True: featurizing and the model run in a child process (services/monitor/score_process.py),
-    # which lets one monitor use two cores: its score thread no longer shares the GIL with the
-    # consume thread. Same scores; ~0.4 ms more CPU per window for the pipe (docs/performance.md)
-    score_process: bool = False
     # call-centre profile: an escalation opens when frustration (0..1) stays at or above this
     escalation_threshold: float = Field(0.6, gt=0, le=1)
     # ... for escalation_open_after windows, and closes only after escalation_close_after windows

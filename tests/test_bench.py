@@ -312,26 +312,6 @@ def test_bench_pipeline_end_to_end_with_two_monitor_processes(broker):
     assert rt["cpu by thread"] and "score" in rt["cpu by thread"]
 
 
-def test_bench_pipeline_monitor_scoring_in_a_process_of_its_own(broker):
-    """`--modes score-process`: the optimised monitor with its model in a child process
-    (monitor.score_process) drains a backlog and keeps up in real time through the real broker and
-    SQLite; the child's CPU and model time count as the monitor's."""
-    from services.bench.pipeline import PipelineBenchConfig, run_pipeline_bench
-
-    cfg = PipelineBenchConfig(assets=[2], duration_s=6.0, warmup_s=2.0, backlog_s=5.0, backlog_assets=2,
-                              modes=["score-process"], partitions=2, random_init=True, tiny=True,
-                              bootstrap=broker.bootstrap, threads=1)
-    res = run_pipeline_bench(cfg)
-    rows = {(r["run"], r["mode"]): r for r in res.rows}
-    assert set(rows) == {("capacity", "score-process"), ("real time", "score-process")}
-    cap = rows[("capacity", "score-process")]
-    assert cap["windows"] >= 2 * 5 and cap["late"] == 0 and cap["rejected"] == 0, cap
-    assert "scoring process" in cap["cpu by thread"] and cap["model ms/window"] > 0, cap
-    rt = rows[("real time", "score-process")]
-    assert rt["windows"] >= 2 * (6 - 1) and "scoring process" in rt["cpu by thread"], rt
-    assert "realtime_2a_score_process_p95_s" in res.summary
-
-
 def test_kafka_client_bench_reads_every_record_with_both_clients():
     """`python -m services.bench.kafka_clients`: both clients read every record of the same topics,
     and each repeat charges a CPU time to each."""

@@ -142,8 +142,7 @@ def pipeline_cmd(
     repeats: int = typer.Option(1, help="Capacity runs per mode, interleaved (optimised, naive, optimised, …); "
                                 "ratios are the median over neighbouring pairs. Use 3+ on a shared or "
                                 "throttled machine, whose speed drifts by tens of percent within a minute."),
-    modes: str = typer.Option("optimised,naive", help="Which monitor modes to run: optimised, naive, score-process "
-                                     "(the optimised monitor scoring in a child process: monitor.score_process)."),
+    modes: str = typer.Option("optimised,naive", help="Which monitor modes to run: optimised, naive or both."),
     realtime_modes: str = typer.Option(None, help="Modes of the real-time runs (default: --modes; 'none' skips them)."),
     search: bool = typer.Option(False, help="Search for the largest number of assets one monitor sustains in "
                                 "real time (lag bounded, p95 decision latency within --p95-budget)."),
@@ -172,13 +171,13 @@ def pipeline_cmd(
     from services.bench.pipeline import PipelineBenchConfig, run_pipeline_bench
 
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    if not set(mode_list) <= {"optimised", "naive", "score-process"} or not mode_list:
-        raise typer.BadParameter("--modes takes optimised, naive and/or score-process")
+    if not set(mode_list) <= {"optimised", "naive"} or not mode_list:
+        raise typer.BadParameter("--modes takes optimised and/or naive")
     rt_modes = None
     if realtime_modes is not None:
         rt_modes = [m.strip() for m in realtime_modes.split(",") if m.strip() and m.strip() != "none"]
-        if not set(rt_modes) <= {"optimised", "naive", "score-process"}:
-            raise typer.BadParameter("--realtime-modes takes optimised, naive, score-process or none")
+        if not set(rt_modes) <= {"optimised", "naive"}:
+            raise typer.BadParameter("--realtime-modes takes optimised, naive or none")
     cfg = PipelineBenchConfig(
         assets=_ints(assets, "--assets"), duration_s=duration, warmup_s=warmup, backlog_s=backlog, backlog_assets=backlog_assets,
         capacity_repeats=repeats, modes=mode_list, realtime_modes=rt_modes, search=search, search_max=search_max,

@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.bench.report import BenchError, BenchResult, child_pids, machine_info, proc_cpu_rss, quantile
+from services.bench.report import BenchError, BenchResult, machine_info, proc_cpu_rss, quantile
 from services.bench.worker import WorkerSpec
 
 
@@ -219,14 +219,12 @@ class Workers:
                          f"see their logs in {self.logs[0].parent}")
 
     def usage(self) -> tuple[float, float]:
-        """(CPU seconds, resident MiB) summed over the live processes and their children (a
-        monitor's scoring process)."""
+        """(CPU seconds, resident MiB) summed over the live processes."""
         cpu = rss = 0.0
         for p in self.procs:
-            for pid in (p.pid, *child_pids(p.pid)):
-                u = proc_cpu_rss(pid)
-                if u:
-                    cpu, rss = cpu + u[0], rss + u[1]
+            u = proc_cpu_rss(p.pid)
+            if u:
+                cpu, rss = cpu + u[0], rss + u[1]
         return cpu, rss
 
     def stop(self, timeout_s: float = 60.0) -> list[dict]:
@@ -441,7 +439,7 @@ def _merge_threads(stats: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     for s in stats:
         for name, cpu in (s.get("thread_cpu_s") or {}).items():
-            key = name if name in ("consume", "fw-score", "scoring process") else "other"
+            key = name if name in ("consume", "fw-score") else "other"
             out[key] = out.get(key, 0.0) + cpu
     return out
 
@@ -455,7 +453,7 @@ def _thread_split(samples: list[tuple[float, dict]]) -> str | None:
     total = sum(delta.values())
     if total <= 0:
         return None
-    names = {"consume": "consume", "fw-score": "score", "scoring process": "scoring process", "other": "other"}
+    names = {"consume": "consume", "fw-score": "score", "other": "other"}
     return ", ".join(f"{names[k]} {100 * v / total:.0f} %" for k, v in sorted(delta.items(), key=lambda kv: -kv[1]))
 
 
@@ -534,17 +532,13 @@ def _run_all(cfg: PipelineBenchConfig, bootstrap: str, ckpt: Path, workdir: Path
                     result.rows.append(r.row)
                     result.series[label] = {"columns": ["t_s", "backlog_records", "windows", "cpu_s", "rss_mb", "model_cpu_s"],
                                             "points": r.series}
-        naive = capacity.get(("naive", 1))
-        for mode, prefix in (("optimised", "capacity_ratio"), ("score-process", "capacity_ratio_score_process")):
-            opt = capacity.get((mode, 1))
-            if not (opt and naive):
-                continue
-            for key, col in ((f"{prefix}_windows_per_s", "windows/s"), (f"{prefix}_windows_per_cpu_s", "windows/cpu-s")):
+        opt, naive = capacity.get(("optimised", 1)), capacity.get(("naive", 1))
+        if opt and naive:
+            for key, col in (("capacity_ratio_windows_per_s", "windows/s"), ("capacity_ratio_windows_per_cpu_s", "windows/cpu-s")):
                 ratios = [o.row[col] / n.row[col] for o, n in zip(opt, naive)]
                 result.summary[key] = statistics.median(ratios)
                 if len(ratios) > 1:
                     result.summary[key + "_runs"] = [round(x, 2) for x in ratios]
-        opt = capacity.get(("optimised", 1))
         if opt and cfg.processes > 1 and ("optimised", cfg.processes) in capacity:
             many = capacity[("optimised", cfg.processes)]
             result.summary[f"scaleout_{cfg.processes}p_over_1p_windows_per_s"] = statistics.median(
@@ -561,10 +555,9 @@ def _run_all(cfg: PipelineBenchConfig, bootstrap: str, ckpt: Path, workdir: Path
         result.summary["max_assets_sustained"] = best
         result.summary["search_trials"] = tried
     for r in result.rows:
-        if r["run"] == "real time" and r["mode"] != "naive":
-            key = f"realtime_{r['assets']}a" + ("" if r["mode"] == "optimised" else "_score_process")
-            result.summary[f"{key}_p95_s"] = r["p95 s"]
-            result.summary[f"{key}_sustained"] = r["sustained"]
+        if r["run"] == "real time" and r["mode"] == "optimised":
+            result.summary[f"realtime_{r['assets']}a_p95_s"] = r["p95 s"]
+            result.summary[f"realtime_{r['assets']}a_sustained"] = r["sustained"]
 
 
 def _search(h: Harness, cfg: PipelineBenchConfig, result: BenchResult) -> tuple[int, dict]:

@@ -160,17 +160,6 @@ def proc_cpu_rss(pid: int) -> tuple[float, float] | None:
         return None
 
 
-def child_pids(pid: int) -> list[int]:
-    """The direct children of a process (e.g. a monitor's scoring process), from /proc."""
-    out: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            out += [int(c) for c in (task / "children").read_text().split()]
-    except (OSError, ValueError):
-        pass
-    return out
-
-
 # ── the result ─────────────────────────────────────────────────────────────────────────────────
 
 @dataclass

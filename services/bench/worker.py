@@ -60,9 +60,7 @@ def monitor_overrides(mode: str) -> dict:
         return {"max_batch": 1, "max_wait_ms": 0, "overlap": False}
     if mode == "optimised":
         return {}
-    if mode == "score-process":  # the optimised monitor, scoring in a child process
-        return {"score_process": True}
-    raise ValueError(f"mode must be optimised, score-process or naive, not {mode!r}")
+    raise ValueError(f"mode must be optimised or naive, not {mode!r}")
 
 
 class _FullDecode:
@@ -88,11 +86,10 @@ def build(spec: WorkerSpec):
     from services.monitor.service import Monitor
     from services.settings import KafkaSettings, MonitorSettings, Settings
 
-    threads = 1
-    if spec.mode != "naive":
+    if spec.mode == "optimised":
         from services.monitor.runner import set_torch_threads
 
-        threads = set_torch_threads(spec.threads)  # the product's default: all cores but one
+        set_torch_threads(spec.threads)  # the product's default: all cores but one
     elif spec.threads:
         torch.set_num_threads(spec.threads)  # naive: torch's own default unless told otherwise
     ks = KafkaSettings(bootstrap=spec.bootstrap, topic_prefix=spec.topic_prefix, partitions=spec.partitions)
@@ -100,13 +97,7 @@ def build(spec: WorkerSpec):
     ms = MonitorSettings(**(MonitorSettings().model_dump() | overrides))
     settings = Settings(kafka=ks, monitor=ms)
     engine = db.make_engine(spec.database_url)
-    if ms.score_process:
-        from services.monitor.score_process import ScoringProcess
-
-        scorer = ScoringProcess(Path(spec.checkpoint), spec.device, threads)
-        CHILDREN.append(scorer)
-    else:
-        scorer = AnomalyScorer.load(Path(spec.checkpoint), device=spec.device)
+    scorer = AnomalyScorer.load(Path(spec.checkpoint), device=spec.device)
     if spec.mode == "naive":
         scorer.featurizer.text.cache_size = 0  # every line embedded again, in every window it falls in
         if getattr(scorer, "frame_memo", None) is not None:
@@ -137,14 +128,11 @@ def warm_up(scorer) -> None:
 
 
 MODEL_CPU = [0.0]  # CPU seconds spent inside the fusion model's forward (score thread)
-CHILDREN: list = []  # the monitor's scoring process, when it has one: its CPU and memory count as the monitor's
 
 
 def _time_model(scorer) -> None:
     """Count the CPU time of the model's forward pass, so the harness can split the monitor's
     cost into "the model" (what a GPU takes over) and "everything else" (what stays on the CPU)."""
-    if CHILDREN:  # the scoring process counts its own
-        return
     inner = scorer.inner if isinstance(scorer, _FullDecode) else scorer
     model = inner.model
     forward = model.forward
@@ -172,26 +160,14 @@ class DrainMarks:
     def poll(self) -> None:
         st = self.monitor.stats
         if self.first is None and st.records:
-            self.first = [time.time(), monitor_cpu(), model_cpu(), thread_cpu()]
+            self.first = [time.time(), time.process_time(), MODEL_CPU[0], thread_cpu()]
         if st.windows and (self.last is None or st.windows != self.last[4]):
-            self.last = [time.time(), monitor_cpu(), model_cpu(), thread_cpu(), st.windows]
-
-
-def monitor_cpu() -> float:
-    """CPU seconds of this process and of its scoring process, if it has one."""
-    return time.process_time() + sum((proc_cpu_rss(c.pid) or (0.0, 0.0))[0] for c in CHILDREN)
-
-
-def model_cpu() -> float:
-    return MODEL_CPU[0] + sum(c.model_cpu_s for c in CHILDREN)
+            self.last = [time.time(), time.process_time(), MODEL_CPU[0], thread_cpu(), st.windows]
 
 
 def snapshot(monitor, started: float, marks: list, final: bool = False, drain: DrainMarks | None = None) -> dict:
     st = monitor.stats
     usage = proc_cpu_rss(os.getpid()) or (float("nan"), float("nan"))
-    for child in CHILDREN:
-        cpu, rss = proc_cpu_rss(child.pid) or (float("nan"), float("nan"))
-        usage = (usage[0] + cpu, usage[1] + rss)
     now = time.time()
     marks.append([now, len(st.latencies)])
     gauges = monitor.gauges()
@@ -203,7 +179,7 @@ def snapshot(monitor, started: float, marks: list, final: bool = False, drain: D
         # work still inside the monitor: records held for open windows, windows not yet batched,
         # batches not yet committed (a backlog is drained when all three are zero)
         "buffered": gauges.buffered, "pending": gauges.pending, "in_flight": gauges.in_flight,
-        "final": final, "latency_marks": marks, "model_cpu_s": model_cpu(),
+        "final": final, "latency_marks": marks, "model_cpu_s": MODEL_CPU[0],
     }
     data["drain"] = {"first": drain.first, "last": drain.last} if drain else None
     data["thread_cpu_s"] = thread_cpu()
@@ -223,8 +199,6 @@ def thread_cpu() -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         name = "consume" if t is threading.main_thread() else t.name
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    for child in CHILDREN:
-        out["scoring process"] = (proc_cpu_rss(child.pid) or (0.0, 0.0))[0]
     return out
 
 
@@ -266,8 +240,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         drain.poll()
         write_json(path, snapshot(monitor, started, marks, final=True, drain=drain))
-        for child in CHILDREN:
-            child.close()
         engine.dispose()
 
 

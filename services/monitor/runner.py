@@ -25,19 +25,11 @@ def check_checkpoint(checkpoint: Path) -> None:
                           "(or run `fusionwatch up`, which installs the shipped one on first start)")
 
 
-def load_scorer(checkpoint: Path, device: str = "auto", in_process: bool = True, threads: int = 1):
-    """The checkpoint's scorer: in this process, or in a child process of its own
-    (`monitor.score_process`, services/monitor/score_process.py) with `threads` torch threads."""
+def load_scorer(checkpoint: Path, device: str = "auto"):
     check_checkpoint(checkpoint)
-    if in_process:
-        from models.scorer import AnomalyScorer
+    from models.scorer import AnomalyScorer
 
-        scorer = AnomalyScorer.load(checkpoint, device=device)
-    else:
-        from models.scorer import pick_device
-        from services.monitor.score_process import ScoringProcess
-
-        scorer = ScoringProcess(checkpoint, pick_device(device), threads)
+    scorer = AnomalyScorer.load(checkpoint, device=device)
     m.set_model_info(scorer.version, getattr(scorer, "device", device))
     return scorer
 
@@ -88,9 +80,8 @@ def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str |
     db.upgrade(settings.database.url)
     topics = Topics.from_settings(settings.kafka)
     _configure_asset_labels(settings, engine)
-    threads = set_torch_threads(settings.monitor.torch_threads)
-    scorer = load_scorer(checkpoint, device or settings.monitor.device, in_process=not settings.monitor.score_process,
-                         threads=threads)
+    set_torch_threads(settings.monitor.torch_threads)
+    scorer = load_scorer(checkpoint, device or settings.monitor.device)
     calibrated_for = getattr(getattr(scorer, "calibration", None), "open_after", settings.monitor.open_after)
     if calibrated_for != settings.monitor.open_after:
         log.warning("the checkpoint's threshold was calibrated for events opening after %d windows, the monitor "
@@ -114,8 +105,6 @@ def run_monitor(settings: Settings, checkpoint: Path | None = None, group: str |
     finally:
         stop.set()
         relay_thread.join(10)
-        if hasattr(scorer, "close"):  # the scoring process
-            scorer.close()
         if server:
             server.stop()
         engine.dispose()

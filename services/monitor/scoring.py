@@ -106,12 +106,6 @@ class ScoreStage:
 
     # ── the consume thread's side ──────────────────────────────────────────────────────────
     def put(self, item: WorkItem) -> None:
-        prepare = getattr(self.scorer, "prepare_ahead", None)
-        if prepare is not None and isinstance(item, Batch):
-            # a scoring process (services/monitor/score_process.py) starts on the batch now, in
-            # the chunks the score thread will ask for, while that thread commits the last one
-            for i in range(0, len(item.windows), self.cfg.max_batch):
-                prepare([w.inputs for w in item.windows[i: i + self.cfg.max_batch]])
         self.work.put(item)
 
     def busy(self) -> bool:
