@@ -76,6 +76,10 @@ class MonitorSettings(BaseModel):
     allowed_lateness_s: float = Field(2.0, ge=0)
     # a modality silent this long past the window end is masked, not waited for
     modality_timeout_s: float = Field(1.0, ge=0)
+    # an asset that sends nothing at all for this long (with nothing of it left to read) has
+    # stopped — a station switched off, a call ended: an event it has open closes then, at its
+    # last window over the threshold, instead of staying open until it sends again
+    stream_stopped_s: float = Field(30.0, gt=0)
     max_batch: int = Field(64, ge=1)
     max_wait_ms: int = Field(50, ge=0)
     max_pending_windows: int = Field(512, ge=1, description="backpressure: pause partitions above this")

@@ -9,6 +9,8 @@ two restarts the count towards closing without counting towards opening. A windo
 `hold_unjudged` of them in a row change no count (a call window without the customer's voice says
 nothing about their frustration; a silence longer than that does, and lets the event close). The
 state is plain JSON (committed with the Kafka offsets), so a restarted monitor continues mid-event.
+An asset that stops sending altogether closes its open event through `stop` (the monitor's
+aligner says when: `streamlogic.windows.WindowAligner.stopped`).
 Pure logic: no Kafka, no SQL — the review API replays stored score timelines through it too.
 """
 
@@ -138,6 +140,21 @@ class EventLifecycle:
             ev["status"] = "closed"
             return [self._change("closed", ev)]
         return []
+
+    def stop(self, asset: str) -> list[EventChange]:
+        """The asset's stream stopped (a station switched off, a call ended): no window will come
+        to close an open event, so it closes now, ending at its last window over the threshold.
+        A count towards opening starts again with the next window the asset sends."""
+        st = self._state.get(asset)
+        if st is None:
+            return []
+        st["over"], st["pending"], st["held"] = 0, [], 0
+        ev = st["open"]
+        if ev is None:
+            return []
+        st["open"] = None
+        ev["status"] = "closed"
+        return [self._change("closed", ev)]
 
     def _change(self, change: str, ev: dict[str, Any]) -> EventChange:
         ev["revision"] += 1

@@ -74,12 +74,14 @@ class _AssetStream:
     provisional: bool = True
     resumed: dict[Kind, list[float]] = field(default_factory=dict)  # event times each modality (re)started at
     first_time: float = 0.0  # event time of the first record seen (set with next_start)
+    stopped: bool = False  # reported by `WindowAligner.stopped` since its last record
 
 
 class WindowAligner:
     def __init__(self, window_s: float = 2.0, hop_s: float = 1.0, lateness_s: float = 2.0,
                  idle_timeout_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 new_asset_grace_s: float | None = None, wall_clock: Callable[[], float] | None = None):
+                 new_asset_grace_s: float | None = None, wall_clock: Callable[[], float] | None = None,
+                 stop_after_s: float = math.inf):
         if hop_s > window_s:
             raise ValueError("hop_s must not exceed window_s (windows would leave gaps)")
         self.window_s, self.hop_s, self.lateness_s, self.idle_timeout_s = window_s, hop_s, lateness_s, idle_timeout_s
@@ -90,6 +92,7 @@ class WindowAligner:
         self.wall_clock = wall_clock
         # a new asset's first windows wait this long for modalities not yet seen
         self.new_asset_grace_s = idle_timeout_s if new_asset_grace_s is None else new_asset_grace_s
+        self.stop_after_s = stop_after_s  # silent this long: the asset's stream has stopped (`stopped`)
         self._assets: dict[str, _AssetStream] = {}
 
     # ── state ──────────────────────────────────────────────────────────────────────────────
@@ -170,7 +173,23 @@ class WindowAligner:
         s.expected.add(kind)
         s.max_time[kind] = max(s.max_time.get(kind, -math.inf), clock_t)
         s.last_arrival[kind] = self.clock()
+        s.stopped = False
         return True
+
+    def stopped(self) -> list[str]:
+        """Assets whose stream has stopped, each once per silence: nothing of any modality for
+        `stop_after_s` on the clock, with nothing of theirs left to read (`hold` keeps an asset
+        whose partition is behind from going quiet, so a backlog or a paused partition never
+        stops one). Their windows were all released when they went quiet (`ready`)."""
+        now = self.clock()
+        out = []
+        for asset, s in self._assets.items():
+            if s.stopped or s.next_start is None:
+                continue
+            if now - max(s.last_arrival.values(), default=s.created) >= self.stop_after_s:
+                s.stopped = True
+                out.append(asset)
+        return out
 
     def ready(self, flush: bool = False) -> list[AlignedWindow]:
         """Windows whose watermark has passed (all of them when flush=True)."""

@@ -133,3 +133,18 @@ def test_a_long_silence_of_the_customer_counts_as_calm():
                                                                     judged=heard)) if c.change != "updated"]
     # opened at the 3rd window; 5 silent windows held (3..7), then 4 counted as calm (8..11)
     assert changes == [(2, "opened"), (11, "closed")]
+
+
+def test_a_call_that_ends_mid_escalation_closes_it_and_a_count_starts_again():
+    """`stop` (the monitor's aligner saw the call's records stop): the open escalation closes at
+    its last window over the threshold; an asset without an open event only loses its count."""
+    life = RULE.lifecycle()
+    opened = _run(life, [0.7, 0.7, 0.7, 0.7, 0.3])
+    assert [c for _, c in opened] == ["opened"]
+    [closed] = life.stop("call-1")
+    assert closed.change == "closed" and closed.data.status == "closed"
+    assert closed.data.end_time.timestamp() == 102.0 + 3  # the window [103, 105) was its last over 0.6
+    assert life.stop("call-1") == [] and life.stop("never-seen") == []
+    _run(life, [0.7, 0.7], asset="call-2")
+    assert life.stop("call-2") == []  # two windows over: not an event, and the count starts again
+    assert [c for _, c in _run(life, [0.7, 0.7], asset="call-2")] == []

@@ -88,6 +88,37 @@ def test_monitor_records_events_and_dead_letters(broker, make_topics, unique_gro
     engine.dispose()
 
 
+def test_an_event_open_when_its_station_stops_sending_closes(broker, make_topics, unique_group, sqlite_url):
+    """A station switched off mid-fault sends no window to close its event: once it has sent
+    nothing for `monitor.stream_stopped_s` (and nothing of it is left to read), the event closes
+    at its last window over the threshold. The station that kept quiet raises nothing."""
+    from services.settings import MonitorSettings
+
+    ks, topics = make_topics(partitions=2)
+    settings = Settings(kafka=ks, monitor=MonitorSettings(stream_stopped_s=3.0))
+    start = time.time() - 120
+    stream = bright_fault_stream(["L1-S1", "L1-S2"], start, 20, {"L1-S2": (10, 25)})  # bright to its last frame
+    produce(make_producer(ks, broker.bootstrap), topics, stream)
+    engine = db.make_engine(sqlite_url)
+    monitor = Monitor(settings, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=unique_group())
+    factory = db.session_factory(engine)
+
+    def events():
+        with factory() as s:
+            return s.scalars(select(Event)).all()
+
+    run_until(monitor, lambda: [e.status for e in events()] == ["closed"], timeout_s=60)
+    [ev] = events()
+    assert ev.asset_id == "L1-S2" and ev.status == "closed"
+    assert abs(ev.start_time.timestamp() - (start + 10)) <= 2.0
+    assert abs(ev.end_time.timestamp() - (start + 20)) <= 2.0  # its last window, not when it was closed
+    with factory() as s:
+        changes = [o.change for o in s.scalars(select(Outbox).order_by(Outbox.id))]
+    assert changes[0] == "opened" and changes[-1] == "closed" and changes.count("closed") == 1
+    assert monitor.stats.events_closed == 1
+    engine.dispose()
+
+
 @pytest.mark.slow
 def test_database_outage_pauses_then_catches_up(broker, make_topics, unique_group, pg_url):
     """PostgreSQL behind a proxy we cut mid-run: the monitor retries, then finishes with the same events."""

@@ -198,3 +198,39 @@ def test_mono_audio_leaves_the_window_channels_empty():
         al.add(env(Kind.AUDIO, float(t)), _audio(float(t), None), Position("audio", 0, i))
     wins = al.ready(flush=True)
     assert wins and all(w.inputs.audio and w.inputs.channels == {} for w in wins)
+
+
+def test_an_asset_that_sends_nothing_for_a_while_has_stopped_once_per_silence():
+    """`stopped`: an asset silent for `stop_after_s` is reported once; a record starts it again; an
+    asset whose partition is behind (a backlog, a paused partition: `hold`) never stops."""
+    clock = Clock()
+    al = WindowAligner(window_s=2.0, hop_s=1.0, lateness_s=0.0, idle_timeout_s=1.0, clock=clock,
+                       new_asset_grace_s=0, stop_after_s=30.0)
+    for asset in ("A1", "A2"):
+        for k in (Kind.FRAME, Kind.AUDIO, Kind.LOG):
+            feed(al, k, 10.0, 0, asset=asset)
+    assert al.stopped() == []
+    clock.t = 20.0
+    feed(al, Kind.FRAME, 30.0, 1, asset="A2")  # A2 still sends frames
+    clock.t = 29.9
+    assert al.stopped() == []
+    clock.t = 30.0
+    assert al.stopped() == ["A1"]
+    assert al.stopped() == []  # once per silence
+    clock.t = 50.0
+    assert al.stopped() == ["A2"]
+    feed(al, Kind.FRAME, 60.0, 2, asset="A1")  # A1 is back
+    clock.t = 79.0
+    al.hold({0: [Kind.FRAME]})  # ... and its partition has records left to read: not quiet
+    clock.t = 100.0
+    assert al.stopped() == []
+    clock.t = 109.0
+    assert al.stopped() == ["A1"]
+
+
+def test_an_aligner_without_a_stop_time_never_stops_an_asset():
+    clock = Clock()
+    al = WindowAligner(clock=clock)  # offline datasets: a recording's end is not a station stopping
+    feed(al, Kind.FRAME, 10.0, 0)
+    clock.t = 1e9
+    assert al.stopped() == []

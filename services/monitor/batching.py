@@ -20,14 +20,21 @@ class BatchCutter:
     def __init__(self, cfg: MonitorSettings, aligner: WindowAligner, book: PartitionBook):
         self.cfg, self.aligner, self.book = cfg, aligner, book
         self.pending: list[AlignedWindow] = []
+        self.stopped: list[tuple[str, int | None]] = []  # (asset, partition) whose streams stopped since the last cut
         self._pending_since = 0.0
         self._last_cut = time.monotonic()
 
     def add(self, windows: list[AlignedWindow]) -> None:
         self.pending.extend(windows)
 
+    def add_stopped(self, assets: list[str]) -> None:
+        """Assets whose streams stopped (`WindowAligner.stopped`): the next batch closes their
+        open events, after any of their windows still pending."""
+        self.stopped.extend((a, self.aligner.partition_of(a)) for a in assets)
+
     def drop_partitions(self, parts: set[int]) -> None:
         self.pending = [w for w in self.pending if w.partition not in parts]
+        self.stopped = [(a, p) for a, p in self.stopped if p not in parts]
 
     def cut(self, epochs, scoring: bool, full: bool, force: bool = False) -> Batch | None:
         """A batch when enough windows wait, they waited long enough, or only offsets moved;
@@ -36,7 +43,7 @@ class BatchCutter:
         now = time.monotonic()
         if self.pending and not self._pending_since:
             self._pending_since = now
-        due = (len(self.pending) >= self.cfg.max_batch
+        due = (len(self.pending) >= self.cfg.max_batch or bool(self.stopped)
                or (self.pending and not scoring and now - self._pending_since >= self.cfg.max_wait_ms / 1000)
                or (not self.pending and now - self._last_cut >= IDLE_CUT_S and self.book.moved_since_cut()))
         if not (due or force) or (full and not force):
@@ -51,13 +58,14 @@ class BatchCutter:
             book.processed[tp] = max(book.processed.get(tp, -1), book.last_seen[tp])
             offsets[tp] = (nxt, book.processed[tp])
         assets: dict[str, tuple[int, float, list[str]]] = {}
-        for a in {w.inputs.asset for w in self.pending}:  # only these changed since the last cut
+        stopped = [a for a, _ in self.stopped]
+        for a in {w.inputs.asset for w in self.pending} | set(stopped):  # only these changed since the last cut
             next_start, expected = self.aligner.snapshot(a)
             if next_start is not None:
                 part = self.aligner.partition_of(a)
                 assets[a] = (part if part is not None else -1, next_start, expected)
-        windows, self.pending, self._pending_since = self.pending, [], 0.0
+        windows, self.pending, self._pending_since, self.stopped = self.pending, [], 0.0, []
         book.cut_seen = dict(book.last_seen)
         log_ids = {tp: str(book.topic_ids[tp]) for tp in offsets if book.topic_ids.get(tp) is not None}
         self._last_cut = now
-        return Batch(windows, offsets, assets, epochs(book.assigned), log_ids)
+        return Batch(windows, offsets, assets, epochs(book.assigned), log_ids, stopped)

@@ -14,7 +14,7 @@ import copy
 import logging
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -66,6 +66,7 @@ class Batch:
     assets: dict[str, tuple[int, float, list[str]]]  # asset -> (partition, next window start, expected modalities)
     epochs: dict[TP, int]  # the sink's ownership epochs at cut time
     log_ids: dict[TP, str]  # topic ids of the logs the offsets count records of
+    stopped: list[str] = field(default_factory=list)  # assets whose streams stopped: their open events close
 
 
 @dataclass
@@ -182,6 +183,12 @@ class ScoreStage:
                 point = self.policy.call_point(w.inputs, s)
                 if point is not None:
                     calls.setdefault(w.inputs.asset, []).append(point)
+        for asset in batch.stopped:  # after the asset's last windows, scored above or in an earlier batch
+            closed = self.lifecycle.stop(asset)
+            for c in closed:
+                log.info("%s sent nothing for %.0f s: its stream stopped; event %s closes at its last window "
+                         "over the threshold", asset, self.cfg.stream_stopped_s, c.data.event_id)
+            changes.extend(closed)
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
             a: AssetSnapshot(part, nxt, expected, self._finite_state(a))
             for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids,

@@ -82,7 +82,8 @@ class Monitor:
         self._stop = threading.Event()  # the run's stop flag: commit retries give up when it is set
         # wall_clock: no record stamped ahead of the consumer's clock moves an asset's watermark
         self.aligner = WindowAligner(self.cfg.window_s, self.cfg.hop_s, self.cfg.allowed_lateness_s,
-                                     self.cfg.modality_timeout_s, wall_clock=time.time)
+                                     self.cfg.modality_timeout_s, wall_clock=time.time,
+                                     stop_after_s=self.cfg.stream_stopped_s)
         limits = limits or ContractLimits(max_future_skew_s=self.cfg.max_future_skew_s)
         decode_options = scorer.decode_options
         if decode_options.channel_names:  # the model hears a call's channels apart: the operator says whose is which
@@ -131,6 +132,7 @@ class Monitor:
                 positions = self.recovery.positions()
                 self.recovery.hold_behind(positions, self.backpressure.paused)
                 self.cutter.add(self.aligner.ready())
+                self.cutter.add_stopped(self.aligner.stopped())
                 self._cut()
                 self.backpressure.apply(self.consumer, self.book.assigned, self._full())
                 self._report_lag(positions)
