@@ -91,7 +91,8 @@ def test_monitor_records_events_and_dead_letters(broker, make_topics, unique_gro
 def test_an_event_open_when_its_station_stops_sending_closes(broker, make_topics, unique_group, sqlite_url):
     """A station switched off mid-fault sends no window to close its event: once it has sent
     nothing for `monitor.stream_stopped_s` (and nothing of it is left to read), the event closes
-    at its last window over the threshold. The station that kept quiet raises nothing."""
+    at its last window over the threshold — also when the monitor that saw it open has gone and
+    another continues from SQL. The station that stayed dark raises nothing."""
     from services.settings import MonitorSettings
 
     ks, topics = make_topics(partitions=2)
@@ -100,13 +101,21 @@ def test_an_event_open_when_its_station_stops_sending_closes(broker, make_topics
     stream = bright_fault_stream(["L1-S1", "L1-S2"], start, 20, {"L1-S2": (10, 25)})  # bright to its last frame
     produce(make_producer(ks, broker.bootstrap), topics, stream)
     engine = db.make_engine(sqlite_url)
-    monitor = Monitor(settings, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=unique_group())
     factory = db.session_factory(engine)
+    group = unique_group()
 
     def events():
         with factory() as s:
             return s.scalars(select(Event)).all()
 
+    # a first monitor reads everything and stops with the event open (it would wait 10 minutes) ...
+    patient = Settings(kafka=ks, monitor=MonitorSettings(stream_stopped_s=600.0))
+    first = Monitor(patient, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=group)
+    run_until(first, lambda: first.stats.records >= len(stream) and [e.status for e in events()] == ["open"]
+              and first.stage.work.unfinished_tasks == 0, timeout_s=60)
+    assert [e.status for e in events()] == ["open"]
+    # ... the next one, restored from SQL, finds the station silent and closes it
+    monitor = Monitor(settings, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=group)
     run_until(monitor, lambda: [e.status for e in events()] == ["closed"], timeout_s=60)
     [ev] = events()
     assert ev.asset_id == "L1-S2" and ev.status == "closed"
@@ -115,7 +124,8 @@ def test_an_event_open_when_its_station_stops_sending_closes(broker, make_topics
     with factory() as s:
         changes = [o.change for o in s.scalars(select(Outbox).order_by(Outbox.id))]
     assert changes[0] == "opened" and changes[-1] == "closed" and changes.count("closed") == 1
-    assert monitor.stats.events_closed == 1
+    # it continued the first monitor's event (its last windows, open at that one's shutdown, included)
+    assert (monitor.stats.events_opened, monitor.stats.events_closed) == (0, 1)
     engine.dispose()
 
 
