@@ -93,8 +93,10 @@ def test_an_event_open_when_its_station_stops_sending_closes(broker, make_topics
     nothing for `monitor.stream_stopped_s` (and nothing of it is left to read), the event closes
     at its last window over the threshold — also when the monitor that saw it open has gone and
     another continues from SQL. The station that stayed dark raises nothing."""
+    from services.observability.metrics import STREAMS_STOPPED
     from services.settings import MonitorSettings
 
+    closed_before = STREAMS_STOPPED.labels(closed="true")._value.get()
     ks, topics = make_topics(partitions=2)
     settings = Settings(kafka=ks, monitor=MonitorSettings(stream_stopped_s=3.0))
     start = time.time() - 120
@@ -126,6 +128,7 @@ def test_an_event_open_when_its_station_stops_sending_closes(broker, make_topics
     assert changes[0] == "opened" and changes[-1] == "closed" and changes.count("closed") == 1
     # it continued the first monitor's event (its last windows, open at that one's shutdown, included)
     assert (monitor.stats.events_opened, monitor.stats.events_closed) == (0, 1)
+    assert STREAMS_STOPPED.labels(closed="true")._value.get() == closed_before + 1
     engine.dispose()
 
 

@@ -185,6 +185,7 @@ class ScoreStage:
                     calls.setdefault(w.inputs.asset, []).append(point)
         for asset in batch.stopped:  # after the asset's last windows, scored above or in an earlier batch
             closed = self.lifecycle.stop(asset)
+            m.STREAMS_STOPPED.labels(closed="true" if closed else "false").inc()
             for c in closed:
                 log.info("%s sent nothing for %.0f s: its stream stopped; event %s closes at its last window "
                          "over the threshold", asset, self.cfg.stream_stopped_s, c.data.event_id)

@@ -141,6 +141,10 @@ NONFINITE_DROPPED = Counter("fusionwatch_nonfinite_dropped_total",
                             "Scored windows (what=window) or per-asset model states (what=state) holding NaN or "
                             "infinity, dropped before the lifecycle and SQL; the state is rolled back to its last "
                             "committed value.", ["what"], registry=REGISTRY)
+STREAMS_STOPPED = Counter("fusionwatch_streams_stopped_total",
+                          "Assets that sent nothing for monitor.stream_stopped_s with nothing of theirs left to "
+                          "read (a station switched off, a call ended); closed=true when that closed an open event "
+                          "(at its last window over the threshold).", ["closed"], registry=REGISTRY)
 OUTBOX_PENDING = Gauge("fusionwatch_outbox_pending", "Outbox rows not yet published to the events topic.",
                        registry=REGISTRY)
 
