@@ -185,6 +185,9 @@ class EventOut(BaseModel):
     updated_at: datetime
     learning: bool = Field(False, description="opened while the asset's baseline was being learned: `threshold` "
                            "is then the guard threshold (models/adaptation.py)")
+    closed_by: Literal["scores", "stream_stopped"] | None = Field(
+        None, description="why a closed event closed: its scores fell under the threshold, or its asset stopped "
+        "sending (monitor.stream_stopped_s) — then nothing says the fault went away")
 
 
 class ScorePoint(BaseModel):

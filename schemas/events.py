@@ -70,6 +70,10 @@ class AnomalyData(BaseModel):
     evidence: dict[str, list[EvidenceRange]] = Field(default_factory=dict)
     # opened while the asset's baseline was still being learned, by the guard threshold (`threshold`)
     learning: bool = False
+    # why a closed event closed: its windows fell under the threshold ("scores"), or its asset sent
+    # nothing more (`monitor.stream_stopped_s`: a station switched off, a call ended), so the event
+    # ends at its last window over the threshold without any sign that the fault went away
+    closed_by: Literal["scores", "stream_stopped"] | None = None
 
 
 class AnomalyCloudEvent(BaseModel):

@@ -131,6 +131,7 @@ class Event(Base):
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {modality: {topic, partition, first, last}}
     # opened by the guard threshold while the asset's baseline was being learned (models/adaptation.py)
     learning: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    closed_by: Mapped[str | None] = mapped_column(String(16))  # scores | stream_stopped (AnomalyData.closed_by)
     verdict: Mapped[str | None] = mapped_column(String(16))  # real | false_alarm
     verdict_kind: Mapped[str | None] = mapped_column(String(32))
     reviewer: Mapped[str | None] = mapped_column(String(64))

@@ -137,7 +137,7 @@ class EventLifecycle:
         ev["under"] += 1
         if ev["under"] >= self.close_after:
             st["open"] = None
-            ev["status"] = "closed"
+            ev["status"], ev["closed_by"] = "closed", "scores"
             return [self._change("closed", ev)]
         return []
 
@@ -153,7 +153,7 @@ class EventLifecycle:
         if ev is None:
             return []
         st["open"] = None
-        ev["status"] = "closed"
+        ev["status"], ev["closed_by"] = "closed", "stream_stopped"
         return [self._change("closed", ev)]
 
     def _change(self, change: str, ev: dict[str, Any]) -> EventChange:
@@ -235,4 +235,5 @@ def event_data(ev: dict[str, Any], change: Literal["opened", "updated", "closed"
         serials=ev["serials"], log_lines=ev["log_lines"], scores=[tuple(p) for p in ev["scores"][-MAX_TIMELINE:]],
         evidence={m: [EvidenceRange(**r) for r in rs] for m, rs in ev["evidence"].items()},
         learning=bool(ev.get("learning", False)),
+        closed_by=ev.get("closed_by") if ev["status"] == "closed" else None,
     )

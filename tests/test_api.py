@@ -75,6 +75,9 @@ def seed(url: str) -> dict[str, str]:
         for asset, h, peak, kind, sev, status, verdict, serials in EVENTS:
             e = make_event(asset, T0 + timedelta(hours=h), peak=peak, kind=kind, severity=sev, status=status,
                            verdict=verdict, serials=serials)
+            e.closed_by = {"closed": "scores"}.get(status)
+            if (asset, h) == ("L1-S1", 1.0):
+                e.closed_by = "stream_stopped"  # the station was switched off mid-fault
             s.add(e)
             ids[f"{asset}@{h}"] = e.id
     engine.dispose()
@@ -208,6 +211,9 @@ def test_event_detail_and_unknown_ids(api):
     assert d["serials"] == ["SN-1002", "SN-1003"]
     assert d["evidence"]["audio"][0]["last"] == 9
     assert d["verdict"]["verdict"] == "real" and d["reviews"] == []
+    assert d["closed_by"] == "stream_stopped"
+    assert api.get(f"/api/events/{api.ids['L1-S1@0.0']}").json()["closed_by"] == "scores"
+    assert api.get(f"/api/events/{api.ids['L2-S1@2.5']}").json()["closed_by"] is None  # still open
     assert api.get(f"/api/events/{eid.upper()}").json()["id"] == eid
 
     unknown = str(uuid.uuid4())

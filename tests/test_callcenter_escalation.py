@@ -143,8 +143,13 @@ def test_a_call_that_ends_mid_escalation_closes_it_and_a_count_starts_again():
     assert [c for _, c in opened] == ["opened"]
     [closed] = life.stop("call-1")
     assert closed.change == "closed" and closed.data.status == "closed"
+    assert closed.data.closed_by == "stream_stopped"  # not "the customer calmed down"
     assert closed.data.end_time.timestamp() == 102.0 + 3  # the window [103, 105) was its last over 0.6
     assert life.stop("call-1") == [] and life.stop("never-seen") == []
     _run(life, [0.7, 0.7], asset="call-2")
     assert life.stop("call-2") == []  # two windows over: not an event, and the count starts again
     assert [c for _, c in _run(life, [0.7, 0.7], asset="call-2")] == []
+    life = RULE.lifecycle()
+    changes = [c.data for k, s in enumerate([0.7] * 3 + [0.1] * 4)
+               for c in life.update(ScoredWindow("call-3", 100.0 + k, 102.0 + k, s, 0.6, "m"))]
+    assert [(d.status, d.closed_by) for d in changes] == [("open", None), ("closed", "scores")]

@@ -61,6 +61,7 @@ def test_monitor_records_events_and_dead_letters(broker, make_topics, unique_gro
     events = closed_events()
     assert [e.asset_id for e in events] == ["L1-S2"]
     ev = events[0]
+    assert ev.closed_by == "scores"
     # bright frames from 10 s to 18 s: windows [9,11) ... [17,19) are over 0.5 mean brightness only when
     # most of their frames are bright -> the event spans roughly the fault
     assert abs(ev.start_time.timestamp() - (start + 10)) <= 2.0
@@ -120,12 +121,14 @@ def test_an_event_open_when_its_station_stops_sending_closes(broker, make_topics
     monitor = Monitor(settings, broker.bootstrap, engine, BrightnessScorer(), topics, group_id=group)
     run_until(monitor, lambda: [e.status for e in events()] == ["closed"], timeout_s=60)
     [ev] = events()
-    assert ev.asset_id == "L1-S2" and ev.status == "closed"
+    assert ev.asset_id == "L1-S2" and (ev.status, ev.closed_by) == ("closed", "stream_stopped")
     assert abs(ev.start_time.timestamp() - (start + 10)) <= 2.0
     assert abs(ev.end_time.timestamp() - (start + 20)) <= 2.0  # its last window, not when it was closed
     with factory() as s:
-        changes = [o.change for o in s.scalars(select(Outbox).order_by(Outbox.id))]
+        outbox = s.scalars(select(Outbox).order_by(Outbox.id)).all()
+    changes = [o.change for o in outbox]
     assert changes[0] == "opened" and changes[-1] == "closed" and changes.count("closed") == 1
+    assert outbox[-1].payload["data"]["closed_by"] == "stream_stopped"  # on fw.events: why it closed
     # it continued the first monitor's event (its last windows, open at that one's shutdown, included)
     assert (monitor.stats.events_opened, monitor.stats.events_closed) == (0, 1)
     assert STREAMS_STOPPED.labels(closed="true")._value.get() == closed_before + 1

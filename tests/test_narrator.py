@@ -76,6 +76,16 @@ def test_plain_anomaly_and_open_event():
     assert unsupported_claims(text, facts) == []
 
 
+def test_an_event_closed_by_a_stopped_station_says_so():
+    """Closed because the station stopped sending (`closed_by`): the clip must not sound like the
+    fault went away; one closed by its scores says nothing of the kind."""
+    stopped = facts_for("bearing_fault", closed_by="stream_stopped")
+    text = narrate(stopped).text
+    assert "Then the station stopped sending: nothing shows that the fault cleared." in text
+    assert unsupported_claims(text, stopped) == []
+    assert "stopped sending" not in narrate(facts_for("bearing_fault", closed_by="scores")).text
+
+
 def test_checker_flags_what_the_event_does_not_say():
     facts = facts_for("bearing_fault")  # audio only, no log code
     good = narrate(facts).text

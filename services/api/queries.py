@@ -127,6 +127,7 @@ def _common(event: Event, summary: Summary | None, asset_line: str | None) -> di
         threshold=event.threshold, model_version=event.model_version, windows=event.windows,
         serials=[str(s) for s in (event.serials or [])], verdict=verdict,
         media=media_out(event.id, summary), updated_at=event.updated_at, learning=bool(event.learning),
+        closed_by=event.closed_by if event.closed_by in ("scores", "stream_stopped") else None,
     )
 
 

@@ -265,6 +265,7 @@ class SqlSink:
         row.end_time, row.kind, row.severity = d.end_time, d.kind, d.severity
         row.peak_score, row.mean_score, row.threshold = d.peak_score, d.mean_score, d.threshold
         row.model_version, row.windows, row.learning = d.model_version, d.windows, d.learning
+        row.closed_by = d.closed_by
         row.attribution = d.attribution.model_dump()
         row.serials, row.log_lines = list(d.serials), list(d.log_lines)
         row.evidence = {m: [r.model_dump() for r in rs] for m, rs in d.evidence.items()}

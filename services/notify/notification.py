@@ -44,6 +44,7 @@ class Notification:
     peak_score: float
     threshold: float
     learning: bool
+    closed_by: str | None  # AnomalyData.closed_by: scores | stream_stopped (None while open)
     modality_shares: dict[str, float]
     links: Links
 
@@ -75,6 +76,7 @@ class Notification:
             "peak_score": round(self.peak_score, 4),
             "threshold": round(self.threshold, 4),
             "learning": self.learning,
+            "closed_by": self.closed_by,
             "modality_shares": {k: round(v, 4) for k, v in sorted(self.modality_shares.items())},
             "review_url": self.links.review,
             "event_url": self.links.event,
@@ -98,7 +100,7 @@ def from_cloud_event(cloud: AnomalyCloudEvent, transition: str, previous_severit
         event_id=d.event_id, revision=d.revision, transition=transition, asset=d.asset, kind=d.kind,
         severity=d.severity, previous_severity=previous_severity, status=d.status, start_time=d.start_time,
         end_time=d.end_time, changed_at=cloud.time, peak_score=d.peak_score, threshold=d.threshold,
-        learning=d.learning, modality_shares=dict(d.attribution.modality_shares),
+        learning=d.learning, closed_by=d.closed_by, modality_shares=dict(d.attribution.modality_shares),
         links=Links.of(base_url, d.event_id))
 
 

@@ -203,6 +203,6 @@ def send_test(channel: Channel, base_url: str) -> tuple[Notification, object]:
     event_id = str(uuid.uuid4())
     n = Notification(event_id=event_id, revision=0, transition="test", asset="fusionwatch-test", kind="test",
                      severity="low", previous_severity=None, status="test", start_time=now, end_time=now,
-                     changed_at=now, peak_score=0.0, threshold=1.0, learning=False, modality_shares={},
+                     changed_at=now, peak_score=0.0, threshold=1.0, learning=False, closed_by=None, modality_shares={},
                      links=Links.of(base_url, event_id))
     return n, channel.send(n)

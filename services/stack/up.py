@@ -77,9 +77,11 @@ class LivePrinter:
                 self._peaks.pop(d.event_id, None)
         when = d.start_time.strftime("%H:%M:%S")
         shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(d.attribution.modality_shares.items(), key=lambda kv: -kv[1]))
-        learning = "  [dim](learning its baseline: guard threshold)[/]" if getattr(d, "learning", False) else ""
+        notes = "  [dim](learning its baseline: guard threshold)[/]" if getattr(d, "learning", False) else ""
+        if getattr(d, "closed_by", None) == "stream_stopped":
+            notes += "  [dim](the station stopped sending)[/]"
         console.print(f"[{self.STYLE[change.change]}]{change.change.upper():7}[/] {d.asset:8} {d.kind:28} {d.severity:8} "
-                      f"peak {d.peak_score:6.2f} / threshold {d.threshold:.2f}  since {when}  ({shares}){learning}")
+                      f"peak {d.peak_score:6.2f} / threshold {d.threshold:.2f}  since {when}  ({shares}){notes}")
 
     @staticmethod
     def fault(row: dict) -> None:

@@ -60,6 +60,12 @@ class EventFacts:
     scores: tuple[tuple[float, float], ...] = ()  # (window end epoch s, score)
     evidence: dict[str, list[EvidenceRange]] = field(default_factory=dict)
     call: CallFacts | None = None
+    closed_by: str | None = None  # AnomalyData.closed_by: scores | stream_stopped
+
+    @property
+    def stream_stopped(self) -> bool:
+        """Closed because the asset stopped sending, not because its scores came down."""
+        return self.closed_by == "stream_stopped"
 
     @property
     def is_call(self) -> bool:
@@ -143,7 +149,7 @@ def from_event_data(data: AnomalyData, call: CallFacts | None = None) -> EventFa
         mean_score=data.mean_score, threshold=data.threshold, model_version=data.model_version,
         windows=data.windows, attribution=data.attribution, serials=tuple(data.serials),
         log_lines=tuple(data.log_lines), scores=_scores(getattr(data, "scores", ())),
-        evidence=_evidence(data.evidence), call=call,
+        evidence=_evidence(data.evidence), call=call, closed_by=data.closed_by,
     )
 
 
@@ -159,7 +165,7 @@ def from_row(row: Any, call: CallFacts | None = None) -> EventFacts:
         mean_score=row.mean_score, threshold=row.threshold, model_version=row.model_version,
         windows=row.windows or 0, attribution=attribution, serials=tuple(str(s) for s in row.serials or ()),
         log_lines=tuple(str(s) for s in row.log_lines or ()), scores=_scores(row.scores),
-        evidence=_evidence(row.evidence), call=call,
+        evidence=_evidence(row.evidence), call=call, closed_by=getattr(row, "closed_by", None),
     )
 
 

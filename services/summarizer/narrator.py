@@ -172,6 +172,8 @@ def _factory_sentences(f: EventFacts, tz: str) -> list[str]:
         what += " suspected"
     tail = f"for {duration_words(f.duration_s)}" if f.end is not None else "still open"
     out = [f"{what} on {f.asset} at {clock(f.start, tz)}, {tail}."]
+    if f.stream_stopped:
+        out.append("Then the station stopped sending: nothing shows that the fault cleared.")
     out.append(f"Peak score {ratio_words(f.ratio)} the threshold.")
     out += _modality_sentences(f, FACTORY_NAMES)
     codes = list(dict.fromkeys(c for c in f.attribution.log_codes if c))[:3]
@@ -226,6 +228,8 @@ def _call_sentences(f: EventFacts, tz: str) -> list[str]:
             out.append(f"The {speaker} said {quote(text)}." if speaker else f"Transcript: {quote(text)}.")
     if call and call.overall and re.fullmatch(r"[A-Za-z ]{1,16}", call.overall):
         out.append(f"Overall, the call was {call.overall.lower()}.")
+    if f.stream_stopped:
+        out.append("The call ended while it was escalated.")
     return out
 
 

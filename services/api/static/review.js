@@ -102,6 +102,7 @@ function showEvent(ev) {
       " (×" + (ev.peak_score / ev.threshold).toFixed(2) + ")",
     ev.line ? "line " + ev.line : null, "model " + ev.model_version,
     ev.learning ? "opened while the station learned its baseline (guard threshold)" : null,
+    ev.closed_by === "stream_stopped" ? "closed because the station stopped sending, not because the fault ended" : null,
   ].filter(Boolean).join(" · ");
   $("ev-verdict").textContent = ev.verdict
     ? "Verdict: " + label(ev.verdict.verdict) + " (" + label(ev.verdict.kind) + ") by " + ev.verdict.reviewer
@@ -366,6 +367,14 @@ async function openLinked(id) {
 
 async function start() {
   const linked = takeFragment().event;
+  // a link opened in a tab that already shows the page only changes the fragment; one that comes
+  // while the page is still starting waits for the queue, then wins over the first item
+  let started = false, later = null;
+  window.addEventListener("hashchange", () => {
+    const id = takeFragment().event;
+    if (!id) return;
+    if (started) openLinked(id); else later = id;
+  });
   $("reviewer").value = localStorage.getItem("fw-reviewer") || "";
   $("reviewer").addEventListener("change", reviewer);
   watchTokenForm(async () => { await session(); await loadQueue(); if (linked) await openLinked(linked); });
@@ -382,13 +391,17 @@ async function start() {
   $("new-normal").addEventListener("submit", markNewNormal);
   await session();
   await loadQueue();
-  if (linked) await openLinked(linked);
-  else if (state.items.length) await select(0);
+  if (linked && !later) await openLinked(linked);
+  else if (!later && state.items.length) await select(0);
+  while (later) {  // links that came while starting: the last one is the one to show
+    const id = later;
+    later = null;
+    await openLinked(id);
+  }
+  started = true;
   await loadBaselines();
   setInterval(loadBaselines, 15000);
   connectLive();
-  // a link opened in a tab that already shows the page only changes the fragment
-  window.addEventListener("hashchange", () => { const id = takeFragment().event; if (id) openLinked(id); });
 }
 
 document.addEventListener("DOMContentLoaded", start);
