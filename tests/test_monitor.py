@@ -203,6 +203,35 @@ def test_a_fenced_batch_reloads_every_topic_of_its_partitions(tmp_path, monkeypa
     engine.dispose()
 
 
+def test_a_stopped_stream_commits_state_only_where_it_changed_something(tmp_path, monkeypatch):
+    """After a restart every silent asset of a partition stops again (a call centre: every call
+    ever taken): only those whose state the stop changes — an open event closed, a count reset —
+    are written; the others cost no SQL row."""
+    from services.monitor.committer import CommitOutcome
+    from services.monitor.scoring import Batch, Restore
+    from streamlogic.event_lifecycle import EventLifecycle, ScoredWindow
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    monitor = Monitor(Settings(), "127.0.0.1:9", engine, BrightnessScorer())
+    life = EventLifecycle()
+    for k in range(4):  # "open": an event open; "counting": one window over; "quiet": nothing
+        life.update(ScoredWindow("open", 100.0 + k, 102.0 + k, 0.9, 0.5, "m"))
+    life.update(ScoredWindow("counting", 100.0, 102.0, 0.9, 0.5, "m"))
+    life.update(ScoredWindow("quiet", 100.0, 102.0, 0.1, 0.5, "m"))
+    monitor.stage.put(Restore({a: life.state(a) for a in ("open", "counting", "quiet")}))
+    monitor.stage.put(None)
+    monitor.stage.run()
+    committed = []
+    monkeypatch.setattr(monitor.committer, "commit", lambda snap: committed.append(snap) or CommitOutcome("committed"))
+    where = (0, 104.0, ["frames"])
+    monitor.stage._score_and_commit(Batch([], {}, {}, {}, {}, stopped={a: where for a in ("open", "counting", "quiet")}))
+    [snap] = committed
+    assert sorted(snap.assets) == ["counting", "open"]
+    assert [(c.change, c.data.asset, c.data.closed_by) for c in snap.changes] == [("closed", "open", "stream_stopped")]
+    assert snap.assets["open"].lifecycle["open"] is None and snap.assets["counting"].lifecycle["over"] == 0
+    engine.dispose()
+
+
 def test_the_scorers_stream_state_is_committed_and_restored_with_the_asset_state(tmp_path):
     """The log memory and the adaptation are per-asset stream state: they travel with the
     lifecycle in the committed state, so a restarted monitor scores as the one that stopped."""

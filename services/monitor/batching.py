@@ -57,15 +57,20 @@ class BatchCutter:
             nxt = low.get(tp, book.last_seen[tp] + 1)
             book.processed[tp] = max(book.processed.get(tp, -1), book.last_seen[tp])
             offsets[tp] = (nxt, book.processed[tp])
-        assets: dict[str, tuple[int, float, list[str]]] = {}
-        stopped = [a for a, _ in self.stopped]
-        for a in {w.inputs.asset for w in self.pending} | set(stopped):  # only these changed since the last cut
-            next_start, expected = self.aligner.snapshot(a)
-            if next_start is not None:
-                part = self.aligner.partition_of(a)
-                assets[a] = (part if part is not None else -1, next_start, expected)
+        assets = self._snapshots({w.inputs.asset for w in self.pending})  # only these changed since the last cut
+        stopped = self._snapshots({a for a, _ in self.stopped})
         windows, self.pending, self._pending_since, self.stopped = self.pending, [], 0.0, []
         book.cut_seen = dict(book.last_seen)
         log_ids = {tp: str(book.topic_ids[tp]) for tp in offsets if book.topic_ids.get(tp) is not None}
         self._last_cut = now
         return Batch(windows, offsets, assets, epochs(book.assigned), log_ids, stopped)
+
+    def _snapshots(self, names: set[str]) -> dict[str, tuple[int, float, list[str]]]:
+        """asset -> (partition, next window start, expected modalities), as committed with its state."""
+        out = {}
+        for a in names:
+            next_start, expected = self.aligner.snapshot(a)
+            if next_start is not None:
+                part = self.aligner.partition_of(a)
+                out[a] = (part if part is not None else -1, next_start, expected)
+        return out

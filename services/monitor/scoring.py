@@ -66,7 +66,9 @@ class Batch:
     assets: dict[str, tuple[int, float, list[str]]]  # asset -> (partition, next window start, expected modalities)
     epochs: dict[TP, int]  # the sink's ownership epochs at cut time
     log_ids: dict[TP, str]  # topic ids of the logs the offsets count records of
-    stopped: list[str] = field(default_factory=list)  # assets whose streams stopped: their open events close
+    # assets whose streams stopped (as `assets`): their open events close; their state is committed
+    # only where that changed it (after a restart every silent asset of a partition stops again)
+    stopped: dict[str, tuple[int, float, list[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -183,16 +185,20 @@ class ScoreStage:
                 point = self.policy.call_point(w.inputs, s)
                 if point is not None:
                     calls.setdefault(w.inputs.asset, []).append(point)
-        for asset in batch.stopped:  # after the asset's last windows, scored above or in an earlier batch
+        assets = dict(batch.assets)
+        for asset, position in batch.stopped.items():  # after its last windows, scored above or in an earlier batch
+            before = copy.deepcopy(self.lifecycle.state(asset))
             closed = self.lifecycle.stop(asset)
             m.STREAMS_STOPPED.labels(closed="true" if closed else "false").inc()
             for c in closed:
                 log.info("%s sent nothing for %.0f s: its stream stopped; event %s closes at its last window "
                          "over the threshold", asset, self.cfg.stream_stopped_s, c.data.event_id)
             changes.extend(closed)
+            if self.lifecycle.state(asset) != before:
+                assets.setdefault(asset, position)
         snapshot = CommitBatch(changes=changes, calls=calls, offsets=batch.offsets, assets={
             a: AssetSnapshot(part, nxt, expected, self._finite_state(a))
-            for a, (part, nxt, expected) in batch.assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids,
+            for a, (part, nxt, expected) in assets.items()}, epochs=batch.epochs, log_ids=batch.log_ids,
             baseline_resets=resets)
         self.flush_dead_letters()  # dead letters must be durable before the offsets that skip them
         outcome = self.committer.commit(snapshot)
@@ -202,7 +208,7 @@ class ScoreStage:
             # dropped: its windows are re-done by whoever owns the partition now
             if outcome.fence is not None and not outcome.fence.stale:  # stale: already claimed again or released
                 self.fenced.put(list(batch.offsets))
-            for asset in batch.assets:
+            for asset in assets:
                 self.forget(asset)
             log.warning("%s", outcome.fence)
             return
