@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from schemas.events import Attribution
+from schemas.events import Attribution, ClosedBy
 
 ASSET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # the wire contract's key format
 EVENT_ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -185,7 +185,7 @@ class EventOut(BaseModel):
     updated_at: datetime
     learning: bool = Field(False, description="opened while the asset's baseline was being learned: `threshold` "
                            "is then the guard threshold (models/adaptation.py)")
-    closed_by: Literal["scores", "stream_stopped"] | None = Field(
+    closed_by: ClosedBy | None = Field(
         None, description="why a closed event closed: its scores fell under the threshold, or its asset stopped "
         "sending (monitor.stream_stopped_s) — then nothing says the fault went away")
 

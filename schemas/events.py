@@ -20,6 +20,8 @@ EVENT_NAMESPACE = uuid.UUID("6f1c2a52-94d4-4a4e-9a8c-3f0d1de5b0a1")
 Modality = Literal["frames", "audio", "logs"]
 Severity = Literal["low", "medium", "high", "critical"]
 Change = Literal["opened", "updated", "closed"]
+# why a closed event closed: its windows fell under the threshold, or its asset stopped sending
+ClosedBy = Literal["scores", "stream_stopped"]
 
 
 def event_id(asset: str, start_time: datetime) -> str:
@@ -73,7 +75,7 @@ class AnomalyData(BaseModel):
     # why a closed event closed: its windows fell under the threshold ("scores"), or its asset sent
     # nothing more (`monitor.stream_stopped_s`: a station switched off, a call ended), so the event
     # ends at its last window over the threshold without any sign that the fault went away
-    closed_by: Literal["scores", "stream_stopped"] | None = None
+    closed_by: ClosedBy | None = None
 
 
 class AnomalyCloudEvent(BaseModel):

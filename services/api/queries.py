@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from sqlalchemy import Select, and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, defer
 
 from schemas import api as shapes
-from schemas.events import Attribution
+from schemas.events import Attribution, ClosedBy
 from schemas.tables import Asset, AssetThreshold, Event, EventReview, Summary, ThresholdChange
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _common(event: Event, summary: Summary | None, asset_line: str | None) -> di
         threshold=event.threshold, model_version=event.model_version, windows=event.windows,
         serials=[str(s) for s in (event.serials or [])], verdict=verdict,
         media=media_out(event.id, summary), updated_at=event.updated_at, learning=bool(event.learning),
-        closed_by=event.closed_by if event.closed_by in ("scores", "stream_stopped") else None,
+        closed_by=event.closed_by if event.closed_by in get_args(ClosedBy) else None,
     )
 
 

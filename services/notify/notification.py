@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from schemas.events import AnomalyCloudEvent
+from schemas.events import AnomalyCloudEvent, ClosedBy
 
 TRANSITIONS = ("opened", "escalated", "closed")
 
@@ -44,7 +44,7 @@ class Notification:
     peak_score: float
     threshold: float
     learning: bool
-    closed_by: str | None  # AnomalyData.closed_by: scores | stream_stopped (None while open)
+    closed_by: ClosedBy | None  # AnomalyData.closed_by (None while open)
     modality_shares: dict[str, float]
     links: Links
 

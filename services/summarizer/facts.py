@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from schemas.envelope import parse_time
-from schemas.events import AnomalyData, Attribution, EvidenceRange
+from schemas.events import AnomalyData, Attribution, ClosedBy, EvidenceRange
 
 MODALITIES = ("frames", "audio", "logs")
 
@@ -60,7 +60,7 @@ class EventFacts:
     scores: tuple[tuple[float, float], ...] = ()  # (window end epoch s, score)
     evidence: dict[str, list[EvidenceRange]] = field(default_factory=dict)
     call: CallFacts | None = None
-    closed_by: str | None = None  # AnomalyData.closed_by: scores | stream_stopped
+    closed_by: ClosedBy | None = None  # AnomalyData.closed_by
 
     @property
     def stream_stopped(self) -> bool:

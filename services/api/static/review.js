@@ -391,8 +391,8 @@ async function start() {
   $("new-normal").addEventListener("submit", markNewNormal);
   await session();
   await loadQueue();
-  if (linked && !later) await openLinked(linked);
-  else if (!later && state.items.length) await select(0);
+  later = later || linked;  // a link that came while starting wins over the page's own
+  if (!later && state.items.length) await select(0);
   while (later) {  // links that came while starting: the last one is the one to show
     const id = later;
     later = null;
